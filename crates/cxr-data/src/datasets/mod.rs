@@ -3,7 +3,7 @@
 //! split and view. Nothing is decoded here: images are read later through `cxr_image`.
 
 mod csv_table;
-mod mimic;
+pub mod mimic;
 mod openi;
 
 use std::path::{Path, PathBuf};
