@@ -9,6 +9,7 @@
 //! model, evaluation, serving) trains and measures on it offline before a user brings MIMIC-CXR.
 
 pub mod findings;
+pub mod gallery;
 mod render;
 mod report;
 pub mod tree;

@@ -47,7 +47,7 @@ pub struct TreeSummary {
     pub validate: u64,
     pub test: u64,
     /// How many images are positive (1) for each observation.
-    pub positives: Vec<(String, u64)>,
+    pub positives: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

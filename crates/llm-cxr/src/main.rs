@@ -1,1 +1,75 @@
-fn main() {}
+//! `llm-cxr`: one binary for every stage of the pipeline. Each subcommand lives in its own module
+//! and calls into the library crates; this file only parses arguments and sets up logging.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+/// Read and draw chest X-rays with one instruction-finetuned language model (LLM-CXR, in Rust).
+///
+/// A CXR becomes 256 discrete codes through a VQ-GAN; the codes join the LLM's vocabulary and
+/// the model is finetuned on CXR -> report, report -> CXR, visual questions and plain text.
+/// Start with `llm-cxr demo`, which runs everything that exists on the embedded phantom
+/// dataset, with no data or weights of your own.
+#[derive(Parser)]
+#[command(name = "llm-cxr", version, propagate_version = true)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The main job, end to end on the embedded default: phantoms -> dataset loader -> image
+    /// loader and preprocessing -> statistics and a gallery.
+    Demo(commands::demo::Args),
+    /// Generate a synthetic CXR dataset with reports and ground truth, in the MIMIC-CXR-JPG
+    /// layout (files/pXX/pSUBJECT/sSTUDY/IMAGE.jpg, sSTUDY.txt, CheXpert/split/metadata CSVs).
+    Phantom(commands::phantom::Args),
+    /// Write the phantom gallery (one row per finding and severity, with reports) as JPEG strips
+    /// and a markdown page.
+    Gallery(commands::gallery::Args),
+    /// Load CXR images (DICOM, PNG, JPEG) through the one loader and apply LLM-CXR's
+    /// preprocessing; print statistics and optionally save what the model sees.
+    Preprocess(commands::preprocess::Args),
+    /// DICOM tools.
+    #[command(subcommand)]
+    Dicom(commands::dicom::Command),
+    /// Summarise a dataset (MIMIC-CXR-JPG, Open-i / R2Gen, or CSV) as llm-cxr reads it.
+    Dataset(commands::dataset::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let result = match cli.command {
+        Command::Demo(a) => commands::demo::run(a),
+        Command::Phantom(a) => commands::phantom::run(a),
+        Command::Gallery(a) => commands::gallery::run(a),
+        Command::Preprocess(a) => commands::preprocess::run(a),
+        Command::Dicom(c) => commands::dicom::run(c),
+        Command::Dataset(a) => commands::dataset::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! One module per subcommand.
+
+pub mod dataset;
+pub mod demo;
+pub mod dicom;
+pub mod gallery;
+pub mod phantom;
+pub mod preprocess;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The progress bar every long command uses.
+pub fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Writes a file atomically (temporary name, then rename).
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    cxr_phantom::tree::write_atomic(path, bytes).map_err(anyhow::Error::from)
+}
