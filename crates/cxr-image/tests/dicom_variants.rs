@@ -505,3 +505,25 @@ fn jpeg_lossless_encode(samples: &[u16], w: u32, h: u32, precision: u16) -> Vec<
     out.extend_from_slice(&[0xFF, 0xD9]);
     out
 }
+
+#[test]
+fn jpeg_2000_lossless_matches_its_native_twin() {
+    // Written by scripts/reference/j2k_fixtures.py (pydicom + OpenJPEG): dicom-rs cannot encode J2K.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for bits in [12, 8] {
+        let native = cxr_image::load_image(&dir.join(format!("native_{bits}bit.dcm"))).unwrap();
+        let j2k_path = dir.join(format!("j2k_lossless_{bits}bit.dcm"));
+        let summary = inspect_dicom(&std::fs::read(&j2k_path).unwrap(), &j2k_path).unwrap();
+        assert_eq!(summary.transfer_syntax_uid, uids::JPEG2000_LOSSLESS);
+        let j2k = cxr_image::load_image(&j2k_path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((j2k.width, j2k.height), (W, H));
+        assert_eq!(j2k.pixels, native.pixels, "{bits}-bit J2K differs from native");
+        // The pattern's bright disc is at (20, 15); MONOCHROME1 is inverted on reading.
+        let disc = native.get(20, 15);
+        if bits == 8 {
+            assert!(disc < 0.2, "MONOCHROME1 disc should read dark: {disc}");
+        } else {
+            assert!(disc > 0.8, "MONOCHROME2 disc should read bright: {disc}");
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The binary end to end: the demo (the README's first command, small), phantom generation,
+//! DICOM inspection without PHI values, dataset summaries, and clear errors on bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn llm_cxr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llm-cxr"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run llm-cxr")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_teaches_the_subcommands() {
+    let o = llm_cxr(&["--help"]);
+    assert!(o.status.success());
+    let text = stdout(&o);
+    for sub in ["demo", "phantom", "gallery", "preprocess", "dicom", "dataset"] {
+        assert!(text.contains(sub), "--help lacks {sub}:\n{text}");
+    }
+    let o = llm_cxr(&["phantom", "--help"]);
+    assert!(stdout(&o).contains("--seed"));
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let o = llm_cxr(&["demo", "--out", out.to_str().unwrap(), "--n", "24", "--size", "64"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("demo-summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["dataset"]["images"], 24);
+    assert_eq!(summary["preprocessed"]["images"], 24);
+    assert_eq!(summary["preprocessed"]["size"], 256);
+    assert!(summary["dataset"]["stage2_pool"].as_u64().unwrap() <= summary["dataset"]["stage1_pool"].as_u64().unwrap());
+    let gallery = std::fs::read_to_string(out.join("gallery/gallery.md")).unwrap();
+    assert!(gallery.contains("Pneumothorax, large left"), "{gallery}");
+    assert!(out.join("gallery/row-00.jpg").is_file());
+}
+
+#[test]
+fn phantom_dicom_inspect_and_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ph");
+    let o = llm_cxr(&["phantom", "--n", "6", "--size", "64", "--seed", "3", "--dicom", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(summary["images"], 6);
+
+    let dcm = walk(&out).into_iter().find(|p| p.extension().is_some_and(|e| e == "dcm")).unwrap();
+    for json in [false, true] {
+        let mut args = vec!["dicom", "inspect", dcm.to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        let o = llm_cxr(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        // The file's own path names the phantom's folders; everything else is the inspection.
+        let text = (stdout(&o) + &stderr(&o)).replace(dcm.to_str().unwrap(), "<file>");
+        assert!(text.contains("PatientName") && text.contains("PatientID"), "{text}");
+        assert!(!text.contains("PHANTOM^"), "patient name leaked: {text}");
+        // The synthetic patient id is the subject id: it must not appear either.
+        let subject = dcm.ancestors().nth(2).unwrap().file_name().unwrap().to_str().unwrap()[1..].to_string();
+        assert!(!text.contains(&subject), "patient id leaked: {text}");
+        assert!(text.contains("MONOCHROME2"));
+    }
+
+    let o = llm_cxr(&["dataset", "--kind", "mimic", out.to_str().unwrap(), "--check-images"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(s["images"], 6);
+    assert_eq!(s["unreadable_images"], 0);
+    assert_eq!(s["parseable_reports"], 6);
+
+    let pre = dir.path().join("pre");
+    let o = llm_cxr(&["preprocess", dcm.to_str().unwrap(), "--size", "32", "--channels", "1", "--out", pre.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let saved = image::open(pre.join(format!("{}.png", dcm.file_stem().unwrap().to_str().unwrap()))).unwrap();
+    assert_eq!((saved.width(), saved.height()), (32, 32));
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("scan.png");
+    std::fs::write(&bad, b"not really a png").unwrap();
+    let o = llm_cxr(&["preprocess", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("scan.png") && err.contains("not a DICOM, PNG or JPEG"), "{err}");
+
+    let o = llm_cxr(&["dataset", "--kind", "mimic", dir.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("mimic-cxr-2.0.0-split.csv"), "{}", stderr(&o));
+
+    let o = llm_cxr(&["phantom", "--n", "0", "--out", dir.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--n"));
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
