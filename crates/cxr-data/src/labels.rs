@@ -121,9 +121,9 @@ impl ChexpertLabels {
             return Ok(None);
         }
         match t.parse::<f64>() {
-            Ok(v) if v == 1.0 => Ok(Some(Label::Positive)),
-            Ok(v) if v == 0.0 => Ok(Some(Label::Negative)),
-            Ok(v) if v == -1.0 => Ok(Some(Label::Uncertain)),
+            Ok(1.0) => Ok(Some(Label::Positive)),
+            Ok(0.0) => Ok(Some(Label::Negative)),
+            Ok(-1.0) => Ok(Some(Label::Uncertain)),
             _ => Err(InvalidLabel(cell.to_string())),
         }
     }

@@ -445,7 +445,7 @@ fn jpeg_lossless_encode(samples: &[u16], w: u32, h: u32, precision: u16) -> Vec<
     counts[4] = 1;
     counts[5] = 1;
     let symbols: Vec<u8> = (0..=16).collect();
-    let mut codes = vec![(0u32, 0u32); 17];
+    let mut codes = [(0u32, 0u32); 17];
     let (mut code, mut k) = (0u32, 0usize);
     for (len_minus_1, &count) in counts.iter().enumerate() {
         for _ in 0..count {
@@ -517,7 +517,10 @@ fn jpeg_2000_lossless_matches_its_native_twin() {
         assert_eq!(summary.transfer_syntax_uid, uids::JPEG2000_LOSSLESS);
         let j2k = cxr_image::load_image(&j2k_path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((j2k.width, j2k.height), (W, H));
-        assert_eq!(j2k.pixels, native.pixels, "{bits}-bit J2K differs from native");
+        assert_eq!(
+            j2k.pixels, native.pixels,
+            "{bits}-bit J2K differs from native"
+        );
         // The pattern's bright disc is at (20, 15); MONOCHROME1 is inverted on reading.
         let disc = native.get(20, 15);
         if bits == 8 {

@@ -576,9 +576,10 @@ pub(crate) fn render(
                         if k as usize == an.fracture_rib + 3 {
                             let df = 0.62 * an.lung_width;
                             if d > df && certain {
-                                centre += 0.6 * an.rib_spacing * smoothstep(df, df + 0.03, d);
+                                centre += 0.75 * an.rib_spacing * smoothstep(df, df + 0.03, d);
                             }
-                            gap = inside((d - df).abs() - if certain { 0.01 } else { 0.004 }, edge);
+                            gap =
+                                inside((d - df).abs() - if certain { 0.014 } else { 0.005 }, edge);
                         }
                     }
                     let half = 0.010 + 0.004 * x;
@@ -639,8 +640,8 @@ pub(crate) fn render(
 
             // Devices (metal and radiopaque plastic).
             if ett && v < carina - 0.05 {
-                let wall = (d - 0.009).abs();
-                a += 0.8 * inside(thin - wall, px * 0.8) + 0.2 * inside(0.009 - d, edge);
+                let wall = (d - 0.011).abs();
+                a += 0.9 * inside(1.5 * thin - wall, px * 0.8) + 0.3 * inside(0.011 - d, edge);
             }
             if line {
                 a += 0.9 * inside(thin - dist_to_polyline((u, v), &line_path), px * 0.8);

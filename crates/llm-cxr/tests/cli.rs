@@ -25,7 +25,14 @@ fn help_teaches_the_subcommands() {
     let o = llm_cxr(&["--help"]);
     assert!(o.status.success());
     let text = stdout(&o);
-    for sub in ["demo", "phantom", "gallery", "preprocess", "dicom", "dataset"] {
+    for sub in [
+        "demo",
+        "phantom",
+        "gallery",
+        "preprocess",
+        "dicom",
+        "dataset",
+    ] {
         assert!(text.contains(sub), "--help lacks {sub}:\n{text}");
     }
     let o = llm_cxr(&["phantom", "--help"]);
@@ -36,14 +43,25 @@ fn help_teaches_the_subcommands() {
 fn demo_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let o = llm_cxr(&["demo", "--out", out.to_str().unwrap(), "--n", "24", "--size", "64"]);
+    let o = llm_cxr(&[
+        "demo",
+        "--out",
+        out.to_str().unwrap(),
+        "--n",
+        "24",
+        "--size",
+        "64",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("demo-summary.json")).unwrap()).unwrap();
     assert_eq!(summary["dataset"]["images"], 24);
     assert_eq!(summary["preprocessed"]["images"], 24);
     assert_eq!(summary["preprocessed"]["size"], 256);
-    assert!(summary["dataset"]["stage2_pool"].as_u64().unwrap() <= summary["dataset"]["stage1_pool"].as_u64().unwrap());
+    assert!(
+        summary["dataset"]["stage2_pool"].as_u64().unwrap()
+            <= summary["dataset"]["stage1_pool"].as_u64().unwrap()
+    );
     let gallery = std::fs::read_to_string(out.join("gallery/gallery.md")).unwrap();
     assert!(gallery.contains("Pneumothorax, large left"), "{gallery}");
     assert!(out.join("gallery/row-00.jpg").is_file());
@@ -53,12 +71,26 @@ fn demo_runs_end_to_end() {
 fn phantom_dicom_inspect_and_dataset() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ph");
-    let o = llm_cxr(&["phantom", "--n", "6", "--size", "64", "--seed", "3", "--dicom", "--out", out.to_str().unwrap()]);
+    let o = llm_cxr(&[
+        "phantom",
+        "--n",
+        "6",
+        "--size",
+        "64",
+        "--seed",
+        "3",
+        "--dicom",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let summary: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(summary["images"], 6);
 
-    let dcm = walk(&out).into_iter().find(|p| p.extension().is_some_and(|e| e == "dcm")).unwrap();
+    let dcm = walk(&out)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .unwrap();
     for json in [false, true] {
         let mut args = vec!["dicom", "inspect", dcm.to_str().unwrap()];
         if json {
@@ -68,15 +100,32 @@ fn phantom_dicom_inspect_and_dataset() {
         assert!(o.status.success(), "{}", stderr(&o));
         // The file's own path names the phantom's folders; everything else is the inspection.
         let text = (stdout(&o) + &stderr(&o)).replace(dcm.to_str().unwrap(), "<file>");
-        assert!(text.contains("PatientName") && text.contains("PatientID"), "{text}");
+        assert!(
+            text.contains("PatientName") && text.contains("PatientID"),
+            "{text}"
+        );
         assert!(!text.contains("PHANTOM^"), "patient name leaked: {text}");
         // The synthetic patient id is the subject id: it must not appear either.
-        let subject = dcm.ancestors().nth(2).unwrap().file_name().unwrap().to_str().unwrap()[1..].to_string();
+        let subject = dcm
+            .ancestors()
+            .nth(2)
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()[1..]
+            .to_string();
         assert!(!text.contains(&subject), "patient id leaked: {text}");
         assert!(text.contains("MONOCHROME2"));
     }
 
-    let o = llm_cxr(&["dataset", "--kind", "mimic", out.to_str().unwrap(), "--check-images"]);
+    let o = llm_cxr(&[
+        "dataset",
+        "--kind",
+        "mimic",
+        out.to_str().unwrap(),
+        "--check-images",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(s["images"], 6);
@@ -84,9 +133,22 @@ fn phantom_dicom_inspect_and_dataset() {
     assert_eq!(s["parseable_reports"], 6);
 
     let pre = dir.path().join("pre");
-    let o = llm_cxr(&["preprocess", dcm.to_str().unwrap(), "--size", "32", "--channels", "1", "--out", pre.to_str().unwrap()]);
+    let o = llm_cxr(&[
+        "preprocess",
+        dcm.to_str().unwrap(),
+        "--size",
+        "32",
+        "--channels",
+        "1",
+        "--out",
+        pre.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let saved = image::open(pre.join(format!("{}.png", dcm.file_stem().unwrap().to_str().unwrap()))).unwrap();
+    let saved = image::open(pre.join(format!(
+        "{}.png",
+        dcm.file_stem().unwrap().to_str().unwrap()
+    )))
+    .unwrap();
     assert_eq!((saved.width(), saved.height()), (32, 32));
 }
 
@@ -98,11 +160,18 @@ fn bad_input_gets_a_clear_error_and_exit_code() {
     let o = llm_cxr(&["preprocess", bad.to_str().unwrap()]);
     assert!(!o.status.success());
     let err = stderr(&o);
-    assert!(err.contains("scan.png") && err.contains("not a DICOM, PNG or JPEG"), "{err}");
+    assert!(
+        err.contains("scan.png") && err.contains("not a DICOM, PNG or JPEG"),
+        "{err}"
+    );
 
     let o = llm_cxr(&["dataset", "--kind", "mimic", dir.path().to_str().unwrap()]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("mimic-cxr-2.0.0-split.csv"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("mimic-cxr-2.0.0-split.csv"),
+        "{}",
+        stderr(&o)
+    );
 
     let o = llm_cxr(&["phantom", "--n", "0", "--out", dir.path().to_str().unwrap()]);
     assert!(!o.status.success());
