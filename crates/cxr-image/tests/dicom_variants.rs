@@ -530,3 +530,65 @@ fn jpeg_2000_lossless_matches_its_native_twin() {
         }
     }
 }
+
+#[test]
+fn voi_lut_sequence_takes_precedence_over_the_window() {
+    use dicom_core::value::DataSetSequence;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::InMemDicomObject;
+
+    let img = pattern();
+    let mut obj = build_dicom(
+        &img,
+        &DicomWriteOptions {
+            bits_stored: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // A LUT over stored values 100..=163 (64 entries, 8-bit output): a steep ramp that clips
+    // everything below 100 to 0 and above 163 to 252. The window written by the writer is ignored.
+    let data: Vec<u16> = (0..64).map(|i| i * 4).collect();
+    let mut item = InMemDicomObject::new_empty();
+    item.put(DataElement::new(
+        tags::LUT_DESCRIPTOR,
+        VR::US,
+        PrimitiveValue::U16([64u16, 100, 8].into_iter().collect()),
+    ));
+    item.put(DataElement::new(
+        tags::LUT_DATA,
+        VR::US,
+        PrimitiveValue::U16(data.iter().copied().collect()),
+    ));
+    obj.put(DataElement::new(
+        tags::VOILUT_SEQUENCE,
+        VR::SQ,
+        DataSetSequence::from(vec![item]),
+    ));
+    let out = decode(&to_bytes(&obj).unwrap());
+    for (o, &v) in out.pixels.iter().zip(&img.pixels) {
+        let stored = quantize(v, 8) as i32;
+        let want = data[(stored - 100).clamp(0, 63) as usize] as f32 / 255.0;
+        assert!(
+            (o - want).abs() < 1e-6,
+            "stored {stored}: got {o}, want {want}"
+        );
+    }
+}
+
+#[test]
+fn sixteen_bit_png_keeps_its_precision() {
+    let img = pattern();
+    let png16 = img.to_luma16();
+    let mut bytes = Vec::new();
+    png16
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    let out = decode(&bytes);
+    let err = max_abs_diff(&out.pixels, &expected(&img, 16));
+    assert!(err < 1e-6, "16-bit PNG: {err}");
+}

@@ -89,8 +89,9 @@ fn describe(rng: &mut impl Rng, f: &Finding, lesion_mm: u32, rib: usize) -> Vec<
                 let t = if bil {
                     choose(rng, &["Possible small bilateral pleural effusions.", "Small bilateral pleural effusions cannot be excluded."]).to_string()
                 } else {
-                    match rng.random_range(0..3) {
+                    match rng.random_range(0..4) {
                         0 => format!("Possible small {side} pleural effusion."),
+                        3 => format!("Cannot exclude a small {side} pleural effusion."),
                         1 => format!("A small {side} pleural effusion cannot be excluded."),
                         _ => format!("Minimal blunting of the {side} costophrenic angle may reflect a trace effusion."),
                     }
