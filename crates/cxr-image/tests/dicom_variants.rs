@@ -187,8 +187,9 @@ fn stored_samples(img: &GrayImage, bits: u16, photometric: Photometric) -> Vec<u
         .collect()
 }
 
-#[test]
-fn rle_lossless_round_trips() {
+/// Encodes the stored samples with `encode(samples, bits)` under `uid` and checks the decode is
+/// exact, for 8-bit MONOCHROME2, 12-bit MONOCHROME1 and 16-bit MONOCHROME2.
+fn encapsulated_round_trip(uid: &str, encode: impl Fn(&[u16], u16) -> Vec<u8>) {
     let img = pattern();
     for (bits, photometric) in [
         (8u16, Photometric::Monochrome2),
@@ -201,37 +202,24 @@ fn rle_lossless_round_trips() {
             ..Default::default()
         };
         let mut obj = build_dicom(&img, &opts).unwrap();
-        let frame = rle_encode(&stored_samples(&img, bits, photometric), W, H, bits > 8);
-        encapsulate(&mut obj, uids::RLE_LOSSLESS, frame).unwrap();
+        let frame = encode(&stored_samples(&img, bits, photometric), bits);
+        encapsulate(&mut obj, uid, frame).unwrap();
         let out = decode(&to_bytes(&obj).unwrap());
         let err = max_abs_diff(&out.pixels, &expected(&img, bits));
-        assert!(err <= EXACT, "RLE {bits} bits {photometric:?}: {err}");
+        assert!(err <= EXACT, "{uid} {bits} bits {photometric:?}: {err}");
     }
 }
 
 #[test]
+fn rle_lossless_round_trips() {
+    encapsulated_round_trip(uids::RLE_LOSSLESS, |s, bits| rle_encode(s, W, H, bits > 8));
+}
+
+#[test]
 fn jpeg_lossless_round_trips() {
-    let img = pattern();
-    for (bits, photometric) in [
-        (8u16, Photometric::Monochrome2),
-        (12, Photometric::Monochrome1),
-        (16, Photometric::Monochrome2),
-    ] {
-        let opts = DicomWriteOptions {
-            bits_stored: bits,
-            photometric,
-            ..Default::default()
-        };
-        let mut obj = build_dicom(&img, &opts).unwrap();
-        let frame = jpeg_lossless_encode(&stored_samples(&img, bits, photometric), W, H, bits);
-        encapsulate(&mut obj, uids::JPEG_LOSSLESS_SV1, frame).unwrap();
-        let out = decode(&to_bytes(&obj).unwrap());
-        let err = max_abs_diff(&out.pixels, &expected(&img, bits));
-        assert!(
-            err <= EXACT,
-            "JPEG lossless {bits} bits {photometric:?}: {err}"
-        );
-    }
+    encapsulated_round_trip(uids::JPEG_LOSSLESS_SV1, |s, bits| {
+        jpeg_lossless_encode(s, W, H, bits)
+    });
 }
 
 #[test]

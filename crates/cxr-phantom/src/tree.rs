@@ -12,7 +12,6 @@
 //! image. Splits are drawn per subject (80 / 10 / 10). Every file is written to a temporary name
 //! and renamed, and images already present are not rendered again, so a killed run resumes.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rand::Rng;
@@ -68,16 +67,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TreeError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TreeError> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TreeError> {
+    cxr_data::write_atomic(path, bytes).map_err(io_err(path))
 }
 
 /// Where phantom `index` lives in the tree.

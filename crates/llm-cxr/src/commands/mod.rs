@@ -28,5 +28,5 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> 
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    cxr_phantom::tree::write_atomic(path, bytes).map_err(anyhow::Error::from)
+    cxr_data::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
