@@ -580,3 +580,86 @@ fn sixteen_bit_png_keeps_its_precision() {
     let err = max_abs_diff(&out.pixels, &expected(&img, 16));
     assert!(err < 1e-6, "16-bit PNG: {err}");
 }
+
+#[test]
+fn random_corruption_never_panics() {
+    // Flip bytes inside valid files of every syntax: each decode returns Ok or a named error.
+    // (Before the length check in `decode_dicom`, some of these cost 0.5 s and gigabytes each.)
+    let img = pattern();
+    let opts = DicomWriteOptions {
+        bits_stored: 12,
+        ..Default::default()
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut files = vec![
+        encode_dicom(&img, &opts).unwrap(),
+        transcoded(&img, &opts, uids::JPEGLS_LOSSLESS),
+        transcoded(
+            &img,
+            &DicomWriteOptions {
+                bits_stored: 8,
+                ..Default::default()
+            },
+            uids::JPEG_BASELINE8_BIT,
+        ),
+        std::fs::read(dir.join("j2k_lossless_12bit.dcm")).unwrap(),
+    ];
+    for (uid, frame) in [
+        (
+            uids::RLE_LOSSLESS,
+            rle_encode(
+                &stored_samples(&img, 12, Photometric::Monochrome2),
+                W,
+                H,
+                true,
+            ),
+        ),
+        (
+            uids::JPEG_LOSSLESS_SV1,
+            jpeg_lossless_encode(
+                &stored_samples(&img, 12, Photometric::Monochrome2),
+                W,
+                H,
+                12,
+            ),
+        ),
+    ] {
+        let mut obj = build_dicom(&img, &opts).unwrap();
+        encapsulate(&mut obj, uid, frame).unwrap();
+        files.push(to_bytes(&obj).unwrap());
+    }
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut errors = 0;
+    for file in &files {
+        for _ in 0..400 {
+            let mut bytes = file.clone();
+            for _ in 0..1 + next() % 4 {
+                // Mostly inside the pixel data at the end of the file, sometimes in the header.
+                let at = if next() % 4 == 0 {
+                    132 + next() as usize % 300
+                } else {
+                    bytes.len() - 1 - next() as usize % (bytes.len() / 2)
+                };
+                bytes[at] = next() as u8;
+            }
+            if next() % 5 == 0 {
+                let keep = bytes.len() - next() as usize % (bytes.len() / 3);
+                bytes.truncate(keep);
+            }
+            if let Err(e) = decode_image(&bytes, Path::new("fuzz.dcm")) {
+                assert!(e.to_string().contains("fuzz.dcm"), "{e}");
+                errors += 1;
+            }
+        }
+    }
+    assert!(
+        errors > 0,
+        "corruption should be detected at least sometimes"
+    );
+}
