@@ -137,7 +137,7 @@ fn describe(rng: &mut impl Rng, f: &Finding, lesion_mm: u32, rib: usize) -> Vec<
         )],
         (FindingKind::Edema, true) => {
             let t = match sev {
-                Severity::Mild => choose(rng, &["Mild pulmonary vascular congestion.", "Mild interstitial pulmonary edema.", "Mild pulmonary edema."]),
+                Severity::Mild => choose(rng, &["Mild interstitial pulmonary edema.", "Mild pulmonary edema.", "Mild interstitial edema."]),
                 Severity::Moderate => choose(rng, &["Moderate pulmonary edema.", "Moderate interstitial edema with septal thickening.", "Moderate pulmonary edema with perihilar haziness."]),
                 Severity::Severe => "Severe pulmonary edema with bilateral perihilar airspace opacities.",
             };
@@ -148,7 +148,12 @@ fn describe(rng: &mut impl Rng, f: &Finding, lesion_mm: u32, rib: usize) -> Vec<
             vec![s(t, &a)]
         }
         (FindingKind::Edema, false) => vec![s(
-            choose(rng, &["Perihilar haziness may reflect mild pulmonary edema.", "Possible mild interstitial edema."]),
+            choose(rng, &[
+                "Perihilar haziness may reflect mild pulmonary edema.",
+                "Possible mild interstitial edema.",
+                // CheXpert counts vascular congestion as uncertain edema.
+                "Mild pulmonary vascular congestion.",
+            ]),
             &[(O::Edema, UNC)],
         )],
         (FindingKind::Pneumothorax, true) => {
