@@ -1,0 +1,7 @@
+//! Evaluation of llm-cxr's outputs the way the field reads them. Today: the CheXpert-style report
+//! labeler ([`ReportLabeler`]) that turns free-text reports into the 14 CheXpert labels, which the
+//! report tables (AUROC / F1 of generated reports) and VQA scoring are built on.
+
+pub mod labeler;
+
+pub use labeler::{label_csv, LabelerError, ReportLabeler};
