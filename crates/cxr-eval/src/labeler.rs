@@ -245,12 +245,29 @@ struct PhraseSet {
     unmentions: Vec<String>,
 }
 
-/// The labeler. Build it once from the CheXpert phrase lists; `label` is cheap.
+/// A half-open range of token indices.
+type Span = (usize, usize);
+
+/// What a phrase of the automaton stands for.
+#[derive(Clone, Copy)]
+enum PhraseRole {
+    /// A mention of `sets[i]`.
+    Mention(usize),
+    /// An unmention of `sets[i]`.
+    Unmention(usize),
+    /// An abnormality from `no_finding.txt`.
+    OtherAbnormality,
+}
+
+/// The labeler. Build it once from the CheXpert phrase lists; `label` is cheap: every phrase of
+/// every list is found in one Aho-Corasick pass per sentence.
 pub struct ReportLabeler {
     sets: Vec<PhraseSet>,
-    /// `no_finding.txt`: other abnormalities that block No Finding when present.
-    other_abnormalities: Vec<String>,
+    automaton: aho_corasick::AhoCorasick,
+    roles: Vec<PhraseRole>,
     triggers: Vec<(Stage, Direction, Vec<String>)>,
+    /// Trigger indices by their first word.
+    triggers_by_first_word: std::collections::HashMap<String, Vec<usize>>,
 }
 
 /// A phrase as matched: lower case, `_` standing for the word boundary.
@@ -312,15 +329,84 @@ impl ReportLabeler {
         if sets.iter().all(|s| s.mentions.is_empty()) {
             return Err(LabelerError::Empty { path: phrases });
         }
-        let triggers = TRIGGERS
+        let triggers: Vec<(Stage, Direction, Vec<String>)> = TRIGGERS
             .iter()
             .map(|&(stage, dir, t)| (stage, dir, t.split(' ').map(str::to_string).collect()))
             .collect();
+        let mut triggers_by_first_word: std::collections::HashMap<String, Vec<usize>> =
+            std::collections::HashMap::new();
+        for (i, (_, _, words)) in triggers.iter().enumerate() {
+            triggers_by_first_word
+                .entry(words[0].clone())
+                .or_default()
+                .push(i);
+        }
+        let mut patterns: Vec<&str> = Vec::new();
+        let mut roles = Vec::new();
+        for (i, set) in sets.iter().enumerate() {
+            for m in &set.mentions {
+                patterns.push(m);
+                roles.push(PhraseRole::Mention(i));
+            }
+            for u in &set.unmentions {
+                patterns.push(u);
+                roles.push(PhraseRole::Unmention(i));
+            }
+        }
+        for o in &other_abnormalities {
+            patterns.push(o);
+            roles.push(PhraseRole::OtherAbnormality);
+        }
+        let automaton =
+            aho_corasick::AhoCorasick::new(&patterns).expect("phrase lists build an automaton");
         Ok(Self {
             sets,
-            other_abnormalities,
+            automaton,
+            roles,
             triggers,
+            triggers_by_first_word,
         })
+    }
+
+    /// Mentions per phrase set (token spans) and other-abnormality spans of one sentence.
+    fn find_mentions(&self, s: &Sentence) -> (Vec<Vec<Span>>, Vec<Span>) {
+        let mut mentions: Vec<Vec<(usize, usize, usize, usize)>> =
+            vec![Vec::new(); self.sets.len()];
+        let mut blocked: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.sets.len()];
+        let mut others = Vec::new();
+        for m in self.automaton.find_overlapping_iter(s.joined.as_str()) {
+            let (at, end) = (m.start(), m.end());
+            match self.roles[m.pattern().as_usize()] {
+                PhraseRole::Mention(i) => {
+                    let (first, last) = s.token_span(at, end);
+                    mentions[i].push((at, end, first, last));
+                }
+                PhraseRole::Unmention(i) => blocked[i].push((at, end)),
+                PhraseRole::OtherAbnormality => {
+                    let span = s.token_span(at, end);
+                    if !others.contains(&span) {
+                        others.push(span);
+                    }
+                }
+            }
+        }
+        let spans = mentions
+            .into_iter()
+            .zip(&blocked)
+            .map(|(found, blocked)| {
+                let mut out: Vec<(usize, usize)> = Vec::new();
+                for (at, end, first, last) in found {
+                    if blocked.iter().any(|&(a, b)| at < b && a < end) {
+                        continue;
+                    }
+                    if !out.iter().any(|&(s, e)| s < last && first < e) {
+                        out.push((first, last));
+                    }
+                }
+                out
+            })
+            .collect();
+        (spans, others)
     }
 
     /// Labels one report.
@@ -335,8 +421,9 @@ impl ReportLabeler {
                 continue;
             }
             let triggers = self.find_triggers(&s);
-            for set in &self.sets {
-                for m in s.find_mentions(&set.mentions, &set.unmentions) {
+            let (mentions, others) = self.find_mentions(&s);
+            for (set, spans) in self.sets.iter().zip(mentions) {
+                for m in spans {
                     let label = self.classify(&s, &triggers, m, set.observation);
                     let slot = &mut found[set.observation.index()];
                     *slot = Some(merge(*slot, label));
@@ -348,7 +435,7 @@ impl ReportLabeler {
                     }
                 }
             }
-            for m in s.find_mentions(&self.other_abnormalities, &[]) {
+            for m in others {
                 if self.classify(&s, &triggers, m, Observation::NoFinding) != Label::Negative {
                     blocks_no_finding = true;
                 }
@@ -368,18 +455,17 @@ impl ReportLabeler {
 
     fn find_triggers(&self, s: &Sentence) -> Vec<(Stage, Direction, usize, usize)> {
         let mut out = Vec::new();
-        for (stage, dir, words) in &self.triggers {
-            let n = words.len();
-            if n > s.tokens.len() {
+        for (start, token) in s.tokens.iter().enumerate() {
+            let Some(candidates) = self.triggers_by_first_word.get(token) else {
                 continue;
-            }
-            for start in 0..=s.tokens.len() - n {
-                if s.tokens[start..start + n]
-                    .iter()
-                    .zip(words)
-                    .all(|(t, w)| t == w)
+            };
+            for &i in candidates {
+                let (stage, dir, words) = &self.triggers[i];
+                let end = start + words.len();
+                if end <= s.tokens.len()
+                    && s.tokens[start..end].iter().zip(words).all(|(t, w)| t == w)
                 {
-                    out.push((*stage, *dir, start, start + n));
+                    out.push((*stage, *dir, start, end));
                 }
             }
         }
@@ -435,8 +521,7 @@ impl ReportLabeler {
             .iter()
             .any(|g| phrase.trim() == *g || phrase.trim().starts_with(g))
         {
-            let sentence = s.tokens.join(" ");
-            let abnormal = ABNORMAL_WORDS.iter().any(|w| sentence.contains(w));
+            let abnormal = ABNORMAL_WORDS.iter().any(|w| s.joined.contains(w));
             let stable = s.tokens.iter().any(|t| STABLE_WORDS.contains(&t.as_str()));
             if !abnormal && stable {
                 return Label::Uncertain;
@@ -531,30 +616,12 @@ impl Sentence {
         }
     }
 
-    /// Token spans of the mentions of `phrases`, skipping those that overlap an unmention.
-    fn find_mentions(&self, phrases: &[String], unmentions: &[String]) -> Vec<(usize, usize)> {
-        let mut blocked: Vec<(usize, usize)> = Vec::new();
-        for u in unmentions {
-            for (at, _) in self.joined.match_indices(u.as_str()) {
-                blocked.push((at, at + u.len()));
-            }
-        }
-        let mut out: Vec<(usize, usize)> = Vec::new();
-        for p in phrases {
-            for (at, _) in self.joined.match_indices(p.as_str()) {
-                let end = at + p.len();
-                if blocked.iter().any(|&(a, b)| at < b && a < end) {
-                    continue;
-                }
-                // Span of tokens touched by the match (ignoring the boundary spaces).
-                let first = self.token_at(at + p.len() - p.trim_start().len());
-                let last = self.token_at(end - 1 - (p.len() - p.trim_end().len())) + 1;
-                if !out.iter().any(|&(s, e)| s < last && first < e) {
-                    out.push((first, last));
-                }
-            }
-        }
-        out
+    /// Tokens touched by the bytes `[at, end)` of `joined`, ignoring a phrase's boundary spaces.
+    fn token_span(&self, at: usize, end: usize) -> (usize, usize) {
+        let text = &self.joined[at..end];
+        let lead = text.len() - text.trim_start().len();
+        let trail = text.len() - text.trim_end().len();
+        (self.token_at(at + lead), self.token_at(end - 1 - trail) + 1)
     }
 
     fn phrase_at(&self, (s, e): (usize, usize)) -> String {
@@ -589,11 +656,12 @@ impl Sentence {
 }
 
 /// Labels a CheXpert-labeler input file (one report per row, no header) and writes its output
-/// layout (`Reports` and the 14 observation columns).
+/// layout (`Reports` and the 14 observation columns), calling `tick` after each report.
 pub fn label_csv(
     labeler: &ReportLabeler,
     input: &Path,
     output: &Path,
+    tick: &dyn Fn(),
 ) -> Result<usize, LabelCsvError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -623,6 +691,7 @@ pub fn label_csv(
             let mut record = vec![report.as_str()];
             record.extend(labels.to_csv_cells());
             writer.write_record(&record).map_err(io(output))?;
+            tick();
         }
         writer.flush().map_err(|e| LabelCsvError::Write {
             path: output.to_path_buf(),
@@ -665,7 +734,7 @@ mod tests {
             s.tokens,
             vec!["no", "effusion", ",", "pneumothorax", ";", "or", "edema"]
         );
-        let m = s.find_mentions(&[" pneumothorax".into()], &[]);
-        assert_eq!(m, vec![(3, 4)]);
+        let at = s.joined.find(" pneumothorax").unwrap();
+        assert_eq!(s.token_span(at, at + " pneumothorax".len()), (3, 4));
     }
 }

@@ -21,7 +21,7 @@ fn reproduces_the_reference_labeled_reports_exactly() {
     let Some(dir) = phrases() else { return };
     let labeler = ReportLabeler::from_dir(&dir).unwrap();
     let out = tempfile_path("labeled.csv");
-    let n = cxr_eval::label_csv(&labeler, &dir.join("sample_reports.csv"), &out).unwrap();
+    let n = cxr_eval::label_csv(&labeler, &dir.join("sample_reports.csv"), &out, &|| {}).unwrap();
     assert_eq!(n, 4);
     let ours = std::fs::read_to_string(&out).unwrap();
     let reference = std::fs::read_to_string(dir.join("labeled_reports.csv")).unwrap();

@@ -38,6 +38,9 @@ enum Command {
     /// DICOM tools.
     #[command(subcommand)]
     Dicom(commands::dicom::Command),
+    /// Label free-text reports with the 14 CheXpert observations (1 / 0 / -1 / blank), reading
+    /// and writing the CheXpert labeler's own CSV layouts.
+    Label(commands::label::Args),
     /// Summarise a dataset (MIMIC-CXR-JPG, Open-i / R2Gen, or CSV) as llm-cxr reads it.
     Dataset(commands::dataset::Args),
 }
@@ -64,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Preprocess(a) => commands::preprocess::run(a),
         Command::Dicom(c) => commands::dicom::run(c),
         Command::Dataset(a) => commands::dataset::run(a),
+        Command::Label(a) => commands::label::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ pub mod dataset;
 pub mod demo;
 pub mod dicom;
 pub mod gallery;
+pub mod label;
 pub mod phantom;
 pub mod preprocess;
 
