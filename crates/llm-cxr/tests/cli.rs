@@ -191,3 +191,38 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+#[test]
+fn label_reproduces_the_chexpert_reference_csv() {
+    let phrases =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/chexpert-labeler-phrases");
+    if !phrases.is_dir() {
+        eprintln!("SKIP: {} is absent", phrases.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("labeled.csv");
+    let o = llm_cxr(&[
+        "label",
+        phrases.join("sample_reports.csv").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--phrases",
+        phrases.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        std::fs::read_to_string(phrases.join("labeled_reports.csv")).unwrap()
+    );
+    let o = llm_cxr(&[
+        "label",
+        "missing.csv",
+        "--out",
+        out.to_str().unwrap(),
+        "--phrases",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no mention phrases"), "{}", stderr(&o));
+}
