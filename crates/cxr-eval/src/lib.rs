@@ -3,5 +3,6 @@
 //! report tables (AUROC / F1 of generated reports) and VQA scoring are built on.
 
 pub mod labeler;
+pub mod nlg;
 
 pub use labeler::{label_csv, LabelerError, ReportLabeler};
