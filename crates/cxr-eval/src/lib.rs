@@ -4,5 +4,6 @@
 
 pub mod labeler;
 pub mod nlg;
+pub mod report_metrics;
 
 pub use labeler::{label_csv, LabelerError, ReportLabeler};

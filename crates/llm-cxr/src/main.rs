@@ -41,6 +41,9 @@ enum Command {
     /// Label free-text reports with the 14 CheXpert observations (1 / 0 / -1 / blank), reading
     /// and writing the CheXpert labeler's own CSV layouts.
     Label(commands::label::Args),
+    /// Evaluate generated outputs against references, in the paper's tables.
+    #[command(subcommand)]
+    Eval(commands::eval::Command),
     /// Summarise a dataset (MIMIC-CXR-JPG, Open-i / R2Gen, or CSV) as llm-cxr reads it.
     Dataset(commands::dataset::Args),
 }
@@ -68,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Command::Dicom(c) => commands::dicom::run(c),
         Command::Dataset(a) => commands::dataset::run(a),
         Command::Label(a) => commands::label::run(a),
+        Command::Eval(c) => commands::eval::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -226,3 +226,54 @@ fn label_reproduces_the_chexpert_reference_csv() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no mention phrases"), "{}", stderr(&o));
 }
+
+#[test]
+fn eval_report_scores_perfect_pairs_perfectly() {
+    let phrases =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/chexpert-labeler-phrases");
+    if !phrases.is_dir() {
+        eprintln!("SKIP: {} is absent", phrases.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.csv");
+    let mut csv = String::from("generated,reference\n");
+    for i in 0..60 {
+        let imp = cxr_phantom::PhantomSpec::sample(2, i)
+            .sections
+            .impression
+            .unwrap();
+        csv += &format!("\"{imp}\",\"{imp}\"\n");
+    }
+    std::fs::write(&pairs, csv).unwrap();
+    let out = dir.path().join("eval");
+    let args = [
+        "eval",
+        "report",
+        pairs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--phrases",
+        phrases.to_str().unwrap(),
+    ];
+    let o = llm_cxr(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report-metrics.json")).unwrap()).unwrap();
+    assert_eq!(v["clinical"]["f1"]["micro"], 1.0);
+    assert_eq!(v["clinical"]["auroc"]["micro"], 1.0);
+    assert_eq!(v["clinical"]["jaccard_micro"], 1.0);
+    assert!((v["nlg"]["bleu"][3].as_f64().unwrap() - 1.0).abs() < 1e-6);
+    assert!(std::fs::read_to_string(out.join("report-metrics.md"))
+        .unwrap()
+        .contains("LLM-CXR (published)"));
+
+    std::fs::write(&pairs, "text,truth\na,b\n").unwrap();
+    let o = llm_cxr(&args);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no column named generated"),
+        "{}",
+        stderr(&o)
+    );
+}

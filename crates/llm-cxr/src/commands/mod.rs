@@ -3,6 +3,7 @@
 pub mod dataset;
 pub mod demo;
 pub mod dicom;
+pub mod eval;
 pub mod gallery;
 pub mod label;
 pub mod phantom;

@@ -1,0 +1,449 @@
+//! Clinical efficacy of generated reports: both the generated and the reference report are
+//! labelled (CheXpert, 14 observations), then compared per observation with AUROC and F1, their
+//! micro / macro / weighted means, in the layout of the LLM-CXR paper's Table 1; and the Jaccard
+//! index over the four label values {blank, uncertain, negative, positive}.
+//!
+//! LLM-CXR never said how an AUROC comes from discrete labels (its issue #20). Our default,
+//! [`AurocScore::Binary`], scores a generated report 1 where its label is positive and 0
+//! otherwise, which makes AUROC the balanced accuracy ((TPR + TNR) / 2) and reproduces the ~0.5
+//! that uninformative models get in the published table. [`AurocScore::ThreeLevel`] scores an
+//! uncertain label 0.5 instead. How uncertain labels count as positive or negative (in the
+//! reference, and in the generated report for F1) is [`UncertainPolicy`]; the default counts them
+//! as negative, so only definite findings are findings.
+//!
+//! Means follow scikit-learn: micro pools every (report, observation) decision; macro averages the
+//! observations that have both classes (AUROC) or all 14 (F1, 0 where undefined); weighted weighs
+//! each observation by its number of positive references.
+
+use cxr_data::{ChexpertLabels, Label, Observation};
+
+/// How an uncertain (-1) label is binarised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UncertainPolicy {
+    #[default]
+    Negative,
+    Positive,
+    /// Leave the (report, observation) pair out of that observation's scores.
+    Ignore,
+}
+
+/// The score a generated label gets for AUROC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AurocScore {
+    /// Positive 1, everything else 0 (after the uncertain policy).
+    #[default]
+    Binary,
+    /// Positive 1, uncertain 0.5, negative and blank 0.
+    ThreeLevel,
+}
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ReportMetricOptions {
+    pub uncertain: UncertainPolicy,
+    pub auroc_score: AurocScore,
+}
+
+/// Scores of one observation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ObservationScores {
+    pub observation: String,
+    /// Reference positives and negatives counted.
+    pub positives: usize,
+    pub negatives: usize,
+    /// None when the references hold only one class.
+    pub auroc: Option<f64>,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+}
+
+/// The whole comparison.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReportTable {
+    pub reports: usize,
+    pub options: ReportMetricOptions,
+    pub per_observation: Vec<ObservationScores>,
+    pub auroc: Averages,
+    pub f1: Averages,
+    /// Jaccard index over the four label values, pooled over every cell (scikit-learn "micro").
+    pub jaccard_micro: f64,
+    /// Mean of the four values' own Jaccard indices (scikit-learn "macro").
+    pub jaccard_macro: f64,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Averages {
+    pub micro: f64,
+    pub macro_: f64,
+    pub weighted: f64,
+}
+
+/// Table 1's column order and abbreviations.
+pub const TABLE1: [(Observation, &str); 14] = [
+    (Observation::Atelectasis, "Atel."),
+    (Observation::Consolidation, "Cnsl."),
+    (Observation::Pneumothorax, "Pmtx."),
+    (Observation::Edema, "Edema"),
+    (Observation::PleuralEffusion, "Eff."),
+    (Observation::Pneumonia, "Pna."),
+    (Observation::Cardiomegaly, "Cmgl."),
+    (Observation::LungLesion, "Les."),
+    (Observation::Fracture, "Frac."),
+    (Observation::LungOpacity, "Opac."),
+    (Observation::EnlargedCardiomediastinum, "ECm."),
+    (Observation::NoFinding, "NoF."),
+    (Observation::PleuralOther, "P.O."),
+    (Observation::SupportDevices, "Dev."),
+];
+
+/// LLM-CXR's published Table 1 row (AUROC, then F1), for side-by-side reading.
+pub const LLM_CXR_PUBLISHED: ([f64; 17], [f64; 17]) = (
+    [
+        0.558, 0.517, 0.496, 0.619, 0.641, 0.509, 0.577, 0.506, 0.494, 0.537, 0.505, 0.677, 0.498,
+        0.640, 0.628, 0.555, 0.597,
+    ],
+    [
+        0.272, 0.081, 0.013, 0.382, 0.464, 0.084, 0.327, 0.036, 0.000, 0.278, 0.035, 0.535, 0.000,
+        0.453, 0.360, 0.211, 0.350,
+    ],
+);
+
+/// Area under the ROC curve with ties counted half (Mann-Whitney U).
+pub fn auroc(scores: &[f64], targets: &[bool]) -> Option<f64> {
+    let mut pairs: Vec<(f64, bool)> = scores
+        .iter()
+        .copied()
+        .zip(targets.iter().copied())
+        .collect();
+    let positives = pairs.iter().filter(|p| p.1).count();
+    let negatives = pairs.len() - positives;
+    if positives == 0 || negatives == 0 {
+        return None;
+    }
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Sum of positive ranks, ties sharing their mean rank.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < pairs.len() {
+        let mut j = i;
+        while j < pairs.len() && pairs[j].0 == pairs[i].0 {
+            j += 1;
+        }
+        let mean_rank = (i + 1 + j) as f64 / 2.0;
+        rank_sum += mean_rank * pairs[i..j].iter().filter(|p| p.1).count() as f64;
+        i = j;
+    }
+    let u = rank_sum - (positives * (positives + 1)) as f64 / 2.0;
+    Some(u / (positives * negatives) as f64)
+}
+
+fn binarise(label: Option<Label>, policy: UncertainPolicy) -> Option<bool> {
+    match label {
+        Some(Label::Positive) => Some(true),
+        Some(Label::Uncertain) => match policy {
+            UncertainPolicy::Positive => Some(true),
+            UncertainPolicy::Negative => Some(false),
+            UncertainPolicy::Ignore => None,
+        },
+        _ => Some(false),
+    }
+}
+
+fn prf(tp: f64, fp: f64, fn_: f64) -> (f64, f64, f64) {
+    let p = if tp + fp > 0.0 { tp / (tp + fp) } else { 0.0 };
+    let r = if tp + fn_ > 0.0 { tp / (tp + fn_) } else { 0.0 };
+    let f = if p + r > 0.0 {
+        2.0 * p * r / (p + r)
+    } else {
+        0.0
+    };
+    (p, r, f)
+}
+
+/// Compares the labels of generated reports with those of their references (same order).
+pub fn report_metrics(
+    generated: &[ChexpertLabels],
+    reference: &[ChexpertLabels],
+    opts: ReportMetricOptions,
+) -> ReportTable {
+    assert_eq!(
+        generated.len(),
+        reference.len(),
+        "one reference per generated report"
+    );
+    let mut per = Vec::new();
+    let (mut all_scores, mut all_targets) = (Vec::new(), Vec::new());
+    let (mut tp_all, mut fp_all, mut fn_all) = (0.0, 0.0, 0.0);
+    for (o, _) in TABLE1 {
+        let (mut scores, mut targets) = (Vec::new(), Vec::new());
+        let (mut tp, mut fp, mut fn_) = (0.0, 0.0, 0.0);
+        for (g, r) in generated.iter().zip(reference) {
+            let Some(truth) = binarise(r.get(o), opts.uncertain) else {
+                continue;
+            };
+            let Some(pred) = binarise(g.get(o), opts.uncertain) else {
+                continue;
+            };
+            let score = match (opts.auroc_score, g.get(o)) {
+                (AurocScore::ThreeLevel, Some(Label::Uncertain)) => 0.5,
+                _ => pred as u8 as f64,
+            };
+            scores.push(score);
+            targets.push(truth);
+            match (pred, truth) {
+                (true, true) => tp += 1.0,
+                (true, false) => fp += 1.0,
+                (false, true) => fn_ += 1.0,
+                _ => {}
+            }
+        }
+        let (precision, recall, f1) = prf(tp, fp, fn_);
+        tp_all += tp;
+        fp_all += fp;
+        fn_all += fn_;
+        let positives = targets.iter().filter(|&&t| t).count();
+        per.push(ObservationScores {
+            observation: o.name().to_string(),
+            positives,
+            negatives: targets.len() - positives,
+            auroc: auroc(&scores, &targets),
+            precision,
+            recall,
+            f1,
+        });
+        all_scores.extend(scores);
+        all_targets.extend(targets);
+    }
+    let defined: Vec<&ObservationScores> = per.iter().filter(|s| s.auroc.is_some()).collect();
+    let support: f64 = defined.iter().map(|s| s.positives as f64).sum();
+    let auroc_avg = Averages {
+        micro: auroc(&all_scores, &all_targets).unwrap_or(f64::NAN),
+        macro_: defined.iter().filter_map(|s| s.auroc).sum::<f64>() / defined.len().max(1) as f64,
+        weighted: defined
+            .iter()
+            .map(|s| s.auroc.unwrap_or(0.0) * s.positives as f64)
+            .sum::<f64>()
+            / support.max(1.0),
+    };
+    let f1_support: f64 = per.iter().map(|s| s.positives as f64).sum();
+    let f1_avg = Averages {
+        micro: prf(tp_all, fp_all, fn_all).2,
+        macro_: per.iter().map(|s| s.f1).sum::<f64>() / per.len() as f64,
+        weighted: per.iter().map(|s| s.f1 * s.positives as f64).sum::<f64>() / f1_support.max(1.0),
+    };
+
+    // Jaccard over {blank, uncertain, negative, positive}.
+    let class = |l: Option<Label>| match l {
+        None => 0,
+        Some(Label::Uncertain) => 1,
+        Some(Label::Negative) => 2,
+        Some(Label::Positive) => 3,
+    };
+    let (mut inter, mut pred_n, mut true_n) = ([0.0f64; 4], [0.0f64; 4], [0.0f64; 4]);
+    for (g, r) in generated.iter().zip(reference) {
+        for o in Observation::ALL {
+            let (cg, cr) = (class(g.get(o)), class(r.get(o)));
+            pred_n[cg] += 1.0;
+            true_n[cr] += 1.0;
+            if cg == cr {
+                inter[cg] += 1.0;
+            }
+        }
+    }
+    let union: Vec<f64> = (0..4).map(|c| pred_n[c] + true_n[c] - inter[c]).collect();
+    let jaccard_micro = inter.iter().sum::<f64>() / union.iter().sum::<f64>().max(1.0);
+    let present: Vec<usize> = (0..4).filter(|&c| union[c] > 0.0).collect();
+    let jaccard_macro =
+        present.iter().map(|&c| inter[c] / union[c]).sum::<f64>() / present.len().max(1) as f64;
+
+    ReportTable {
+        reports: generated.len(),
+        options: opts,
+        per_observation: per,
+        auroc: auroc_avg,
+        f1: f1_avg,
+        jaccard_micro,
+        jaccard_macro,
+    }
+}
+
+impl ReportTable {
+    /// The table in the paper's layout, with LLM-CXR's published row beneath ours.
+    pub fn to_markdown(&self, model: &str) -> String {
+        let header = TABLE1
+            .iter()
+            .map(|(_, a)| *a)
+            .chain(["Micro", "Macro", "Weighted"])
+            .collect::<Vec<_>>();
+        let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
+        let mut out = String::new();
+        for (name, avg, values, published) in [
+            (
+                "AUROC",
+                self.auroc,
+                self.per_observation
+                    .iter()
+                    .map(|s| s.auroc)
+                    .collect::<Vec<_>>(),
+                LLM_CXR_PUBLISHED.0,
+            ),
+            (
+                "F1",
+                self.f1,
+                self.per_observation.iter().map(|s| Some(s.f1)).collect(),
+                LLM_CXR_PUBLISHED.1,
+            ),
+        ] {
+            out += &format!(
+                "| {name} | {} |\n|---|{}\n",
+                header.join(" | "),
+                "---|".repeat(header.len())
+            );
+            let ours: Vec<String> = values
+                .into_iter()
+                .chain([Some(avg.micro), Some(avg.macro_), Some(avg.weighted)])
+                .map(fmt)
+                .collect();
+            out += &format!("| {model} | {} |\n", ours.join(" | "));
+            out += &format!(
+                "| LLM-CXR (published) | {} |\n\n",
+                published
+                    .iter()
+                    .map(|v| format!("{v:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+        }
+        out += &format!(
+            "Jaccard over {{blank, uncertain, negative, positive}}: micro {:.3}, macro {:.3} (LLM-CXR published: micro 0.609). {} reports; uncertain counted as {:?}; AUROC scores {:?}.\n",
+            self.jaccard_micro, self.jaccard_macro, self.reports, self.options.uncertain, self.options.auroc_score
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auroc_known_values() {
+        // sklearn.metrics.roc_auc_score([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+        assert_eq!(
+            auroc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]),
+            Some(0.75)
+        );
+        // Ties count half: all scores equal gives 0.5.
+        assert_eq!(auroc(&[1.0; 4], &[true, false, true, false]), Some(0.5));
+        // Binary scores: AUROC is the balanced accuracy (TPR 2/3, TNR 1/2 -> 7/12).
+        let a = auroc(
+            &[1.0, 1.0, 0.0, 1.0, 0.0],
+            &[true, true, true, false, false],
+        )
+        .unwrap();
+        assert!((a - 7.0 / 12.0).abs() < 1e-12);
+        assert_eq!(auroc(&[1.0, 0.0], &[true, true]), None);
+    }
+
+    fn labels(pairs: &[(Observation, Label)]) -> ChexpertLabels {
+        let mut l = ChexpertLabels::default();
+        for &(o, v) in pairs {
+            l.set(o, Some(v));
+        }
+        l
+    }
+
+    #[test]
+    fn perfect_and_opposite_predictions() {
+        use Label::*;
+        use Observation::*;
+        let refs = vec![
+            labels(&[(Edema, Positive), (Cardiomegaly, Negative)]),
+            labels(&[(Edema, Negative), (Cardiomegaly, Positive)]),
+            labels(&[(Edema, Positive), (Cardiomegaly, Positive)]),
+        ];
+        let t = report_metrics(&refs, &refs, ReportMetricOptions::default());
+        let edema = t
+            .per_observation
+            .iter()
+            .find(|s| s.observation == "Edema")
+            .unwrap();
+        assert_eq!(
+            (edema.auroc, edema.f1, edema.positives),
+            (Some(1.0), 1.0, 2)
+        );
+        assert_eq!(t.f1.micro, 1.0);
+        assert_eq!(t.auroc.micro, 1.0);
+        assert_eq!(t.jaccard_micro, 1.0);
+        let flipped: Vec<_> = refs
+            .iter()
+            .map(|l| {
+                let mut f = *l;
+                for o in [Edema, Cardiomegaly] {
+                    f.set(
+                        o,
+                        Some(if l.get(o) == Some(Positive) {
+                            Negative
+                        } else {
+                            Positive
+                        }),
+                    );
+                }
+                f
+            })
+            .collect();
+        let t = report_metrics(&flipped, &refs, ReportMetricOptions::default());
+        let edema = t
+            .per_observation
+            .iter()
+            .find(|s| s.observation == "Edema")
+            .unwrap();
+        assert_eq!(edema.auroc, Some(0.0));
+        // Micro pools the 12 silent observations too: 4 positives scored 0 against 2 negatives
+        // scored 1 and 36 scored 0 (ties half) -> 18 / 38.
+        assert!((t.auroc.micro - 18.0 / 38.0).abs() < 1e-12);
+        assert_eq!(t.f1.micro, 0.0);
+        // 6 of 42 cells differ: micro Jaccard = 36 / (36 + 2 * 6).
+        assert!((t.jaccard_micro - 36.0 / 48.0).abs() < 1e-12);
+        assert!(t.to_markdown("flipped").contains("| flipped |"));
+    }
+
+    #[test]
+    fn uncertain_policies() {
+        use Label::*;
+        use Observation::*;
+        let refs = vec![
+            labels(&[(Edema, Uncertain)]),
+            labels(&[(Edema, Positive)]),
+            labels(&[]),
+        ];
+        let gen = vec![
+            labels(&[(Edema, Positive)]),
+            labels(&[(Edema, Positive)]),
+            labels(&[]),
+        ];
+        let edema = |policy| {
+            let t = report_metrics(
+                &gen,
+                &refs,
+                ReportMetricOptions {
+                    uncertain: policy,
+                    ..Default::default()
+                },
+            );
+            t.per_observation
+                .into_iter()
+                .find(|s| s.observation == "Edema")
+                .unwrap()
+        };
+        assert_eq!(edema(UncertainPolicy::Positive).f1, 1.0);
+        assert!((edema(UncertainPolicy::Negative).f1 - 2.0 / 3.0).abs() < 1e-12);
+        let ignored = edema(UncertainPolicy::Ignore);
+        assert_eq!(
+            (ignored.positives, ignored.negatives, ignored.f1),
+            (1, 1, 1.0)
+        );
+    }
+}
