@@ -139,7 +139,7 @@ pub fn auroc(scores: &[f64], targets: &[bool]) -> Option<f64> {
     Some(u / (positives * negatives) as f64)
 }
 
-fn binarise(label: Option<Label>, policy: UncertainPolicy) -> Option<bool> {
+pub(crate) fn binarise(label: Option<Label>, policy: UncertainPolicy) -> Option<bool> {
     match label {
         Some(Label::Positive) => Some(true),
         Some(Label::Uncertain) => match policy {
@@ -162,6 +162,67 @@ fn prf(tp: f64, fp: f64, fn_: f64) -> (f64, f64, f64) {
     (p, r, f)
 }
 
+/// One observation's binary decisions: generated scores (for AUROC), generated calls (for F1)
+/// and reference truths.
+pub(crate) struct Column {
+    pub name: String,
+    pub scores: Vec<f64>,
+    pub calls: Vec<bool>,
+    pub truths: Vec<bool>,
+}
+
+/// Per-observation AUROC / precision / recall / F1 and their micro, macro and weighted means.
+pub(crate) fn binary_table(columns: Vec<Column>) -> (Vec<ObservationScores>, Averages, Averages) {
+    let mut per = Vec::new();
+    let (mut all_scores, mut all_truths) = (Vec::new(), Vec::new());
+    let (mut tp_all, mut fp_all, mut fn_all) = (0.0, 0.0, 0.0);
+    for c in columns {
+        let (mut tp, mut fp, mut fn_) = (0.0, 0.0, 0.0);
+        for (&call, &truth) in c.calls.iter().zip(&c.truths) {
+            match (call, truth) {
+                (true, true) => tp += 1.0,
+                (true, false) => fp += 1.0,
+                (false, true) => fn_ += 1.0,
+                _ => {}
+            }
+        }
+        let (precision, recall, f1) = prf(tp, fp, fn_);
+        tp_all += tp;
+        fp_all += fp;
+        fn_all += fn_;
+        let positives = c.truths.iter().filter(|&&t| t).count();
+        per.push(ObservationScores {
+            observation: c.name,
+            positives,
+            negatives: c.truths.len() - positives,
+            auroc: auroc(&c.scores, &c.truths),
+            precision,
+            recall,
+            f1,
+        });
+        all_scores.extend(c.scores);
+        all_truths.extend(c.truths);
+    }
+    let defined: Vec<&ObservationScores> = per.iter().filter(|s| s.auroc.is_some()).collect();
+    let support: f64 = defined.iter().map(|s| s.positives as f64).sum();
+    let auroc_avg = Averages {
+        micro: auroc(&all_scores, &all_truths).unwrap_or(f64::NAN),
+        macro_: defined.iter().filter_map(|s| s.auroc).sum::<f64>() / defined.len().max(1) as f64,
+        weighted: defined
+            .iter()
+            .map(|s| s.auroc.unwrap_or(0.0) * s.positives as f64)
+            .sum::<f64>()
+            / support.max(1.0),
+    };
+    let f1_support: f64 = per.iter().map(|s| s.positives as f64).sum();
+    let f1_avg = Averages {
+        micro: prf(tp_all, fp_all, fn_all).2,
+        macro_: per.iter().map(|s| s.f1).sum::<f64>() / per.len().max(1) as f64,
+        weighted: per.iter().map(|s| s.f1 * s.positives as f64).sum::<f64>() / f1_support.max(1.0),
+    };
+    (per, auroc_avg, f1_avg)
+}
+
 /// Compares the labels of generated reports with those of their references (same order).
 pub fn report_metrics(
     generated: &[ChexpertLabels],
@@ -173,66 +234,33 @@ pub fn report_metrics(
         reference.len(),
         "one reference per generated report"
     );
-    let mut per = Vec::new();
-    let (mut all_scores, mut all_targets) = (Vec::new(), Vec::new());
-    let (mut tp_all, mut fp_all, mut fn_all) = (0.0, 0.0, 0.0);
-    for (o, _) in TABLE1 {
-        let (mut scores, mut targets) = (Vec::new(), Vec::new());
-        let (mut tp, mut fp, mut fn_) = (0.0, 0.0, 0.0);
-        for (g, r) in generated.iter().zip(reference) {
-            let Some(truth) = binarise(r.get(o), opts.uncertain) else {
-                continue;
+    let columns = TABLE1
+        .iter()
+        .map(|&(o, _)| {
+            let mut c = Column {
+                name: o.name().to_string(),
+                scores: Vec::new(),
+                calls: Vec::new(),
+                truths: Vec::new(),
             };
-            let Some(pred) = binarise(g.get(o), opts.uncertain) else {
-                continue;
-            };
-            let score = match (opts.auroc_score, g.get(o)) {
-                (AurocScore::ThreeLevel, Some(Label::Uncertain)) => 0.5,
-                _ => pred as u8 as f64,
-            };
-            scores.push(score);
-            targets.push(truth);
-            match (pred, truth) {
-                (true, true) => tp += 1.0,
-                (true, false) => fp += 1.0,
-                (false, true) => fn_ += 1.0,
-                _ => {}
+            for (g, r) in generated.iter().zip(reference) {
+                let (Some(truth), Some(call)) = (
+                    binarise(r.get(o), opts.uncertain),
+                    binarise(g.get(o), opts.uncertain),
+                ) else {
+                    continue;
+                };
+                c.scores.push(match (opts.auroc_score, g.get(o)) {
+                    (AurocScore::ThreeLevel, Some(Label::Uncertain)) => 0.5,
+                    _ => call as u8 as f64,
+                });
+                c.calls.push(call);
+                c.truths.push(truth);
             }
-        }
-        let (precision, recall, f1) = prf(tp, fp, fn_);
-        tp_all += tp;
-        fp_all += fp;
-        fn_all += fn_;
-        let positives = targets.iter().filter(|&&t| t).count();
-        per.push(ObservationScores {
-            observation: o.name().to_string(),
-            positives,
-            negatives: targets.len() - positives,
-            auroc: auroc(&scores, &targets),
-            precision,
-            recall,
-            f1,
-        });
-        all_scores.extend(scores);
-        all_targets.extend(targets);
-    }
-    let defined: Vec<&ObservationScores> = per.iter().filter(|s| s.auroc.is_some()).collect();
-    let support: f64 = defined.iter().map(|s| s.positives as f64).sum();
-    let auroc_avg = Averages {
-        micro: auroc(&all_scores, &all_targets).unwrap_or(f64::NAN),
-        macro_: defined.iter().filter_map(|s| s.auroc).sum::<f64>() / defined.len().max(1) as f64,
-        weighted: defined
-            .iter()
-            .map(|s| s.auroc.unwrap_or(0.0) * s.positives as f64)
-            .sum::<f64>()
-            / support.max(1.0),
-    };
-    let f1_support: f64 = per.iter().map(|s| s.positives as f64).sum();
-    let f1_avg = Averages {
-        micro: prf(tp_all, fp_all, fn_all).2,
-        macro_: per.iter().map(|s| s.f1).sum::<f64>() / per.len() as f64,
-        weighted: per.iter().map(|s| s.f1 * s.positives as f64).sum::<f64>() / f1_support.max(1.0),
-    };
+            c
+        })
+        .collect();
+    let (per, auroc_avg, f1_avg) = binary_table(columns);
 
     // Jaccard over {blank, uncertain, negative, positive}.
     let class = |l: Option<Label>| match l {

@@ -1,0 +1,227 @@
+//! Clinical fidelity of generated images: the CXR classifier's probabilities for each generated
+//! image are compared with the CheXpert labels of the report it was drawn from, over the 11
+//! observations the classifier and CheXpert share, in the layout of the LLM-CXR paper's Table 4;
+//! and the Frechet distance between classifier features (1024-d `features2`) of generated and real
+//! images (FID, computed as pytorch-fid does).
+//!
+//! The paper states neither thresholds nor the ground-truth rule. Ours: AUROC from the continuous
+//! probabilities; F1 with a probability threshold of 0.5 (torchxrayvision's calibrated operating
+//! point, `op_threshs` normalised to 0.5); report labels binarised with [`UncertainPolicy`]
+//! (default: uncertain counts as negative), blank counts as negative.
+
+use cxr_data::{ChexpertLabels, Observation};
+use nalgebra::{DMatrix, DVector, SymmetricEigen};
+
+use crate::report_metrics::{
+    binarise, binary_table, Averages, Column, ObservationScores, UncertainPolicy,
+};
+
+/// Table 4's columns: the CheXpert observation, its abbreviation, and its index among
+/// torchxrayvision's 18 outputs.
+pub const TABLE4: [(Observation, &str, usize); 11] = [
+    (Observation::Atelectasis, "Atel.", 0),
+    (Observation::Consolidation, "Cnsl.", 1),
+    (Observation::Pneumothorax, "Pmtx.", 3),
+    (Observation::Edema, "Edema", 4),
+    (Observation::PleuralEffusion, "Eff.", 7),
+    (Observation::Pneumonia, "Pna.", 8),
+    (Observation::Cardiomegaly, "Cmgl.", 10),
+    (Observation::LungLesion, "Les.", 14),
+    (Observation::Fracture, "Frac.", 15),
+    (Observation::LungOpacity, "Opac.", 16),
+    (Observation::EnlargedCardiomediastinum, "ECm.", 17),
+];
+
+/// LLM-CXR's published Table 4 row (AUROC, then F1: 11 labels, micro, macro, weighted).
+pub const LLM_CXR_PUBLISHED: ([f64; 14], [f64; 14]) = (
+    [
+        0.8054, 0.8263, 0.7540, 0.8111, 0.8155, 0.7722, 0.7846, 0.7852, 0.7596, 0.8311, 0.8335,
+        0.7907, 0.7980, 0.7991,
+    ],
+    [
+        0.8777, 0.8283, 0.7024, 0.8061, 0.8183, 0.7529, 0.8372, 0.7678, 0.7753, 0.8342, 0.8274,
+        0.8065, 0.8025, 0.8054,
+    ],
+);
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageTable {
+    pub images: usize,
+    pub threshold: f64,
+    pub uncertain: UncertainPolicy,
+    pub per_observation: Vec<ObservationScores>,
+    pub auroc: Averages,
+    pub f1: Averages,
+}
+
+/// Scores classifier probabilities (`probabilities[i][k]` for torchxrayvision output k) of each
+/// generated image against the labels of its source report.
+pub fn image_metrics(
+    probabilities: &[[f32; 18]],
+    source_labels: &[ChexpertLabels],
+    threshold: f64,
+    uncertain: UncertainPolicy,
+) -> ImageTable {
+    assert_eq!(
+        probabilities.len(),
+        source_labels.len(),
+        "one source report per image"
+    );
+    let columns = TABLE4
+        .iter()
+        .map(|&(o, _, k)| {
+            let mut c = Column {
+                name: o.name().to_string(),
+                scores: Vec::new(),
+                calls: Vec::new(),
+                truths: Vec::new(),
+            };
+            for (p, l) in probabilities.iter().zip(source_labels) {
+                let Some(truth) = binarise(l.get(o), uncertain) else {
+                    continue;
+                };
+                c.scores.push(p[k] as f64);
+                c.calls.push(p[k] as f64 >= threshold);
+                c.truths.push(truth);
+            }
+            c
+        })
+        .collect();
+    let (per_observation, auroc, f1) = binary_table(columns);
+    ImageTable {
+        images: probabilities.len(),
+        threshold,
+        uncertain,
+        per_observation,
+        auroc,
+        f1,
+    }
+}
+
+impl ImageTable {
+    /// The table in the paper's layout, with LLM-CXR's published row beneath ours.
+    pub fn to_markdown(&self, model: &str) -> String {
+        let header: Vec<&str> = TABLE4
+            .iter()
+            .map(|t| t.1)
+            .chain(["Micro", "Macro", "Weighted"])
+            .collect();
+        let mut out = String::new();
+        for (name, avg, values, published) in [
+            (
+                "AUROC",
+                self.auroc,
+                self.per_observation
+                    .iter()
+                    .map(|s| s.auroc)
+                    .collect::<Vec<_>>(),
+                LLM_CXR_PUBLISHED.0,
+            ),
+            (
+                "F1",
+                self.f1,
+                self.per_observation.iter().map(|s| Some(s.f1)).collect(),
+                LLM_CXR_PUBLISHED.1,
+            ),
+        ] {
+            out += &format!(
+                "| {name} | {} |\n|---|{}\n",
+                header.join(" | "),
+                "---|".repeat(header.len())
+            );
+            let ours: Vec<String> = values
+                .into_iter()
+                .chain([Some(avg.micro), Some(avg.macro_), Some(avg.weighted)])
+                .map(|v| v.map_or("-".into(), |x| format!("{x:.4}")))
+                .collect();
+            out += &format!("| {model} | {} |\n", ours.join(" | "));
+            out += &format!(
+                "| LLM-CXR (published) | {} |\n\n",
+                published
+                    .iter()
+                    .map(|v| format!("{v:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+        }
+        out += &format!(
+            "{} images; F1 at probability >= {}; uncertain report labels counted as {:?}.\n",
+            self.images, self.threshold, self.uncertain
+        );
+        out
+    }
+}
+
+/// Mean and (N - 1)-normalised covariance of row vectors.
+fn mean_cov(rows: &[Vec<f32>]) -> (DVector<f64>, DMatrix<f64>) {
+    let n = rows.len();
+    let d = rows.first().map_or(0, Vec::len);
+    let x = DMatrix::from_fn(n, d, |i, j| rows[i][j] as f64);
+    let mean = DVector::from_fn(d, |j, _| x.column(j).mean());
+    let centred = DMatrix::from_fn(n, d, |i, j| x[(i, j)] - mean[j]);
+    let cov = centred.transpose() * &centred / (n.max(2) - 1) as f64;
+    (mean, cov)
+}
+
+/// The Frechet distance between two sets of feature vectors (FID on whatever features they are):
+/// |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)), the last term as the sum of square roots
+/// of the eigenvalues of S1^(1/2) S2 S1^(1/2), which is symmetric.
+pub fn frechet_distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    let (mu1, s1) = mean_cov(a);
+    let (mu2, s2) = mean_cov(b);
+    let diff = &mu1 - &mu2;
+    let eig = SymmetricEigen::new(s1.clone());
+    let root = &eig.eigenvectors
+        * DMatrix::from_diagonal(&eig.eigenvalues.map(|l| l.max(0.0).sqrt()))
+        * eig.eigenvectors.transpose();
+    let m = &root * &s2 * &root;
+    let m = (&m + m.transpose()) * 0.5;
+    let tr_covmean: f64 = SymmetricEigen::new(m)
+        .eigenvalues
+        .iter()
+        .map(|l| l.max(0.0).sqrt())
+        .sum();
+    diff.dot(&diff) + s1.trace() + s2.trace() - 2.0 * tr_covmean
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cxr_data::Label;
+
+    #[test]
+    fn frechet_distance_of_shifted_gaussians() {
+        // Identical spread, mean shifted by (3, 4): the distance is 25.
+        let a: Vec<Vec<f32>> = (0..400)
+            .map(|i| vec![(i % 20) as f32, (i / 20) as f32])
+            .collect();
+        let b: Vec<Vec<f32>> = a.iter().map(|v| vec![v[0] + 3.0, v[1] + 4.0]).collect();
+        assert!((frechet_distance(&a, &b) - 25.0).abs() < 1e-9);
+        assert!(frechet_distance(&a, &a).abs() < 1e-9);
+    }
+
+    #[test]
+    fn perfect_probabilities_score_one() {
+        let mut labels = Vec::new();
+        let mut probs = Vec::new();
+        for i in 0..20 {
+            let mut l = ChexpertLabels::default();
+            let mut p = [0.1f32; 18];
+            if i % 2 == 0 {
+                l.set(Observation::Edema, Some(Label::Positive));
+                p[4] = 0.9;
+            }
+            labels.push(l);
+            probs.push(p);
+        }
+        let t = image_metrics(&probs, &labels, 0.5, UncertainPolicy::Negative);
+        let edema = t
+            .per_observation
+            .iter()
+            .find(|s| s.observation == "Edema")
+            .unwrap();
+        assert_eq!((edema.auroc, edema.f1), (Some(1.0), 1.0));
+        assert_eq!(t.f1.micro, 1.0);
+        assert!(t.to_markdown("x").contains("LLM-CXR (published)"));
+    }
+}
