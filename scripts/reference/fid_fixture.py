@@ -36,7 +36,9 @@ def main():
     close = (real @ (np.eye(32) + 0.1 * mix) + 0.05).astype(np.float32)
     far = (rng.normal(size=(300, 32)) @ mix * 3 + 1.0).astype(np.float32)
     save_file({"real": real, "close": close, "far": far}, os.path.join(OUT, "fid_features.safetensors"))
-    values = {"real_close": fid(real, close), "real_far": fid(real, far), "real_real": fid(real, real)}
+    values = {"real_close": fid(real, close), "real_far": fid(real, far), "real_real": fid(real, real),
+              # Fewer samples than dimensions (20 x 20 <= 32 x 32): llm-cxr's sample-space path.
+              "few_real_far": fid(real[:20], far[:20])}
     with open(os.path.join(OUT, "fid_reference.json"), "w") as f:
         json.dump(values, f, indent=1)
     print(values)

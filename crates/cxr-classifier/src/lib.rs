@@ -293,7 +293,12 @@ impl DenseNet {
 
     /// Logits for the 18 pathologies, (B, 18); apply a sigmoid for probabilities.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.classifier.forward(&self.features2(x, train)?)
+        self.classify(&self.features2(x, train)?)
+    }
+
+    /// Logits from `features2`, when both are wanted from one pass.
+    pub fn classify(&self, features2: &Tensor) -> candle_core::Result<Tensor> {
+        self.classifier.forward(features2)
     }
 }
 

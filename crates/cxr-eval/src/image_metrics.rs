@@ -152,36 +152,51 @@ impl ImageTable {
     }
 }
 
-/// Mean and (N - 1)-normalised covariance of row vectors.
-fn mean_cov(rows: &[Vec<f32>]) -> (DVector<f64>, DMatrix<f64>) {
+/// Mean and centred data matrix (rows = samples) of row vectors.
+fn centred(rows: &[Vec<f32>]) -> (DVector<f64>, DMatrix<f64>) {
     let n = rows.len();
     let d = rows.first().map_or(0, Vec::len);
     let x = DMatrix::from_fn(n, d, |i, j| rows[i][j] as f64);
     let mean = DVector::from_fn(d, |j, _| x.column(j).mean());
-    let centred = DMatrix::from_fn(n, d, |i, j| x[(i, j)] - mean[j]);
-    let cov = centred.transpose() * &centred / (n.max(2) - 1) as f64;
-    (mean, cov)
+    let c = DMatrix::from_fn(n, d, |i, j| x[(i, j)] - mean[j]);
+    (mean, c)
 }
 
 /// The Frechet distance between two sets of feature vectors (FID on whatever features they are):
-/// |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)), the last term as the sum of square roots
-/// of the eigenvalues of S1^(1/2) S2 S1^(1/2), which is symmetric.
+/// |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)), with S the (N - 1)-normalised
+/// covariances, as pytorch-fid defines it.
+///
+/// With centred data A and B, S1 S2 = A'A B'B / c whose non-zero eigenvalues are the squared
+/// singular values of A B' / sqrt(c): so tr((S1 S2)^(1/2)) is the nuclear norm of that n1 x n2
+/// matrix. When there are fewer images than feature dimensions (the usual case with 1024-d
+/// features) this is computed exactly and cheaply in sample space; otherwise through the
+/// symmetric d x d matrix S1^(1/2) S2 S1^(1/2), which has the same eigenvalues.
 pub fn frechet_distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
-    let (mu1, s1) = mean_cov(a);
-    let (mu2, s2) = mean_cov(b);
+    let (mu1, xa) = centred(a);
+    let (mu2, xb) = centred(b);
+    let (n1, n2, d) = (xa.nrows(), xb.nrows(), xa.ncols());
+    let (c1, c2) = ((n1.max(2) - 1) as f64, (n2.max(2) - 1) as f64);
     let diff = &mu1 - &mu2;
-    let eig = SymmetricEigen::new(s1.clone());
-    let root = &eig.eigenvectors
-        * DMatrix::from_diagonal(&eig.eigenvalues.map(|l| l.max(0.0).sqrt()))
-        * eig.eigenvectors.transpose();
-    let m = &root * &s2 * &root;
-    let m = (&m + m.transpose()) * 0.5;
-    let tr_covmean: f64 = SymmetricEigen::new(m)
-        .eigenvalues
-        .iter()
-        .map(|l| l.max(0.0).sqrt())
-        .sum();
-    diff.dot(&diff) + s1.trace() + s2.trace() - 2.0 * tr_covmean
+    let (tr1, tr2) = (xa.norm_squared() / c1, xb.norm_squared() / c2);
+    let tr_covmean = if n1 * n2 <= d * d {
+        let cross = &xa * xb.transpose() / (c1 * c2).sqrt();
+        cross.singular_values().sum()
+    } else {
+        let s1 = xa.transpose() * &xa / c1;
+        let s2 = xb.transpose() * &xb / c2;
+        let eig = SymmetricEigen::new(s1);
+        let root = &eig.eigenvectors
+            * DMatrix::from_diagonal(&eig.eigenvalues.map(|l| l.max(0.0).sqrt()))
+            * eig.eigenvectors.transpose();
+        let m = &root * s2 * &root;
+        let m = (&m + m.transpose()) * 0.5;
+        SymmetricEigen::new(m)
+            .eigenvalues
+            .iter()
+            .map(|l| l.max(0.0).sqrt())
+            .sum()
+    };
+    diff.dot(&diff) + tr1 + tr2 - 2.0 * tr_covmean
 }
 
 #[cfg(test)]
@@ -198,6 +213,42 @@ mod tests {
         let b: Vec<Vec<f32>> = a.iter().map(|v| vec![v[0] + 3.0, v[1] + 4.0]).collect();
         assert!((frechet_distance(&a, &b) - 25.0).abs() < 1e-9);
         assert!(frechet_distance(&a, &a).abs() < 1e-9);
+    }
+
+    #[test]
+    fn few_images_in_many_dimensions() {
+        // 6 images, 1024-d, large values: the sample-space path keeps FID(a, a) at zero.
+        let mut s = 1u64;
+        let mut r = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) * 100.0
+        };
+        let a: Vec<Vec<f32>> = (0..6).map(|_| (0..1024).map(|_| r()).collect()).collect();
+        let b: Vec<Vec<f32>> = (0..6).map(|_| (0..1024).map(|_| r()).collect()).collect();
+        assert!(
+            frechet_distance(&a, &a).abs() < 1e-6,
+            "{}",
+            frechet_distance(&a, &a)
+        );
+        // Both paths agree where both apply (2-d features, 3 samples: 9 > 4 uses the d-space path).
+        let small_a: Vec<Vec<f32>> = a.iter().take(3).map(|v| v[..2].to_vec()).collect();
+        let small_b: Vec<Vec<f32>> = b.iter().take(3).map(|v| v[..2].to_vec()).collect();
+        let d_space = frechet_distance(&small_a, &small_b);
+        let wide_a: Vec<Vec<f32>> = small_a
+            .iter()
+            .map(|v| [v.clone(), vec![0.0; 2]].concat())
+            .collect();
+        let wide_b: Vec<Vec<f32>> = small_b
+            .iter()
+            .map(|v| [v.clone(), vec![0.0; 2]].concat())
+            .collect();
+        let sample_space = frechet_distance(&wide_a, &wide_b); // 9 <= 16: sample-space path
+        assert!(
+            (d_space - sample_space).abs() < 1e-6 * d_space.abs().max(1.0),
+            "{d_space} vs {sample_space}"
+        );
     }
 
     #[test]

@@ -277,3 +277,75 @@ fn eval_report_scores_perfect_pairs_perfectly() {
         stderr(&o)
     );
 }
+
+#[test]
+fn eval_image_runs_the_classifier_and_fid() {
+    use cxr_classifier::candle_core::{DType, Device};
+    use cxr_classifier::candle_nn::{VarBuilder, VarMap};
+    let phrases =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/chexpert-labeler-phrases");
+    if !phrases.is_dir() {
+        eprintln!("SKIP: {} is absent", phrases.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A random-weight DenseNet-121 in torchxrayvision's layout: the metrics are meaningless, the
+    // pipeline is what is tested.
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    cxr_classifier::DenseNet::new(&cxr_classifier::DenseNetConfig::densenet121_txv(), vb).unwrap();
+    let weights = dir.path().join("densenet.safetensors");
+    varmap.save(&weights).unwrap();
+
+    let ph = dir.path().join("ph");
+    let o = llm_cxr(&[
+        "phantom",
+        "--n",
+        "6",
+        "--size",
+        "64",
+        "--out",
+        ph.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let jpgs: Vec<_> = walk(&ph)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    let mut generated = String::from("image,report\n");
+    let mut real = String::from("image\n");
+    for jpg in &jpgs {
+        let report = std::fs::read_to_string(jpg.parent().unwrap().with_extension("txt")).unwrap();
+        generated += &format!("{},\"{}\"\n", jpg.display(), report.replace('"', ""));
+        real += &format!("{}\n", jpg.display());
+    }
+    std::fs::write(dir.path().join("generated.csv"), generated).unwrap();
+    std::fs::write(dir.path().join("real.csv"), real).unwrap();
+    let out = dir.path().join("eval");
+    let o = llm_cxr(&[
+        "eval",
+        "image",
+        dir.path().join("generated.csv").to_str().unwrap(),
+        "--classifier",
+        weights.to_str().unwrap(),
+        "--real",
+        dir.path().join("real.csv").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--phrases",
+        phrases.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("image-metrics.json")).unwrap()).unwrap();
+    assert_eq!(v["clinical"]["images"], 6);
+    assert_eq!(
+        v["clinical"]["per_observation"].as_array().unwrap().len(),
+        11
+    );
+    // The same images on both sides: the Frechet distance is zero.
+    assert!(
+        v["fid_classifier_features"].as_f64().unwrap().abs() < 1e-3,
+        "{v}"
+    );
+}
