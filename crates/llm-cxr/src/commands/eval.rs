@@ -146,13 +146,16 @@ fn read_columns(path: &std::path::Path, names: &[&str]) -> anyhow::Result<Vec<Ve
     Ok(rows)
 }
 
+/// Per image: the 18 probabilities, and the 1024-d features2.
+type Classified = (Vec<[f32; 18]>, Vec<Vec<f32>>);
+
 /// Classifier probabilities and features2 of every image, in order, with a progress bar.
 fn classify(
     model: &cxr_classifier::DenseNet,
     paths: &[String],
     batch: usize,
     what: &str,
-) -> anyhow::Result<(Vec<[f32; 18]>, Vec<Vec<f32>>)> {
+) -> anyhow::Result<Classified> {
     use cxr_classifier::candle_core::{Device, Tensor};
     let bar = super::progress(paths.len() as u64, what);
     let (mut probs, mut feats) = (Vec::new(), Vec::new());
