@@ -9,6 +9,8 @@
 //! state_dict saved by either loads with no renaming. Parity with a random-weight PyTorch
 //! reference is tested (`scripts/reference/densenet_fixture.py`).
 
+pub mod train;
+
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, ModuleT, Tensor, D};
@@ -41,6 +43,25 @@ pub const PATHOLOGIES: [&str; 18] = [
     "Lung Opacity",
     "Enlarged Cardiomediastinum",
 ];
+
+/// The CheXpert observations among torchxrayvision's outputs (the 11 of the paper's Table 4), in
+/// Table 4's column order, with their output index.
+pub const CHEXPERT_OUTPUTS: [(cxr_data::Observation, usize); 11] = {
+    use cxr_data::Observation::*;
+    [
+        (Atelectasis, 0),
+        (Consolidation, 1),
+        (Pneumothorax, 3),
+        (Edema, 4),
+        (PleuralEffusion, 7),
+        (Pneumonia, 8),
+        (Cardiomegaly, 10),
+        (LungLesion, 14),
+        (Fracture, 15),
+        (LungOpacity, 16),
+        (EnlargedCardiomediastinum, 17),
+    ]
+};
 
 /// DenseNet hyper-parameters, torchvision's names.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -9,27 +9,17 @@
 //! point, `op_threshs` normalised to 0.5); report labels binarised with [`UncertainPolicy`]
 //! (default: uncertain counts as negative), blank counts as negative.
 
-use cxr_data::{ChexpertLabels, Observation};
+use cxr_classifier::CHEXPERT_OUTPUTS;
+use cxr_data::ChexpertLabels;
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
 use crate::report_metrics::{
     binarise, binary_table, Averages, Column, ObservationScores, UncertainPolicy,
 };
 
-/// Table 4's columns: the CheXpert observation, its abbreviation, and its index among
-/// torchxrayvision's 18 outputs.
-pub const TABLE4: [(Observation, &str, usize); 11] = [
-    (Observation::Atelectasis, "Atel.", 0),
-    (Observation::Consolidation, "Cnsl.", 1),
-    (Observation::Pneumothorax, "Pmtx.", 3),
-    (Observation::Edema, "Edema", 4),
-    (Observation::PleuralEffusion, "Eff.", 7),
-    (Observation::Pneumonia, "Pna.", 8),
-    (Observation::Cardiomegaly, "Cmgl.", 10),
-    (Observation::LungLesion, "Les.", 14),
-    (Observation::Fracture, "Frac.", 15),
-    (Observation::LungOpacity, "Opac.", 16),
-    (Observation::EnlargedCardiomediastinum, "ECm.", 17),
+/// Table 4's column abbreviations, in the order of `cxr_classifier::CHEXPERT_OUTPUTS`.
+pub const TABLE4_ABBREVIATIONS: [&str; 11] = [
+    "Atel.", "Cnsl.", "Pmtx.", "Edema", "Eff.", "Pna.", "Cmgl.", "Les.", "Frac.", "Opac.", "ECm.",
 ];
 
 /// LLM-CXR's published Table 4 row (AUROC, then F1: 11 labels, micro, macro, weighted).
@@ -67,9 +57,9 @@ pub fn image_metrics(
         source_labels.len(),
         "one source report per image"
     );
-    let columns = TABLE4
+    let columns = CHEXPERT_OUTPUTS
         .iter()
-        .map(|&(o, _, k)| {
+        .map(|&(o, k)| {
             let mut c = Column {
                 name: o.name().to_string(),
                 scores: Vec::new(),
@@ -101,9 +91,9 @@ pub fn image_metrics(
 impl ImageTable {
     /// The table in the paper's layout, with LLM-CXR's published row beneath ours.
     pub fn to_markdown(&self, model: &str) -> String {
-        let header: Vec<&str> = TABLE4
+        let header: Vec<&str> = TABLE4_ABBREVIATIONS
             .iter()
-            .map(|t| t.1)
+            .copied()
             .chain(["Micro", "Macro", "Weighted"])
             .collect();
         let mut out = String::new();
@@ -202,7 +192,7 @@ pub fn frechet_distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cxr_data::Label;
+    use cxr_data::{Label, Observation};
 
     #[test]
     fn frechet_distance_of_shifted_gaussians() {
