@@ -41,6 +41,9 @@ enum Command {
     /// Label free-text reports with the 14 CheXpert observations (1 / 0 / -1 / blank), reading
     /// and writing the CheXpert labeler's own CSV layouts.
     Label(commands::label::Args),
+    /// The DenseNet-121 CXR classifier (torchxrayvision layout).
+    #[command(subcommand)]
+    Classifier(commands::classifier::Command),
     /// Evaluate generated outputs against references, in the paper's tables.
     #[command(subcommand)]
     Eval(commands::eval::Command),
@@ -72,6 +75,7 @@ fn main() -> std::process::ExitCode {
         Command::Dataset(a) => commands::dataset::run(a),
         Command::Label(a) => commands::label::run(a),
         Command::Eval(c) => commands::eval::run(c),
+        Command::Classifier(c) => commands::classifier::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
