@@ -14,7 +14,7 @@ use cxr_data::ChexpertLabels;
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
 use crate::report_metrics::{
-    binarise, binary_table, Averages, Column, ObservationScores, UncertainPolicy,
+    binarise, binary_table, markdown_table, Averages, Column, ObservationScores, UncertainPolicy,
 };
 
 /// Table 4's column abbreviations, in the order of `cxr_classifier::CHEXPERT_OUTPUTS`.
@@ -91,49 +91,15 @@ pub fn image_metrics(
 impl ImageTable {
     /// The table in the paper's layout, with LLM-CXR's published row beneath ours.
     pub fn to_markdown(&self, model: &str) -> String {
-        let header: Vec<&str> = TABLE4_ABBREVIATIONS
-            .iter()
-            .copied()
-            .chain(["Micro", "Macro", "Weighted"])
-            .collect();
-        let mut out = String::new();
-        for (name, avg, values, published) in [
-            (
-                "AUROC",
-                self.auroc,
-                self.per_observation
-                    .iter()
-                    .map(|s| s.auroc)
-                    .collect::<Vec<_>>(),
-                LLM_CXR_PUBLISHED.0,
-            ),
-            (
-                "F1",
-                self.f1,
-                self.per_observation.iter().map(|s| Some(s.f1)).collect(),
-                LLM_CXR_PUBLISHED.1,
-            ),
-        ] {
-            out += &format!(
-                "| {name} | {} |\n|---|{}\n",
-                header.join(" | "),
-                "---|".repeat(header.len())
-            );
-            let ours: Vec<String> = values
-                .into_iter()
-                .chain([Some(avg.micro), Some(avg.macro_), Some(avg.weighted)])
-                .map(|v| v.map_or("-".into(), |x| format!("{x:.4}")))
-                .collect();
-            out += &format!("| {model} | {} |\n", ours.join(" | "));
-            out += &format!(
-                "| LLM-CXR (published) | {} |\n\n",
-                published
-                    .iter()
-                    .map(|v| format!("{v:.4}"))
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            );
-        }
+        let mut out = markdown_table(
+            &TABLE4_ABBREVIATIONS,
+            &self.per_observation,
+            self.auroc,
+            self.f1,
+            (&LLM_CXR_PUBLISHED.0, &LLM_CXR_PUBLISHED.1),
+            model,
+            4,
+        );
         out += &format!(
             "{} images; F1 at probability >= {}; uncertain report labels counted as {:?}.\n",
             self.images, self.threshold, self.uncertain

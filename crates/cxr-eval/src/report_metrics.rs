@@ -297,53 +297,68 @@ pub fn report_metrics(
     }
 }
 
+/// A paper-style table (AUROC, then F1; one column per observation, then micro, macro and
+/// weighted), our row above the published LLM-CXR row. Shared by Table 1 and Table 4.
+pub(crate) fn markdown_table(
+    abbreviations: &[&str],
+    per: &[ObservationScores],
+    auroc: Averages,
+    f1: Averages,
+    published: (&[f64], &[f64]),
+    model: &str,
+    decimals: usize,
+) -> String {
+    let header: Vec<&str> = abbreviations
+        .iter()
+        .copied()
+        .chain(["Micro", "Macro", "Weighted"])
+        .collect();
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.decimals$}"));
+    let mut out = String::new();
+    for (name, avg, values, published) in [
+        (
+            "AUROC",
+            auroc,
+            per.iter().map(|s| s.auroc).collect::<Vec<_>>(),
+            published.0,
+        ),
+        (
+            "F1",
+            f1,
+            per.iter().map(|s| Some(s.f1)).collect(),
+            published.1,
+        ),
+    ] {
+        out += &format!(
+            "| {name} | {} |\n|---|{}\n",
+            header.join(" | "),
+            "---|".repeat(header.len())
+        );
+        let ours: Vec<String> = values
+            .into_iter()
+            .chain([Some(avg.micro), Some(avg.macro_), Some(avg.weighted)])
+            .map(fmt)
+            .collect();
+        out += &format!("| {model} | {} |\n", ours.join(" | "));
+        let theirs: Vec<String> = published.iter().map(|&v| fmt(Some(v))).collect();
+        out += &format!("| LLM-CXR (published) | {} |\n\n", theirs.join(" | "));
+    }
+    out
+}
+
 impl ReportTable {
     /// The table in the paper's layout, with LLM-CXR's published row beneath ours.
     pub fn to_markdown(&self, model: &str) -> String {
-        let header = TABLE1
-            .iter()
-            .map(|(_, a)| *a)
-            .chain(["Micro", "Macro", "Weighted"])
-            .collect::<Vec<_>>();
-        let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
-        let mut out = String::new();
-        for (name, avg, values, published) in [
-            (
-                "AUROC",
-                self.auroc,
-                self.per_observation
-                    .iter()
-                    .map(|s| s.auroc)
-                    .collect::<Vec<_>>(),
-                LLM_CXR_PUBLISHED.0,
-            ),
-            (
-                "F1",
-                self.f1,
-                self.per_observation.iter().map(|s| Some(s.f1)).collect(),
-                LLM_CXR_PUBLISHED.1,
-            ),
-        ] {
-            out += &format!(
-                "| {name} | {} |\n|---|{}\n",
-                header.join(" | "),
-                "---|".repeat(header.len())
-            );
-            let ours: Vec<String> = values
-                .into_iter()
-                .chain([Some(avg.micro), Some(avg.macro_), Some(avg.weighted)])
-                .map(fmt)
-                .collect();
-            out += &format!("| {model} | {} |\n", ours.join(" | "));
-            out += &format!(
-                "| LLM-CXR (published) | {} |\n\n",
-                published
-                    .iter()
-                    .map(|v| format!("{v:.3}"))
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            );
-        }
+        let abbreviations: Vec<&str> = TABLE1.iter().map(|(_, a)| *a).collect();
+        let mut out = markdown_table(
+            &abbreviations,
+            &self.per_observation,
+            self.auroc,
+            self.f1,
+            (&LLM_CXR_PUBLISHED.0, &LLM_CXR_PUBLISHED.1),
+            model,
+            3,
+        );
         out += &format!(
             "Jaccard over {{blank, uncertain, negative, positive}}: micro {:.3}, macro {:.3} (LLM-CXR published: micro 0.609). {} reports; uncertain counted as {:?}; AUROC scores {:?}.\n",
             self.jaccard_micro, self.jaccard_macro, self.reports, self.options.uncertain, self.options.auroc_score

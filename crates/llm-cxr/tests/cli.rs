@@ -12,6 +12,18 @@ fn llm_cxr(args: &[&str]) -> Output {
         .expect("run llm-cxr")
 }
 
+/// The CheXpert phrase lists from ../shared/data, or None (with a message) when absent.
+fn chexpert_phrases() -> Option<std::path::PathBuf> {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/chexpert-labeler-phrases");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("SKIP: {} is absent", dir.display());
+        None
+    }
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -194,12 +206,9 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn label_reproduces_the_chexpert_reference_csv() {
-    let phrases =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/chexpert-labeler-phrases");
-    if !phrases.is_dir() {
-        eprintln!("SKIP: {} is absent", phrases.display());
+    let Some(phrases) = chexpert_phrases() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("labeled.csv");
     let o = llm_cxr(&[
@@ -229,12 +238,9 @@ fn label_reproduces_the_chexpert_reference_csv() {
 
 #[test]
 fn eval_report_scores_perfect_pairs_perfectly() {
-    let phrases =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/chexpert-labeler-phrases");
-    if !phrases.is_dir() {
-        eprintln!("SKIP: {} is absent", phrases.display());
+    let Some(phrases) = chexpert_phrases() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let pairs = dir.path().join("pairs.csv");
     let mut csv = String::from("generated,reference\n");
@@ -282,12 +288,9 @@ fn eval_report_scores_perfect_pairs_perfectly() {
 fn eval_image_runs_the_classifier_and_fid() {
     use cxr_classifier::candle_core::{DType, Device};
     use cxr_classifier::candle_nn::{VarBuilder, VarMap};
-    let phrases =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/chexpert-labeler-phrases");
-    if !phrases.is_dir() {
-        eprintln!("SKIP: {} is absent", phrases.display());
+    let Some(phrases) = chexpert_phrases() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     // A random-weight DenseNet-121 in torchxrayvision's layout: the metrics are meaningless, the
     // pipeline is what is tested.

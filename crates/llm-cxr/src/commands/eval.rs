@@ -233,41 +233,12 @@ FID on the classifier's 1024-d features: {f:.4} (LLM-CXR published, torchxrayvis
     Ok(())
 }
 
-fn read_pairs(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
-    let mut reader =
-        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
-    let header = reader
-        .headers()
-        .with_context(|| format!("{}: no CSV header", path.display()))?
-        .clone();
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| h.trim().eq_ignore_ascii_case(name))
-            .with_context(|| {
-                format!(
-                    "{}: no column named {name} (columns: {})",
-                    path.display(),
-                    header.iter().collect::<Vec<_>>().join(", ")
-                )
-            })
-    };
-    let (g, r) = (col("generated")?, col("reference")?);
-    let mut pairs = Vec::new();
-    for (i, row) in reader.records().enumerate() {
-        let row = row.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
-        pairs.push((
-            row.get(g).unwrap_or("").to_string(),
-            row.get(r).unwrap_or("").to_string(),
-        ));
-    }
-    anyhow::ensure!(!pairs.is_empty(), "{}: no rows", path.display());
-    Ok(pairs)
-}
-
 fn report(args: ReportArgs) -> anyhow::Result<()> {
     let labeler = ReportLabeler::from_dir(&super::label::phrases_dir(args.phrases)?)?;
-    let pairs = read_pairs(&args.pairs)?;
+    let pairs: Vec<(String, String)> = read_columns(&args.pairs, &["generated", "reference"])?
+        .into_iter()
+        .map(|mut r| (std::mem::take(&mut r[0]), std::mem::take(&mut r[1])))
+        .collect();
     let bar = super::progress(pairs.len() as u64, "reports");
     let labelled: Vec<_> = pairs
         .par_iter()
