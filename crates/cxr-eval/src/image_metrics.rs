@@ -60,12 +60,7 @@ pub fn image_metrics(
     let columns = CHEXPERT_OUTPUTS
         .iter()
         .map(|&(o, k)| {
-            let mut c = Column {
-                name: o.name().to_string(),
-                scores: Vec::new(),
-                calls: Vec::new(),
-                truths: Vec::new(),
-            };
+            let mut c = Column::new(o);
             for (p, l) in probabilities.iter().zip(source_labels) {
                 let Some(truth) = binarise(l.get(o), uncertain) else {
                     continue;

@@ -171,6 +171,17 @@ pub(crate) struct Column {
     pub truths: Vec<bool>,
 }
 
+impl Column {
+    pub(crate) fn new(o: Observation) -> Self {
+        Self {
+            name: o.name().to_string(),
+            scores: Vec::new(),
+            calls: Vec::new(),
+            truths: Vec::new(),
+        }
+    }
+}
+
 /// Per-observation AUROC / precision / recall / F1 and their micro, macro and weighted means.
 pub(crate) fn binary_table(columns: Vec<Column>) -> (Vec<ObservationScores>, Averages, Averages) {
     let mut per = Vec::new();
@@ -237,12 +248,7 @@ pub fn report_metrics(
     let columns = TABLE1
         .iter()
         .map(|&(o, _)| {
-            let mut c = Column {
-                name: o.name().to_string(),
-                scores: Vec::new(),
-                calls: Vec::new(),
-                truths: Vec::new(),
-            };
+            let mut c = Column::new(o);
             for (g, r) in generated.iter().zip(reference) {
                 let (Some(truth), Some(call)) = (
                     binarise(r.get(o), opts.uncertain),
