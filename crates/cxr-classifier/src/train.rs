@@ -13,12 +13,11 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use cxr_train::{load_checkpoint, save_checkpoint, AdamW, AdamWConfig, TrainError};
+use cxr_train::{batch_indices, load_checkpoint, save_checkpoint, AdamW, AdamWConfig, TrainError};
 
 use crate::{txv_input, DenseNet, DenseNetConfig};
 
@@ -148,21 +147,6 @@ pub fn masked_bce(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> candle_co
     let per = (softplus - (targets * logits)?)?;
     let total = (per * mask)?.sum_all()?;
     total / mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64
-}
-
-/// The examples of step `step`, from the deterministic epoch permutations.
-fn batch_indices(n: usize, batch: usize, seed: u64, step: u64) -> Vec<usize> {
-    let start = step as usize * batch;
-    (start..start + batch)
-        .map(|k| {
-            let (epoch, pos) = (k / n, k % n);
-            let mut order: Vec<usize> = (0..n).collect();
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-                seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            ));
-            order[pos]
-        })
-        .collect()
 }
 
 fn load_batch(
@@ -320,13 +304,5 @@ mod tests {
         };
         let want = (bce(2.0, 1.0) + bce(-1.0, 0.0)) / 2.0;
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
-    }
-
-    #[test]
-    fn data_order_is_a_permutation_per_epoch() {
-        let mut seen: Vec<usize> = (0..5).flat_map(|s| batch_indices(10, 2, 7, s)).collect();
-        seen.sort();
-        assert_eq!(seen, (0..10).collect::<Vec<_>>());
-        assert_eq!(batch_indices(10, 2, 7, 3), batch_indices(10, 2, 7, 3));
     }
 }

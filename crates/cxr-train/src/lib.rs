@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -208,9 +211,34 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint, Train
     Ok((tensors, metadata))
 }
 
+/// The example indices of step `step` when each epoch visits the `n` examples in a permutation
+/// drawn from `(seed, epoch)`: the data position is the step count alone, so a resumed run sees
+/// the same batches as one never stopped.
+pub fn batch_indices(n: usize, batch: usize, seed: u64, step: u64) -> Vec<usize> {
+    let start = step as usize * batch;
+    (start..start + batch)
+        .map(|k| {
+            let (epoch, pos) = (k / n, k % n);
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ));
+            order[pos]
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_order_is_a_permutation_per_epoch() {
+        let mut seen: Vec<usize> = (0..5).flat_map(|s| batch_indices(10, 2, 7, s)).collect();
+        seen.sort();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        assert_eq!(batch_indices(10, 2, 7, 3), batch_indices(10, 2, 7, 3));
+    }
 
     #[test]
     fn adamw_matches_a_hand_computed_torch_step() {
