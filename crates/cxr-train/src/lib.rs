@@ -6,6 +6,9 @@
 //! candle-nn's own `AdamW` keeps its moments private, which makes exact resumption impossible;
 //! this one follows `torch.optim.AdamW` (decoupled weight decay, bias correction) step for step.
 
+pub mod conv;
+pub mod group_norm;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,8 @@
 //! (`main.0.weight`, `main.2.weight`, `main.3.running_mean`, ...) and its hinge loss.
 
 use candle_core::{ModuleT, Tensor};
-use candle_nn::{batch_norm, conv2d, conv2d_no_bias, BatchNorm, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{batch_norm, BatchNorm, VarBuilder};
+use cxr_train::conv::Conv2d;
 
 /// One `Conv2d(k4, p1)` and, on inner layers, BatchNorm and LeakyReLU(0.2).
 struct Layer {
@@ -13,14 +14,6 @@ struct Layer {
 
 pub struct Discriminator {
     layers: Vec<Layer>,
-}
-
-fn cfg(stride: usize) -> Conv2dConfig {
-    Conv2dConfig {
-        padding: 1,
-        stride,
-        ..Default::default()
-    }
 }
 
 impl Discriminator {
@@ -35,7 +28,7 @@ impl Discriminator {
         // Index into `main` as nn.Sequential numbers its children.
         let mut idx = 0;
         let mut layers = vec![Layer {
-            conv: conv2d(input_nc, ndf, 4, cfg(2), main.pp(idx))?,
+            conv: Conv2d::new((input_nc, ndf, 4), 2, 1, true, main.pp(idx))?,
             norm: None,
             leaky: true,
         }];
@@ -45,7 +38,7 @@ impl Discriminator {
             let prev = mult;
             mult = (1 << n).min(8);
             let stride = if n < n_layers { 2 } else { 1 };
-            let conv = conv2d_no_bias(ndf * prev, ndf * mult, 4, cfg(stride), main.pp(idx))?;
+            let conv = Conv2d::new((ndf * prev, ndf * mult, 4), stride, 1, false, main.pp(idx))?;
             let norm = batch_norm(ndf * mult, 1e-5, main.pp(idx + 1))?;
             layers.push(Layer {
                 conv,
@@ -55,7 +48,7 @@ impl Discriminator {
             idx += 3;
         }
         layers.push(Layer {
-            conv: conv2d(ndf * mult, 1, 4, cfg(1), main.pp(idx))?,
+            conv: Conv2d::new((ndf * mult, 1, 4), 1, 1, true, main.pp(idx))?,
             norm: None,
             leaky: false,
         });

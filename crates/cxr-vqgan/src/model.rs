@@ -3,36 +3,25 @@
 //! ...), so that a taming `state_dict` loads unchanged.
 
 use candle_core::{Module, Tensor, D};
-use candle_nn::{conv2d, group_norm, Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
+use cxr_train::conv::Conv2d;
+use cxr_train::group_norm::GroupNorm;
 
 use crate::VqganConfig;
 
-fn swish(x: &Tensor) -> candle_core::Result<Tensor> {
-    x * candle_nn::ops::sigmoid(x)?
-}
-
-/// taming's `Normalize`: GroupNorm, 32 groups, eps 1e-6 (composed ops, so gradients flow).
+/// taming's `Normalize`: GroupNorm, 32 groups, eps 1e-6; taming always follows it with swish
+/// except in attention (`forward_swish` fuses the two).
 fn normalize(channels: usize, vb: VarBuilder) -> candle_core::Result<GroupNorm> {
-    group_norm(32, channels, 1e-6, vb)
+    GroupNorm::new(32, channels, 1e-6, vb)
 }
 
 fn conv3x3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> candle_core::Result<Conv2d> {
     let padding = if stride == 1 { 1 } else { 0 };
-    conv2d(
-        cin,
-        cout,
-        3,
-        Conv2dConfig {
-            padding,
-            stride,
-            ..Default::default()
-        },
-        vb,
-    )
+    Conv2d::new((cin, cout, 3), stride, padding, true, vb)
 }
 
 fn conv1x1(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Conv2d> {
-    conv2d(cin, cout, 1, Default::default(), vb)
+    Conv2d::new((cin, cout, 1), 1, 0, true, vb)
 }
 
 struct ResnetBlock {
@@ -57,8 +46,8 @@ impl ResnetBlock {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward(&swish(&self.norm1.forward(x)?)?)?;
-        let h = self.conv2.forward(&swish(&self.norm2.forward(&h)?)?)?;
+        let h = self.conv1.forward(&self.norm1.forward_swish(x)?)?;
+        let h = self.conv2.forward(&self.norm2.forward_swish(&h)?)?;
         match &self.nin_shortcut {
             Some(s) => s.forward(x)? + h,
             None => x + h,
@@ -210,7 +199,7 @@ impl Encoder {
             h = level.forward(h, false)?;
         }
         let h = self.mid.forward(&h)?;
-        self.conv_out.forward(&swish(&self.norm_out.forward(&h)?)?)
+        self.conv_out.forward(&self.norm_out.forward_swish(&h)?)
     }
 }
 
@@ -276,7 +265,7 @@ impl Decoder {
         for level in self.up.iter().rev() {
             h = level.forward(h, true)?;
         }
-        swish(&self.norm_out.forward(&h)?)
+        self.norm_out.forward_swish(&h)
     }
 }
 

@@ -205,15 +205,17 @@ fn load_images(
 /// `∂(sum(conv(input, W) * grad_out)) / ∂W`: the gradient a loss with output gradient
 /// `grad_out` gives the conv's weight.
 fn conv_weight_grad(
-    conv: &candle_nn::Conv2d,
+    conv: &cxr_train::conv::Conv2d,
     input: &Tensor,
     grad_out: &Tensor,
 ) -> candle_core::Result<Tensor> {
     let w = Var::from_tensor(&conv.weight().detach())?;
-    let c = conv.config();
-    let out = input
-        .detach()
-        .conv2d(w.as_tensor(), c.padding, c.stride, c.dilation, c.groups)?;
+    let out = cxr_train::conv::conv2d(
+        &input.detach(),
+        w.as_tensor(),
+        conv.stride(),
+        conv.padding(),
+    )?;
     let grads = (out * grad_out)?.sum_all()?.backward()?;
     Ok(grads
         .get(w.as_tensor())

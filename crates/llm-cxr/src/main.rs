@@ -2,6 +2,7 @@
 //! and calls into the library crates; this file only parses arguments and sets up logging.
 
 mod commands;
+mod plot;
 
 use clap::{Parser, Subcommand};
 
@@ -47,6 +48,9 @@ enum Command {
     /// Evaluate generated outputs against references, in the paper's tables.
     #[command(subcommand)]
     Eval(commands::eval::Command),
+    /// The image tokenizer (taming VQ-GAN): train, encode images to token files, decode, evaluate.
+    #[command(subcommand)]
+    Vqgan(commands::vqgan::Command),
     /// Summarise a dataset (MIMIC-CXR-JPG, Open-i / R2Gen, or CSV) as llm-cxr reads it.
     Dataset(commands::dataset::Args),
 }
@@ -76,6 +80,7 @@ fn main() -> std::process::ExitCode {
         Command::Label(a) => commands::label::run(a),
         Command::Eval(c) => commands::eval::run(c),
         Command::Classifier(c) => commands::classifier::run(c),
+        Command::Vqgan(c) => commands::vqgan::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -9,6 +9,7 @@ pub mod gallery;
 pub mod label;
 pub mod phantom;
 pub mod preprocess;
+pub mod vqgan;
 
 use indicatif::{ProgressBar, ProgressStyle};
 

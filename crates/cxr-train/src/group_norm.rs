@@ -1,0 +1,307 @@
+//! GroupNorm, optionally followed by swish (`x * sigmoid(x)`), as one CPU op with a hand-written
+//! backward. candle-nn's GroupNorm is a chain of about ten tensor ops (each a pass over memory,
+//! each kept for backprop), which dominated small convolutional models here; this op makes one
+//! pass for the statistics and one for the output, and its backward two more.
+//!
+//! Per (image, group) with `x̂ = (x - mean) / sqrt(var + eps)` and `y = gamma x̂ + beta`:
+//! `dgamma = Σ dy x̂`, `dbeta = Σ dy`,
+//! `dx = rstd (gamma dy - mean(gamma dy) - x̂ mean(gamma dy x̂))`,
+//! where `dy` already includes swish's derivative `s (1 + y (1 - s))`, `s = sigmoid(y)`.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+#[derive(Debug, Clone, Copy)]
+struct GroupNormOp {
+    groups: usize,
+    eps: f64,
+    swish: bool,
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("group_norm: only f32 is supported");
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("group_norm: inputs must be contiguous"),
+    }
+}
+
+/// (batch, channels, elements per channel) of a (B, C, ...) input.
+fn dims(l: &Layout, groups: usize) -> Result<(usize, usize, usize)> {
+    let d = l.dims();
+    if d.len() < 2 || d[1] % groups != 0 {
+        candle_core::bail!("group_norm: {d:?} does not split into {groups} channel groups");
+    }
+    Ok((d[0], d[1], d[2..].iter().product()))
+}
+
+/// Mean and 1/std of one group's values.
+fn stats(v: &[f32], eps: f64) -> (f32, f32) {
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+fn sigmoid(y: f32) -> f32 {
+    1.0 / (1.0 + (-y).exp())
+}
+
+impl CustomOp3 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        "cxr-group-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, gamma, beta) = (slice(xs, xl)?, slice(gs, gl)?, slice(bs, bl)?);
+        let (_, c, hw) = dims(xl, self.groups)?;
+        let per_group = c / self.groups * hw;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(per_group)
+            .zip(x.par_chunks(per_group))
+            .enumerate()
+            .for_each(|(i, (out, v))| {
+                let (mean, rstd) = stats(v, self.eps);
+                let c0 = (i % self.groups) * (c / self.groups);
+                for (k, (o, ch)) in out.chunks_mut(hw).zip(v.chunks(hw)).enumerate() {
+                    let (a, b) = (
+                        gamma[c0 + k] * rstd,
+                        beta[c0 + k] - gamma[c0 + k] * rstd * mean,
+                    );
+                    for (o, &xv) in o.iter_mut().zip(ch) {
+                        let yv = a * xv + b;
+                        *o = if self.swish { yv * sigmoid(yv) } else { yv };
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _out: &Tensor,
+        dout: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let packed = x.apply_op3_no_bwd(
+            &dout.contiguous()?,
+            &gamma.contiguous()?,
+            &GroupNormGrad {
+                op: *self,
+                beta: beta.detach(),
+            },
+        )?;
+        let (n, c) = (x.elem_count(), gamma.elem_count());
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dgamma = packed.narrow(0, n, c)?.reshape(gamma.shape())?;
+        let dbeta = packed.narrow(0, n + c, c)?.reshape(beta.shape())?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// The backward as one op: `[dx | dgamma | dbeta]`, flat.
+struct GroupNormGrad {
+    op: GroupNormOp,
+    beta: Tensor,
+}
+
+impl CustomOp3 for GroupNormGrad {
+    fn name(&self) -> &'static str {
+        "cxr-group-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dout, gamma) = (slice(xs, xl)?, slice(ds, dl)?, slice(gs, gl)?);
+        let beta_t = self.beta.flatten_all()?.to_vec1::<f32>()?;
+        let (_, c, hw) = dims(xl, self.op.groups)?;
+        let cg = c / self.op.groups;
+        let per_group = cg * hw;
+        // Per (image, group): dx for the group and the group channels' dgamma / dbeta parts.
+        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = x
+            .par_chunks(per_group)
+            .zip(dout.par_chunks(per_group))
+            .enumerate()
+            .map(|(i, (v, d))| {
+                let (mean, rstd) = stats(v, self.op.eps);
+                let c0 = (i % self.op.groups) * cg;
+                let (mut dg, mut db) = (vec![0f32; cg], vec![0f32; cg]);
+                // g = gamma * dy (dy through swish when present), summed with and without x̂.
+                let mut gdy = vec![0f32; per_group];
+                let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+                for k in 0..cg {
+                    let (gm, bt) = (gamma[c0 + k], beta_t[c0 + k]);
+                    for j in 0..hw {
+                        let idx = k * hw + j;
+                        let xh = (v[idx] - mean) * rstd;
+                        let mut dy = d[idx];
+                        if self.op.swish {
+                            let y = gm * xh + bt;
+                            let s = sigmoid(y);
+                            dy *= s * (1.0 + y * (1.0 - s));
+                        }
+                        dg[k] += dy * xh;
+                        db[k] += dy;
+                        let g = gm * dy;
+                        gdy[idx] = g;
+                        sum_g += g as f64;
+                        sum_gx += (g * xh) as f64;
+                    }
+                }
+                let n = per_group as f64;
+                let (mg, mgx) = ((sum_g / n) as f32, (sum_gx / n) as f32);
+                let dx: Vec<f32> = gdy
+                    .iter()
+                    .zip(v)
+                    .map(|(&g, &xv)| rstd * (g - mg - (xv - mean) * rstd * mgx))
+                    .collect();
+                (dx, dg, db)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(x.len() + 2 * c);
+        let (mut dgamma, mut dbeta) = (vec![0f32; c], vec![0f32; c]);
+        for (i, (dx, dg, db)) in parts.into_iter().enumerate() {
+            out.extend(dx);
+            let c0 = (i % self.op.groups) * cg;
+            for k in 0..cg {
+                dgamma[c0 + k] += dg[k];
+                dbeta[c0 + k] += db[k];
+            }
+        }
+        out.extend(dgamma);
+        out.extend(dbeta);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// GroupNorm with PyTorch's tensor names (`weight`, `bias`; initialised to 1 and 0).
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+impl GroupNorm {
+    pub fn new(
+        groups: usize,
+        channels: usize,
+        eps: f64,
+        vb: candle_nn::VarBuilder,
+    ) -> Result<Self> {
+        if channels % groups != 0 {
+            candle_core::bail!("GroupNorm: {groups} groups do not divide {channels} channels");
+        }
+        Ok(Self {
+            weight: vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.0))?,
+            groups,
+            eps,
+        })
+    }
+
+    fn apply(&self, x: &Tensor, swish: bool) -> Result<Tensor> {
+        x.contiguous()?.apply_op3(
+            &self.weight,
+            &self.bias,
+            GroupNormOp {
+                groups: self.groups,
+                eps: self.eps,
+                swish,
+            },
+        )
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, false)
+    }
+
+    /// `swish(group_norm(x))` in one pass.
+    pub fn forward_swish(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Module, Var};
+
+    /// Output and all three gradients equal candle-nn's composed GroupNorm (+ swish).
+    #[test]
+    fn matches_composed_ops_forward_and_backward() {
+        let dev = Device::Cpu;
+        for swish in [false, true] {
+            let x = Var::from_tensor(
+                &(Tensor::randn(0f32, 2., (2, 8, 5, 3), &dev).unwrap() + 0.5).unwrap(),
+            )
+            .unwrap();
+            let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, 8, &dev).unwrap()).unwrap();
+            let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 8, &dev).unwrap()).unwrap();
+            let ours = GroupNorm {
+                weight: w.as_tensor().clone(),
+                bias: b.as_tensor().clone(),
+                groups: 4,
+                eps: 1e-6,
+            }
+            .apply(&x, swish)
+            .unwrap();
+            let reference =
+                candle_nn::GroupNorm::new(w.as_tensor().clone(), b.as_tensor().clone(), 8, 4, 1e-6)
+                    .unwrap()
+                    .forward(&x)
+                    .unwrap();
+            let reference = if swish {
+                (&reference * candle_nn::ops::sigmoid(&reference).unwrap()).unwrap()
+            } else {
+                reference
+            };
+            let diff = |a: &Tensor, c: &Tensor| -> f32 {
+                (a - c)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap()
+            };
+            assert!(diff(&ours, &reference) < 1e-5, "forward, swish {swish}");
+            let r = Tensor::randn(0f32, 1., ours.dims(), &dev).unwrap();
+            let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (reference * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
+                let e = diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(e < 1e-4, "d{name} differs by {e}, swish {swish}");
+            }
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! `llm-cxr vqgan`: train the image tokenizer, turn images into token files and back, and
+//! measure how faithful it is.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rayon::prelude::*;
+
+use cxr_classifier::candle_core::{Device, Tensor};
+use cxr_classifier::{DenseNet, DenseNetConfig, CHEXPERT_OUTPUTS};
+use cxr_data::{open_dataset, CxrRecord, Split};
+use cxr_vqgan::metrics::{codebook_usage, psnr, ssim, CodebookUsage};
+use cxr_vqgan::train::{TrainOptions, Trainer, WEIGHTS};
+use cxr_vqgan::{tokens, vqgan_input, VqModel, VqganConfig};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Train (or resume) the VQ-GAN on a dataset's train split: L1 + clinical-information loss
+    /// (DenseNet-121 features2, frozen) + codebook/commitment + PatchGAN hinge loss with
+    /// taming's adaptive weight. Killed runs resume from OUT/checkpoint.safetensors. Writes
+    /// OUT/vqgan.safetensors (taming names, config in its metadata), train-log.csv,
+    /// loss-curve.png and reconstructions.png.
+    Train(TrainArgs),
+    /// Encode a dataset's images into token files: OUT/<image_id>.npy, a (side, side) uint16
+    /// array of code indices, row-major. Existing files are kept, so a killed run resumes.
+    Encode(EncodeArgs),
+    /// Decode token files (.npy) into PNG images.
+    Decode(DecodeArgs),
+    /// Reconstruction quality on a dataset split: PSNR and SSIM (images in [0, 1]), codebook
+    /// usage and perplexity, and how often the classifier's labels agree between each image and
+    /// its reconstruction.
+    Eval(EvalArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DataArgs {
+    /// Dataset folder or file (default layout: a MIMIC-CXR-JPG or phantom tree).
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, value_enum, default_value = "mimic")]
+    pub kind: super::dataset::Kind,
+}
+
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// VQ-GAN weights: safetensors (as `vqgan train` writes them), or taming's .ckpt.
+    #[arg(long)]
+    pub vqgan: PathBuf,
+    /// Config: a preset (`paper`, `demo`) or a JSON file; default: the one stored in the weights.
+    #[arg(long)]
+    pub config: Option<String>,
+}
+
+impl ModelArgs {
+    fn load(&self) -> anyhow::Result<VqModel> {
+        let config = self
+            .config
+            .as_deref()
+            .map(VqganConfig::from_name_or_file)
+            .transpose()?;
+        Ok(VqModel::load_auto(&self.vqgan, config.as_ref(), &Device::Cpu)?.0)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// A preset (`demo`: 64 px, 1 channel, 16 x 16 codes; `paper`: LLM-CXR's f16 at 256 px) or
+    /// a JSON file with taming's ddconfig fields.
+    #[arg(long, default_value = "demo")]
+    pub config: String,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 2000)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Micro-batches per update (gradients summed).
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Adam learning rate (taming: 4.5e-6 x batch when fine-tuning; from scratch, higher).
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// DenseNet-121 weights (torchxrayvision layout) for the clinical-information loss; without
+    /// them that loss is off.
+    #[arg(long)]
+    pub classifier: Option<PathBuf>,
+    /// Weight of the clinical-information loss (LLM-CXR: 100).
+    #[arg(long, default_value_t = 100.0)]
+    pub cip_weight: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub codebook_weight: f64,
+    /// Step at which the discriminator joins (taming's disc_start).
+    #[arg(long, default_value_t = 1000)]
+    pub disc_start: u64,
+    #[arg(long, default_value_t = 0.8)]
+    pub disc_weight: f64,
+    /// Restart codes unused for this many steps with encoder outputs (0: off).
+    #[arg(long, default_value_t = 50)]
+    pub restart_every: u64,
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: u64,
+    /// Generator weights to start from (a taming .ckpt or safetensors), e.g. LLM-CXR's.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct EncodeArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Folder for the token files.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+}
+
+#[derive(clap::Args)]
+pub struct DecodeArgs {
+    /// Token files (.npy).
+    #[arg(required = true)]
+    pub tokens: Vec<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Folder for the PNGs (named after the token files).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Which split to score (images without a split count as train).
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitArg,
+    /// Score at most this many images (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// DenseNet-121 weights for the label-agreement score.
+    #[arg(long)]
+    pub classifier: Option<PathBuf>,
+    /// Where to write the JSON (also printed).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+pub enum SplitArg {
+    Train,
+    Validate,
+    Test,
+    All,
+}
+
+fn split_records(records: &[CxrRecord], split: SplitArg) -> Vec<CxrRecord> {
+    let want = match split {
+        SplitArg::All => return records.to_vec(),
+        SplitArg::Train => Split::Train,
+        SplitArg::Validate => Split::Validate,
+        SplitArg::Test => Split::Test,
+    };
+    records
+        .iter()
+        .filter(|r| r.split.unwrap_or(Split::Train) == want)
+        .cloned()
+        .collect()
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Train(a) => train(a),
+        Command::Encode(a) => encode(a),
+        Command::Decode(a) => decode(a),
+        Command::Eval(a) => {
+            let report = eval(&a)?;
+            let json = serde_json::to_string_pretty(&report)?;
+            if let Some(out) = &a.out {
+                super::write_atomic(out, json.as_bytes())?;
+            }
+            println!("{json}");
+            Ok(())
+        }
+    }
+}
+
+fn load_classifier(path: &Path) -> anyhow::Result<DenseNet> {
+    Ok(DenseNet::load(
+        &DenseNetConfig::densenet121_txv(),
+        path,
+        &Device::Cpu,
+    )?)
+}
+
+fn load_inputs(records: &[CxrRecord], config: &VqganConfig) -> anyhow::Result<Tensor> {
+    let xs = records
+        .par_iter()
+        .map(|r| {
+            let img = cxr_image::load_image(&r.image_path)
+                .with_context(|| format!("loading {}", r.image_path.display()))?;
+            Ok(vqgan_input(&img, config, &Device::Cpu)?)
+        })
+        .collect::<anyhow::Result<Vec<Tensor>>>()?;
+    Ok(Tensor::cat(&xs, 0)?)
+}
+
+fn train(a: TrainArgs) -> anyhow::Result<()> {
+    let config = VqganConfig::from_name_or_file(&a.config)?;
+    let ds = open_dataset(a.data.kind.into(), &a.data.data)?;
+    let records = ds.records();
+    let train_paths: Vec<PathBuf> = split_records(&records, SplitArg::Train)
+        .into_iter()
+        .map(|r| r.image_path)
+        .collect();
+    anyhow::ensure!(
+        !train_paths.is_empty(),
+        "{}: no training images",
+        a.data.data.display()
+    );
+    // Fixed images for the reconstruction grid: held-out ones when there are any.
+    let mut shown = split_records(&records, SplitArg::Test);
+    if shown.is_empty() {
+        shown = records.to_vec();
+    }
+    shown.truncate(8);
+    let shown_x = load_inputs(&shown, &config)?;
+
+    let classifier = a.classifier.as_deref().map(load_classifier).transpose()?;
+    if classifier.is_none() && a.cip_weight > 0.0 {
+        tracing::warn!("no --classifier: training without the clinical-information loss");
+    }
+    let opts = TrainOptions {
+        steps: a.steps,
+        batch: a.batch,
+        grad_accum: a.grad_accum,
+        lr: a.lr,
+        seed: a.seed,
+        cip_weight: a.cip_weight,
+        codebook_weight: a.codebook_weight,
+        disc_start: a.disc_start,
+        disc_weight: a.disc_weight,
+        restart_every: a.restart_every,
+        checkpoint_every: a.checkpoint_every,
+        out: a.out.clone(),
+        init: a.init.clone(),
+    };
+    let mut trainer = Trainer::new(&config, classifier.as_ref(), &opts)
+        .with_context(|| format!("starting the run in {}", a.out.display()))?;
+    if trainer.step > 0 {
+        tracing::info!("resuming at step {}", trainer.step);
+    }
+    let log_path = a.out.join("train-log.csv");
+    let header = "step,l1,cip,quant,g,d,d_weight,restarted,images_per_s\n";
+    let mut log: Vec<String> = std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            l.split(',')
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_some_and(|s| s <= trainer.step)
+        })
+        .map(str::to_string)
+        .collect();
+    let bar = super::progress(a.steps, "vqgan");
+    bar.set_position(trainer.step);
+    while trainer.step < a.steps {
+        let r = trainer.step(&train_paths)?;
+        let l = r.losses;
+        bar.set_position(r.step);
+        bar.set_message(format!("L1 {:.4}", l.l1));
+        log.push(format!(
+            "{},{},{},{},{},{},{},{},{:.2}",
+            r.step, l.l1, l.cip, l.quant, l.g, l.d, l.d_weight, r.restarted, r.images_per_s
+        ));
+        if r.step % a.checkpoint_every.max(1) == 0 || r.step == a.steps {
+            let text = format!("{header}{}\n", log.join("\n"));
+            super::write_atomic(&log_path, text.as_bytes())?;
+            write_plots(&a.out, &log, &trainer, &shown_x)?;
+        }
+    }
+    bar.finish();
+    println!(
+        "weights: {}\nnext: llm-cxr vqgan eval --data {} --vqgan {}",
+        a.out.join(WEIGHTS).display(),
+        a.data.data.display(),
+        a.out.join(WEIGHTS).display()
+    );
+    Ok(())
+}
+
+/// The loss curves and a grid of originals (top) over reconstructions (bottom).
+fn write_plots(
+    out: &Path,
+    log: &[String],
+    trainer: &Trainer,
+    shown: &Tensor,
+) -> anyhow::Result<()> {
+    let column = |i: usize| -> Vec<(f64, f64)> {
+        log.iter()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                Some((f.first()?.parse().ok()?, f.get(i)?.parse().ok()?))
+            })
+            .collect()
+    };
+    let mut series = vec![("L1", column(1)), ("quant", column(3))];
+    for (name, i) in [("CIP", 2), ("G", 4), ("D", 5)] {
+        let s = column(i);
+        if s.iter().any(|p| p.1 != 0.0) {
+            series.push((name, s));
+        }
+    }
+    let png = crate::plot::line_chart("VQ-GAN training losses", "step", "loss", &series, true)?;
+    super::write_atomic(&out.join("loss-curve.png"), &png)?;
+    let rec = trainer.reconstruct(shown)?;
+    let grid = crate::plot::image_grid(&[
+        cxr_vqgan::to_gray_images(shown)?,
+        cxr_vqgan::to_gray_images(&rec)?,
+    ])?;
+    super::write_atomic(&out.join("reconstructions.png"), &grid)?;
+    Ok(())
+}
+
+fn safe_name(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn encode(a: EncodeArgs) -> anyhow::Result<()> {
+    let model = a.model.load()?;
+    let config = model.config().clone();
+    let ds = open_dataset(a.data.kind.into(), &a.data.data)?;
+    let records: Vec<CxrRecord> = ds
+        .records()
+        .iter()
+        .filter(|r| {
+            !a.out
+                .join(format!("{}.npy", safe_name(&r.image_id)))
+                .is_file()
+        })
+        .cloned()
+        .collect();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let bar = super::progress(records.len() as u64, "encode");
+    for chunk in records.chunks(a.batch.max(1)) {
+        let codes: Vec<Vec<u32>> = model.encode(&load_inputs(chunk, &config)?)?.to_vec2()?;
+        for (r, c) in chunk.iter().zip(codes) {
+            let c: Vec<u16> = c.into_iter().map(|v| v as u16).collect();
+            let path = a.out.join(format!("{}.npy", safe_name(&r.image_id)));
+            tokens::write(&path, &c, config.grid_side())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish();
+    println!("{} token files in {}", records.len(), a.out.display());
+    Ok(())
+}
+
+fn decode(a: DecodeArgs) -> anyhow::Result<()> {
+    let model = a.model.load()?;
+    let config = model.config().clone();
+    let bar = super::progress(a.tokens.len() as u64, "decode");
+    for path in &a.tokens {
+        let (codes, side) = tokens::read(path, config.n_embed)?;
+        anyhow::ensure!(
+            side == config.grid_side(),
+            "{}: a {side} x {side} grid, the VQ-GAN decodes {g} x {g}",
+            path.display(),
+            g = config.grid_side()
+        );
+        let idx = Tensor::from_vec(
+            codes.into_iter().map(u32::from).collect::<Vec<u32>>(),
+            (1, side * side),
+            &Device::Cpu,
+        )?;
+        let img = cxr_vqgan::to_gray_images(&model.decode(&idx)?)?.remove(0);
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+        let out = a.out.join(format!("{stem}.png"));
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+        super::write_atomic(&out, &png)?;
+        bar.inc(1);
+    }
+    bar.finish();
+    Ok(())
+}
+
+/// What `vqgan eval` reports.
+#[derive(serde::Serialize)]
+pub struct VqganEval {
+    pub images: usize,
+    pub psnr_db: f64,
+    pub ssim: f64,
+    pub codebook: CodebookUsage,
+    /// Fraction of (image, observation) pairs over the 11 classifier observations whose
+    /// thresholded (0.5) labels agree between image and reconstruction.
+    pub label_agreement: Option<f64>,
+}
+
+pub fn eval(a: &EvalArgs) -> anyhow::Result<VqganEval> {
+    let model = a.model.load()?;
+    let config = model.config().clone();
+    let classifier = a.classifier.as_deref().map(load_classifier).transpose()?;
+    let ds = open_dataset(a.data.kind.into(), &a.data.data)?;
+    let mut records = split_records(&ds.records(), a.split);
+    if a.limit > 0 {
+        records.truncate(a.limit);
+    }
+    anyhow::ensure!(
+        !records.is_empty(),
+        "{}: no images in that split",
+        a.data.data.display()
+    );
+    let (mut psnr_sum, mut ssim_sum, mut codes) = (0.0, 0.0, Vec::new());
+    let (mut agree, mut pairs) = (0usize, 0usize);
+    let side = config.resolution;
+    let bar = super::progress(records.len() as u64, "eval");
+    for chunk in records.chunks(a.batch.max(1)) {
+        let x = load_inputs(chunk, &config)?;
+        let idx = model.encode(&x)?;
+        let rec = model.decode(&idx)?;
+        codes.extend(
+            idx.flatten_all()?
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|c| c as u16),
+        );
+        let to01 = |t: &Tensor| -> anyhow::Result<Vec<Vec<f32>>> {
+            Ok(((t.mean(1)? + 1.0)? * 0.5)?
+                .flatten_from(1)?
+                .to_vec2::<f32>()?)
+        };
+        for (p, q) in to01(&x)?.iter().zip(to01(&rec)?) {
+            psnr_sum += psnr(p, &q);
+            ssim_sum += ssim(p, &q, side, side);
+        }
+        if let Some(cls) = &classifier {
+            let probs = |t: &Tensor| -> anyhow::Result<Vec<Vec<f32>>> {
+                let logits = cls.forward_t(&(t.mean_keepdim(1)? * 1024.0)?, false)?;
+                Ok(cxr_classifier::candle_nn::ops::sigmoid(&logits)?.to_vec2::<f32>()?)
+            };
+            for (p, q) in probs(&x)?.iter().zip(probs(&rec)?) {
+                for (_, k) in CHEXPERT_OUTPUTS {
+                    agree += ((p[k] >= 0.5) == (q[k] >= 0.5)) as usize;
+                    pairs += 1;
+                }
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let n = records.len() as f64;
+    Ok(VqganEval {
+        images: records.len(),
+        psnr_db: psnr_sum / n,
+        ssim: ssim_sum / n,
+        codebook: codebook_usage(codes, config.n_embed),
+        label_agreement: classifier.map(|_| agree as f64 / pairs.max(1) as f64),
+    })
+}
