@@ -14,10 +14,8 @@ pub mod train;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, ModuleT, Tensor, D};
-use candle_nn::{
-    batch_norm, conv2d_no_bias, linear, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear,
-    VarBuilder,
-};
+use candle_nn::{batch_norm, linear, BatchNorm, BatchNormConfig, Linear, VarBuilder};
+use cxr_train::conv::Conv2d;
 
 pub use candle_core;
 pub use candle_nn;
@@ -130,18 +128,9 @@ impl DenseLayer {
         let mid = cfg.bn_size * cfg.growth_rate;
         Ok(Self {
             norm1: batch_norm(in_features, BN, vb.pp("norm1"))?,
-            conv1: conv2d_no_bias(in_features, mid, 1, Default::default(), vb.pp("conv1"))?,
+            conv1: Conv2d::new((in_features, mid, 1), 1, 0, false, vb.pp("conv1"))?,
             norm2: batch_norm(mid, BN, vb.pp("norm2"))?,
-            conv2: conv2d_no_bias(
-                mid,
-                cfg.growth_rate,
-                3,
-                Conv2dConfig {
-                    padding: 1,
-                    ..Default::default()
-                },
-                vb.pp("conv2"),
-            )?,
+            conv2: Conv2d::new((mid, cfg.growth_rate, 3), 1, 1, false, vb.pp("conv2"))?,
         })
     }
 
@@ -205,15 +194,11 @@ fn max_pool_3x3_s2(x: &Tensor) -> candle_core::Result<Tensor> {
 impl DenseNet {
     pub fn new(config: &DenseNetConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let f = vb.pp("features");
-        let conv0 = conv2d_no_bias(
-            config.in_channels,
-            config.num_init_features,
-            7,
-            Conv2dConfig {
-                padding: 3,
-                stride: 2,
-                ..Default::default()
-            },
+        let conv0 = Conv2d::new(
+            (config.in_channels, config.num_init_features, 7),
+            2,
+            3,
+            false,
             f.pp("conv0"),
         )?;
         let norm0 = batch_norm(config.num_init_features, BN, f.pp("norm0"))?;
@@ -236,13 +221,7 @@ impl DenseNet {
                 let tvb = f.pp(format!("transition{}", i + 1));
                 transitions.push(Transition {
                     norm: batch_norm(features, BN, tvb.pp("norm"))?,
-                    conv: conv2d_no_bias(
-                        features,
-                        features / 2,
-                        1,
-                        Default::default(),
-                        tvb.pp("conv"),
-                    )?,
+                    conv: Conv2d::new((features, features / 2, 1), 1, 0, false, tvb.pp("conv"))?,
                 });
                 features /= 2;
             }

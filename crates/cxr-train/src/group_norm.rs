@@ -31,7 +31,7 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
 /// (batch, channels, elements per channel) of a (B, C, ...) input.
 fn dims(l: &Layout, groups: usize) -> Result<(usize, usize, usize)> {
     let d = l.dims();
-    if d.len() < 2 || d[1] % groups != 0 {
+    if d.len() < 2 || !d[1].is_multiple_of(groups) {
         candle_core::bail!("group_norm: {d:?} does not split into {groups} channel groups");
     }
     Ok((d[0], d[1], d[2..].iter().product()))
@@ -210,7 +210,7 @@ impl GroupNorm {
         eps: f64,
         vb: candle_nn::VarBuilder,
     ) -> Result<Self> {
-        if channels % groups != 0 {
+        if !channels.is_multiple_of(groups) {
             candle_core::bail!("GroupNorm: {groups} groups do not divide {channels} channels");
         }
         Ok(Self {

@@ -8,6 +8,7 @@
 
 pub mod conv;
 pub mod group_norm;
+pub mod winograd;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -109,7 +109,7 @@ impl VqganConfig {
         if self.ch_mult.is_empty() || self.num_res_blocks == 0 {
             return bad("ch_mult and num_res_blocks must be non-empty / positive".into());
         }
-        if self.resolution % self.downsample_factor() != 0 {
+        if !self.resolution.is_multiple_of(self.downsample_factor()) {
             return bad(format!(
                 "resolution {} is not divisible by the downsampling factor {}",
                 self.resolution,
@@ -169,7 +169,7 @@ pub fn stored_config(path: &Path) -> Result<VqganConfig, VqganError> {
     };
     let missing =
         || err("holds no VQ-GAN config; pass --config (a preset name or a JSON file)".to_string());
-    if !path.extension().is_some_and(|e| e == "safetensors") {
+    if path.extension().is_none_or(|e| e != "safetensors") {
         return Err(missing());
     }
     let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;

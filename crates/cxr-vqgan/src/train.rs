@@ -44,6 +44,9 @@ pub struct TrainOptions {
     pub lr: f64,
     pub seed: u64,
     pub cip_weight: f64,
+    /// Step at which the clinical-information loss joins (0: from the start). From scratch, a
+    /// few hundred steps of reconstruction first keep the feature loss from dominating.
+    pub cip_start: u64,
     pub codebook_weight: f64,
     pub disc_start: u64,
     pub disc_weight: f64,
@@ -65,6 +68,7 @@ impl Default for TrainOptions {
             lr: 2e-4,
             seed: 1,
             cip_weight: 100.0,
+            cip_start: 0,
             codebook_weight: 1.0,
             disc_start: 10_000,
             disc_weight: 0.8,
@@ -438,7 +442,8 @@ impl<'a> Trainer<'a> {
             let xr = Var::from_tensor(&rec.image.detach())?;
             let l1 = (x.detach() - xr.as_tensor())?.abs()?.mean_all()?;
             let mut nll = l1.clone();
-            if let (Some(cls), true) = (self.classifier, o.cip_weight > 0.0) {
+            let cip_on = o.cip_weight > 0.0 && self.step >= o.cip_start;
+            if let (Some(cls), true) = (self.classifier, cip_on) {
                 let f_in = cls.features2(&txv_scale(&x)?, false)?.detach();
                 let f_rec = cls.features2(&txv_scale(xr.as_tensor())?, false)?;
                 let cip = (f_rec - f_in)?.sqr()?.mean_all()?;
@@ -501,10 +506,10 @@ impl<'a> Trainer<'a> {
         }
         self.step += 1;
         let mut restarted = 0;
-        if o.restart_every > 0 && self.step % o.restart_every == 0 {
+        if o.restart_every > 0 && self.step.is_multiple_of(o.restart_every) {
             restarted = self.restart_dead_codes(&latents_for_restart.expect("latents"))?;
         }
-        if self.step % o.checkpoint_every.max(1) == 0 || self.step == o.steps {
+        if self.step.is_multiple_of(o.checkpoint_every.max(1)) || self.step == o.steps {
             self.save()?;
         }
         Ok(StepReport {

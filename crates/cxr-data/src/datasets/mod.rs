@@ -3,6 +3,7 @@
 //! split and view. Nothing is decoded here: images are read later through `cxr_image`.
 
 mod csv_table;
+mod folder;
 pub mod mimic;
 mod openi;
 
@@ -88,6 +89,8 @@ pub enum DatasetKind {
     OpenI,
     /// A CSV with image path, report and optional labels.
     Csv,
+    /// A folder of images without reports, split 50/50 by a stable hash of each path.
+    Folder,
 }
 
 /// Why a dataset could not be read. Every variant names the file.
@@ -130,6 +133,7 @@ pub fn open_dataset(kind: DatasetKind, path: &Path) -> Result<Box<dyn CxrDataset
         DatasetKind::Mimic => Box::new(MimicCxrJpg::open(path)?),
         DatasetKind::OpenI => Box::new(OpenI::open(path)?),
         DatasetKind::Csv => Box::new(CsvDataset::open(path)?),
+        DatasetKind::Folder => Box::new(folder::ImageFolder::open(path)?),
     })
 }
 

@@ -25,6 +25,8 @@ pub enum Kind {
     Mimic,
     OpenI,
     Csv,
+    /// A folder of images (no reports), split 50/50 by a stable hash of each path.
+    Folder,
 }
 
 impl From<Kind> for DatasetKind {
@@ -33,6 +35,7 @@ impl From<Kind> for DatasetKind {
             Kind::Mimic => DatasetKind::Mimic,
             Kind::OpenI => DatasetKind::OpenI,
             Kind::Csv => DatasetKind::Csv,
+            Kind::Folder => DatasetKind::Folder,
         }
     }
 }

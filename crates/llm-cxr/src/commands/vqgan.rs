@@ -64,8 +64,12 @@ impl ModelArgs {
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    #[command(flatten)]
-    pub data: DataArgs,
+    /// Dataset folder or file; repeat to train on several at once (their train splits).
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
+    /// Layout of each --data, in the same order; the last one given applies to the rest.
+    #[arg(long, value_enum, default_values = ["mimic"])]
+    pub kind: Vec<super::dataset::Kind>,
     /// A preset (`demo`: 64 px, 1 channel, 16 x 16 codes; `paper`: LLM-CXR's f16 at 256 px) or
     /// a JSON file with taming's ddconfig fields.
     #[arg(long, default_value = "demo")]
@@ -92,6 +96,10 @@ pub struct TrainArgs {
     /// Weight of the clinical-information loss (LLM-CXR: 100).
     #[arg(long, default_value_t = 100.0)]
     pub cip_weight: f64,
+    /// Step at which the clinical-information loss joins (from scratch: after the
+    /// reconstruction has taken shape; fine-tuning: 0).
+    #[arg(long, default_value_t = 500)]
+    pub cip_start: u64,
     #[arg(long, default_value_t = 1.0)]
     pub codebook_weight: f64,
     /// Step at which the discriminator joins (taming's disc_start).
@@ -217,16 +225,19 @@ fn load_inputs(records: &[CxrRecord], config: &VqganConfig) -> anyhow::Result<Te
 
 fn train(a: TrainArgs) -> anyhow::Result<()> {
     let config = VqganConfig::from_name_or_file(&a.config)?;
-    let ds = open_dataset(a.data.kind.into(), &a.data.data)?;
-    let records = ds.records();
+    let mut records = Vec::new();
+    for (i, path) in a.data.iter().enumerate() {
+        let kind = a.kind[i.min(a.kind.len() - 1)];
+        records.extend(open_dataset(kind.into(), path)?.records().iter().cloned());
+    }
     let train_paths: Vec<PathBuf> = split_records(&records, SplitArg::Train)
         .into_iter()
         .map(|r| r.image_path)
         .collect();
     anyhow::ensure!(
         !train_paths.is_empty(),
-        "{}: no training images",
-        a.data.data.display()
+        "no training images in {:?}",
+        a.data
     );
     // Fixed images for the reconstruction grid: held-out ones when there are any.
     let mut shown = split_records(&records, SplitArg::Test);
@@ -247,6 +258,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         lr: a.lr,
         seed: a.seed,
         cip_weight: a.cip_weight,
+        cip_start: a.cip_start,
         codebook_weight: a.codebook_weight,
         disc_start: a.disc_start,
         disc_weight: a.disc_weight,
@@ -295,7 +307,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     println!(
         "weights: {}\nnext: llm-cxr vqgan eval --data {} --vqgan {}",
         a.out.join(WEIGHTS).display(),
-        a.data.data.display(),
+        a.data[0].display(),
         a.out.join(WEIGHTS).display()
     );
     Ok(())
@@ -423,7 +435,7 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<VqganEval> {
     let config = model.config().clone();
     let classifier = a.classifier.as_deref().map(load_classifier).transpose()?;
     let ds = open_dataset(a.data.kind.into(), &a.data.data)?;
-    let mut records = split_records(&ds.records(), a.split);
+    let mut records = split_records(ds.records(), a.split);
     if a.limit > 0 {
         records.truncate(a.limit);
     }
