@@ -367,8 +367,16 @@ impl<'a> Trainer<'a> {
                 .ok_or_else(|| bad(format!("lacks {name}")))?;
             var.set(t)?;
         }
-        self.opt_g.load_state(&tensors, step)?;
-        self.opt_d.load_state(&tensors, step)?;
+        let steps_of = |key: &str| -> Result<u64, VqganTrainError> {
+            meta.get(key)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad(format!("no {key} in metadata")))
+        };
+        // The discriminator's optimizer starts at disc_start: its bias correction counts its own.
+        self.opt_g
+            .load_state(&tensors, steps_of("generator_updates")?)?;
+        self.opt_d
+            .load_state(&tensors, steps_of("discriminator_updates")?)?;
         let usage = tensors
             .get("train.code_usage")
             .ok_or_else(|| bad("lacks train.code_usage".into()))?;
@@ -414,6 +422,14 @@ impl<'a> Trainer<'a> {
             ("step".to_string(), self.step.to_string()),
             ("seed".to_string(), self.opts.seed.to_string()),
             ("config".to_string(), config),
+            (
+                "generator_updates".to_string(),
+                self.opt_g.steps().to_string(),
+            ),
+            (
+                "discriminator_updates".to_string(),
+                self.opt_d.steps().to_string(),
+            ),
         ]);
         Ok(save_checkpoint(
             &self.opts.out.join(CHECKPOINT),
