@@ -352,3 +352,145 @@ fn eval_image_runs_the_classifier_and_fid() {
         "{v}"
     );
 }
+
+/// `vqgan train` (a tiny config, every loss on, resumed once) -> `encode` -> `decode` -> `eval`,
+/// with the plots and token files checked, and a broken token file named in the error.
+#[test]
+fn vqgan_train_encode_decode_eval() {
+    use cxr_classifier::candle_core::{DType, Device};
+    use cxr_classifier::candle_nn::{VarBuilder, VarMap};
+    let dir = tempfile::tempdir().unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    cxr_classifier::DenseNet::new(&cxr_classifier::DenseNetConfig::densenet121_txv(), vb).unwrap();
+    let classifier = dir.path().join("densenet.safetensors");
+    varmap.save(&classifier).unwrap();
+    let config = dir.path().join("tiny.json");
+    std::fs::write(
+        &config,
+        r#"{"resolution": 32, "in_channels": 1, "out_ch": 1, "ch": 32, "ch_mult": [1, 2],
+            "num_res_blocks": 1, "attn_resolutions": [16], "z_channels": 32, "n_embed": 64,
+            "embed_dim": 16}"#,
+    )
+    .unwrap();
+    let ph = dir.path().join("ph");
+    let o = llm_cxr(&[
+        "phantom",
+        "--n",
+        "8",
+        "--size",
+        "48",
+        "--out",
+        ph.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = dir.path().join("run");
+    let train = |steps: &str| {
+        llm_cxr(&[
+            "vqgan",
+            "train",
+            "--data",
+            ph.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--steps",
+            steps,
+            "--batch",
+            "2",
+            "--classifier",
+            classifier.to_str().unwrap(),
+            "--cip-start",
+            "1",
+            "--disc-start",
+            "2",
+            "--restart-every",
+            "2",
+            "--checkpoint-every",
+            "2",
+        ])
+    };
+    let o = train("2");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = train("4");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = std::fs::read_to_string(run.join("train-log.csv")).unwrap();
+    assert_eq!(
+        log.lines().count(),
+        5,
+        "header + 4 steps, resumed once:\n{log}"
+    );
+    for png in ["loss-curve.png", "reconstructions.png"] {
+        image::open(run.join(png)).unwrap();
+    }
+    let weights = run.join("vqgan.safetensors");
+
+    let tokens = dir.path().join("tokens");
+    let o = llm_cxr(&[
+        "vqgan",
+        "encode",
+        "--data",
+        ph.to_str().unwrap(),
+        "--vqgan",
+        weights.to_str().unwrap(),
+        "--out",
+        tokens.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let files: Vec<_> = std::fs::read_dir(&tokens)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 8);
+    let (codes, side) = cxr_vqgan::tokens::read(&files[0], 64).unwrap();
+    assert_eq!((codes.len(), side), (256, 16));
+
+    let pngs = dir.path().join("decoded");
+    let o = llm_cxr(&[
+        "vqgan",
+        "decode",
+        files[0].to_str().unwrap(),
+        "--vqgan",
+        weights.to_str().unwrap(),
+        "--out",
+        pngs.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stem = files[0].file_stem().unwrap().to_str().unwrap();
+    let img = image::open(pngs.join(format!("{stem}.png"))).unwrap();
+    assert_eq!((img.width(), img.height()), (32, 32));
+
+    let o = llm_cxr(&[
+        "vqgan",
+        "eval",
+        "--data",
+        ph.to_str().unwrap(),
+        "--vqgan",
+        weights.to_str().unwrap(),
+        "--split",
+        "all",
+        "--classifier",
+        classifier.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["images"], 8);
+    assert!(v["psnr_db"].as_f64().unwrap() > 0.0);
+    assert!((0.0..=1.0).contains(&v["label_agreement"].as_f64().unwrap()));
+    assert!(v["codebook"]["used"].as_u64().unwrap() >= 1);
+
+    let bad = dir.path().join("bad.npy");
+    std::fs::write(&bad, b"not numpy").unwrap();
+    let o = llm_cxr(&[
+        "vqgan",
+        "decode",
+        bad.to_str().unwrap(),
+        "--vqgan",
+        weights.to_str().unwrap(),
+        "--out",
+        pngs.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("bad.npy"), "{}", stderr(&o));
+}
