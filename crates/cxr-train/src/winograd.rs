@@ -76,6 +76,35 @@ fn at(m: [f32; 6]) -> [f32; 4] {
     ]
 }
 
+/// Tiles transformed together, one per SIMD lane (AVX-512: 16 f32).
+const LANES: usize = 16;
+
+/// `bt` applied lane-wise to six rows of LANES values.
+#[inline(always)]
+fn bt_lanes(d: [&[f32; LANES]; 6]) -> [[f32; LANES]; 6] {
+    let mut r = [[0f32; LANES]; 6];
+    for l in 0..LANES {
+        let v = bt([d[0][l], d[1][l], d[2][l], d[3][l], d[4][l], d[5][l]]);
+        for i in 0..6 {
+            r[i][l] = v[i];
+        }
+    }
+    r
+}
+
+/// `at` applied lane-wise.
+#[inline(always)]
+fn at_lanes(m: [&[f32; LANES]; 6]) -> [[f32; LANES]; 4] {
+    let mut r = [[0f32; LANES]; 4];
+    for l in 0..LANES {
+        let v = at([m[0][l], m[1][l], m[2][l], m[3][l], m[4][l], m[5][l]]);
+        for i in 0..4 {
+            r[i][l] = v[i];
+        }
+    }
+    r
+}
+
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
@@ -101,7 +130,7 @@ pub fn conv3x3(
     let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
     let tiles = b * th * tw;
     // Tiles per chunk: V and M of a chunk stay within a few MiB.
-    let chunk = (((1 << 20) / (36 * cin.max(cout))).max(16))
+    let chunk = (((1 << 18) / (36 * cin.max(cout))).max(16))
         .min(tiles.div_ceil(rayon::current_num_threads().max(1)));
     let chunk = chunk.max(1);
     let mut y = vec![0f32; b * cout * h * w];
@@ -113,39 +142,49 @@ pub fn conv3x3(
             let n = chunk.min(tiles - t0);
             v.resize(36 * cin * n, 0.0);
             m.resize(36 * cout * n, 0.0);
-            // Input transform: V[e][c][t].
-            for t in 0..n {
-                let tile = t0 + t;
-                let (img, rest) = (tile / (th * tw), tile % (th * tw));
-                let (y0, x0) = ((rest / tw) * 4, (rest % tw) * 4);
-                for c in 0..cin {
-                    let plane = &x[(img * cin + c) * h * w..(img * cin + c + 1) * h * w];
-                    let mut d = [[0f32; 6]; 6];
-                    for (i, row) in d.iter_mut().enumerate() {
-                        let iy = (y0 + i) as isize - 1;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                        for (j, val) in row.iter_mut().enumerate() {
-                            let ix = (x0 + j) as isize - 1;
-                            if ix >= 0 && ix < w as isize {
-                                *val = src[ix as usize];
+            // Where each tile of the chunk sits: (image, top row, left column).
+            let origin: Vec<(usize, usize, usize)> = (t0..t0 + n)
+                .map(|tile| {
+                    let (img, rest) = (tile / (th * tw), tile % (th * tw));
+                    (img, (rest / tw) * 4, (rest % tw) * 4)
+                })
+                .collect();
+            // Input transform: V[e][c][t], channel by channel, LANES tiles at a time so that
+            // the transform vectorises across tiles and writes run along t.
+            for c in 0..cin {
+                for g in (0..n).step_by(LANES) {
+                    let cnt = LANES.min(n - g);
+                    let mut d = [[[0f32; LANES]; 6]; 6];
+                    for (lane, &(img, y0, x0)) in origin[g..g + cnt].iter().enumerate() {
+                        let plane = &x[(img * cin + c) * h * w..(img * cin + c + 1) * h * w];
+                        for (i, row) in d.iter_mut().enumerate() {
+                            let iy = (y0 + i) as isize - 1;
+                            if iy < 0 || iy >= h as isize {
+                                continue;
+                            }
+                            let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                            for (j, val) in row.iter_mut().enumerate() {
+                                let ix = (x0 + j) as isize - 1;
+                                if ix >= 0 && ix < w as isize {
+                                    val[lane] = src[ix as usize];
+                                }
                             }
                         }
                     }
                     // Columns then rows: Bᵀ d B.
-                    let mut cols = [[0f32; 6]; 6];
+                    let mut cols = [[[0f32; LANES]; 6]; 6];
                     for j in 0..6 {
-                        let r = bt([d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j]]);
-                        for i in 0..6 {
-                            cols[i][j] = r[i];
+                        let r =
+                            bt_lanes([&d[0][j], &d[1][j], &d[2][j], &d[3][j], &d[4][j], &d[5][j]]);
+                        for (i, ri) in r.into_iter().enumerate() {
+                            cols[i][j] = ri;
                         }
                     }
                     for (i, row) in cols.iter().enumerate() {
-                        let r = bt(*row);
-                        for (j, val) in r.iter().enumerate() {
-                            v[((i * 6 + j) * cin + c) * n + t] = *val;
+                        let r = bt_lanes([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+                        for (j, rj) in r.iter().enumerate() {
+                            let at = ((i * 6 + j) * cin + c) * n + g;
+                            v[at..at + cnt].copy_from_slice(&rj[..cnt]);
                         }
                     }
                 }
@@ -177,39 +216,45 @@ pub fn conv3x3(
                     );
                 }
             }
-            // Output transform: Aᵀ M A, clipped at the image border.
-            for t in 0..n {
-                let tile = t0 + t;
-                let (img, rest) = (tile / (th * tw), tile % (th * tw));
-                let (y0, x0) = ((rest / tw) * 4, (rest % tw) * 4);
-                for o in 0..cout {
-                    let mut mm = [[0f32; 6]; 6];
+            // Output transform: Aᵀ M A, LANES tiles at a time, clipped at the image border.
+            for o in 0..cout {
+                let bias = bias.map_or(0.0, |b| b[o]);
+                for g in (0..n).step_by(LANES) {
+                    let cnt = LANES.min(n - g);
+                    let mut mm = [[[0f32; LANES]; 6]; 6];
                     for (i, row) in mm.iter_mut().enumerate() {
                         for (j, val) in row.iter_mut().enumerate() {
-                            *val = m[((i * 6 + j) * cout + o) * n + t];
+                            let at = ((i * 6 + j) * cout + o) * n + g;
+                            val[..cnt].copy_from_slice(&m[at..at + cnt]);
                         }
                     }
-                    let mut half = [[0f32; 6]; 4];
+                    let mut half = [[[0f32; LANES]; 6]; 4];
                     for j in 0..6 {
-                        let r = at([mm[0][j], mm[1][j], mm[2][j], mm[3][j], mm[4][j], mm[5][j]]);
-                        for i in 0..4 {
-                            half[i][j] = r[i];
+                        let r = at_lanes([
+                            &mm[0][j], &mm[1][j], &mm[2][j], &mm[3][j], &mm[4][j], &mm[5][j],
+                        ]);
+                        for (i, ri) in r.into_iter().enumerate() {
+                            half[i][j] = ri;
                         }
                     }
-                    let bias = bias.map_or(0.0, |b| b[o]);
+                    let mut out = [[[0f32; LANES]; 4]; 4];
                     for (i, row) in half.iter().enumerate() {
-                        let yy = y0 + i;
-                        if yy >= h {
-                            break;
-                        }
-                        let r = at(*row);
-                        for (j, val) in r.iter().enumerate() {
-                            let xx = x0 + j;
-                            if xx < w {
-                                // SAFETY: tile (img, y0, x0) alone writes these pixels.
-                                unsafe {
-                                    *yp.ptr().add(((img * cout + o) * h + yy) * w + xx) =
-                                        val + bias;
+                        out[i] = at_lanes([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+                    }
+                    for (lane, &(img, y0, x0)) in origin[g..g + cnt].iter().enumerate() {
+                        for (i, row) in out.iter().enumerate() {
+                            let yy = y0 + i;
+                            if yy >= h {
+                                break;
+                            }
+                            for (j, val) in row.iter().enumerate() {
+                                let xx = x0 + j;
+                                if xx < w {
+                                    // SAFETY: tile (img, y0, x0) alone writes these pixels.
+                                    unsafe {
+                                        *yp.ptr().add(((img * cout + o) * h + yy) * w + xx) =
+                                            val[lane] + bias;
+                                    }
                                 }
                             }
                         }

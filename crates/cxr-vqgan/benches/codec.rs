@@ -36,13 +36,21 @@ fn main() {
     config.in_channels = 1;
     config.out_ch = 1;
     let device = Device::Cpu;
+    // Random weights, saved and loaded as a user's weights are (constants, memory-mapped).
     let varmap = VarMap::new();
-    let model = VqModel::new(
+    VqModel::new(
         &config,
         VarBuilder::from_varmap(&varmap, DType::F32, &device),
     )
     .unwrap();
     let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    let dir = std::env::temp_dir().join(format!("vqgan-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let weights = dir.join("vqgan.safetensors");
+    varmap.save(&weights).unwrap();
+    drop(varmap);
+    let model = VqModel::load(&config, &weights, &device).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
     let r = config.resolution;
     let mut results = Vec::new();
     for &b in &batches {
