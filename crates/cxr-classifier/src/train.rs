@@ -126,12 +126,7 @@ fn initialise(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
             } else {
                 let std = (2.0 / fan_in as f32).sqrt();
                 (0..n)
-                    .map(|_| {
-                        // Box-Muller.
-                        let (u1, u2): (f32, f32) =
-                            (rng.random_range(f32::EPSILON..1.0), rng.random());
-                        std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-                    })
+                    .map(|_| cxr_train::sample_normal(&mut rng, 0.0, std))
                     .collect()
             }
         };

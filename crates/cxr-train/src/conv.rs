@@ -238,13 +238,13 @@ fn gemm(
 
 /// A raw pointer that tiles writing disjoint regions may share.
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
+pub(crate) struct SharedMut(pub(crate) *mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
     /// Taking `self` makes closures capture the whole (Send) wrapper, not its raw field.
-    fn ptr(self) -> *mut f32 {
+    pub(crate) fn ptr(self) -> *mut f32 {
         self.0
     }
 }
@@ -648,16 +648,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+        crate::max_abs_diff(a, b).unwrap()
     }
 
     /// Forward and both gradients equal candle's own conv2d for every shape kind we use.

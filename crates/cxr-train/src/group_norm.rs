@@ -308,18 +308,7 @@ mod tests {
             } else {
                 reference
             };
-            let diff = |a: &Tensor, c: &Tensor| -> f32 {
-                (a - c)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap()
-            };
+            let diff = |a: &Tensor, c: &Tensor| crate::max_abs_diff(a, c).unwrap();
             assert!(diff(&ours, &reference) < 1e-5, "forward, swish {swish}");
             let r = Tensor::randn(0f32, 1., ours.dims(), &dev).unwrap();
             let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();

@@ -192,6 +192,20 @@ pub fn save_checkpoint(
     cxr_data::write_atomic(path, &bytes).map_err(|e| err(e.to_string()))
 }
 
+/// The largest absolute difference between two tensors of the same shape (parity checks).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
+    if a.dims() != b.dims() {
+        candle_core::bail!("shapes differ: {:?} vs {:?}", a.dims(), b.dims());
+    }
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar()
+}
+
+/// One draw from N(mean, std²) by Box-Muller (the trainers' seeded initialisations).
+pub fn sample_normal(rng: &mut impl rand::Rng, mean: f32, std: f32) -> f32 {
+    let (u1, u2): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
+    mean + std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
 /// A checkpoint's tensors by name and its string metadata.
 pub type Checkpoint = (HashMap<String, Tensor>, BTreeMap<String, String>);
 

@@ -10,6 +10,8 @@
 
 use rayon::prelude::*;
 
+use crate::conv::SharedMut;
+
 /// Transformed weights `U[e][o][c]`, e = 0..36.
 #[derive(Debug)]
 pub struct WinogradWeights {
@@ -103,18 +105,6 @@ fn at_lanes(m: [&[f32; LANES]; 6]) -> [[f32; LANES]; 4] {
         }
     }
     r
-}
-
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    /// Taking `self` makes closures capture the whole (Send) wrapper, not its raw field.
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// `y = conv3x3(x, w, padding 1) + bias` for `x` (b, cin, h, w), row-major; returns

@@ -121,6 +121,32 @@ impl Level {
     }
 }
 
+/// A level's `count` residual blocks (`block.{i}`, the first from `block_in` to `block_out`
+/// channels) and, when the level's side is in `attn_resolutions`, an attention block after each
+/// (`attn.{i}`).
+fn level_blocks(
+    cfg: &VqganConfig,
+    block_in: usize,
+    block_out: usize,
+    count: usize,
+    side: usize,
+    vb: &VarBuilder,
+) -> candle_core::Result<(Vec<ResnetBlock>, Vec<AttnBlock>)> {
+    let (mut blocks, mut attns) = (Vec::new(), Vec::new());
+    for b in 0..count {
+        let cin = if b == 0 { block_in } else { block_out };
+        blocks.push(ResnetBlock::new(
+            cin,
+            block_out,
+            vb.pp(format!("block.{b}")),
+        )?);
+        if cfg.attn_resolutions.contains(&side) {
+            attns.push(AttnBlock::new(block_out, vb.pp(format!("attn.{b}")))?);
+        }
+    }
+    Ok((blocks, attns))
+}
+
 struct Mid {
     block_1: ResnetBlock,
     attn_1: AttnBlock,
@@ -160,18 +186,9 @@ impl Encoder {
         for (i, &mult) in cfg.ch_mult.iter().enumerate() {
             let lvb = vb.pp(format!("down.{i}"));
             let block_out = cfg.ch * mult;
-            let (mut blocks, mut attns) = (Vec::new(), Vec::new());
-            for b in 0..cfg.num_res_blocks {
-                blocks.push(ResnetBlock::new(
-                    block_in,
-                    block_out,
-                    lvb.pp(format!("block.{b}")),
-                )?);
-                block_in = block_out;
-                if cfg.attn_resolutions.contains(&side) {
-                    attns.push(AttnBlock::new(block_in, lvb.pp(format!("attn.{b}")))?);
-                }
-            }
+            let (blocks, attns) =
+                level_blocks(cfg, block_in, block_out, cfg.num_res_blocks, side, &lvb)?;
+            block_in = block_out;
             let resample = (i + 1 != cfg.ch_mult.len())
                 .then(|| conv3x3(block_in, block_in, 2, lvb.pp("downsample.conv")))
                 .transpose()?;
@@ -223,18 +240,9 @@ impl Decoder {
         for i in (0..levels).rev() {
             let lvb = vb.pp(format!("up.{i}"));
             let block_out = cfg.ch * cfg.ch_mult[i];
-            let (mut blocks, mut attns) = (Vec::new(), Vec::new());
-            for b in 0..=cfg.num_res_blocks {
-                blocks.push(ResnetBlock::new(
-                    block_in,
-                    block_out,
-                    lvb.pp(format!("block.{b}")),
-                )?);
-                block_in = block_out;
-                if cfg.attn_resolutions.contains(&side) {
-                    attns.push(AttnBlock::new(block_in, lvb.pp(format!("attn.{b}")))?);
-                }
-            }
+            let (blocks, attns) =
+                level_blocks(cfg, block_in, block_out, cfg.num_res_blocks + 1, side, &lvb)?;
+            block_in = block_out;
             let resample = (i != 0)
                 .then(|| conv3x3(block_in, block_in, 1, lvb.pp("upsample.conv")))
                 .transpose()?;

@@ -114,8 +114,6 @@ pub enum VqganTrainError {
         path: PathBuf,
         source: cxr_image::ImageError,
     },
-    #[error("no training images")]
-    Empty,
     #[error("{path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
 }
@@ -148,10 +146,7 @@ fn initialise(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
             || name.contains("norm");
         let mut normal = |mean: f32, std: f32| -> Vec<f32> {
             (0..n)
-                .map(|_| {
-                    let (u1, u2): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
-                    mean + std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-                })
+                .map(|_| cxr_train::sample_normal(&mut rng, mean, std))
                 .collect()
         };
         let values: Vec<f32> = if name.ends_with("running_var") {

@@ -23,17 +23,7 @@ fn io() -> std::collections::HashMap<String, Tensor> {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    cxr_train::max_abs_diff(a, b).unwrap()
 }
 
 fn check(model: &VqModel) {

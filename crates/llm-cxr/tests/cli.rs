@@ -44,6 +44,7 @@ fn help_teaches_the_subcommands() {
         "preprocess",
         "dicom",
         "dataset",
+        "vqgan",
     ] {
         assert!(text.contains(sub), "--help lacks {sub}:\n{text}");
     }
