@@ -51,13 +51,33 @@ fn classifier() -> DenseNet {
     };
     let vm = VarMap::new();
     DenseNet::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
-    // Frozen: plain tensors, not variables.
-    let tensors: Vec<(String, candle_core::Tensor)> = vm
+    // Seeded weights (candle's own initialisation cannot be seeded, and a different classifier
+    // each run would make the losses differ between runs), frozen as plain tensors.
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut names: Vec<(String, candle_core::Var)> = vm
         .data()
         .lock()
         .unwrap()
         .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    let tensors: Vec<(String, candle_core::Tensor)> = names
+        .into_iter()
+        .map(|(k, v)| {
+            let values: Vec<f32> = if k.ends_with("running_var") {
+                vec![1.0; v.elem_count()]
+            } else {
+                (0..v.elem_count())
+                    .map(|_| cxr_train::sample_normal(&mut rng, 0.0, 0.1))
+                    .collect()
+            };
+            (
+                k,
+                candle_core::Tensor::from_vec(values, v.shape(), &Device::Cpu).unwrap(),
+            )
+        })
         .collect();
     let map = tensors.into_iter().collect();
     DenseNet::new(
