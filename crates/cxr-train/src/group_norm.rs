@@ -37,7 +37,7 @@ fn dims(l: &Layout, groups: usize) -> Result<(usize, usize, usize)> {
     Ok((d[0], d[1], d[2..].iter().product()))
 }
 
-/// Mean and 1/std of one group's values.
+/// Mean and 1/std of one group's values (sums in f64).
 fn stats(v: &[f32], eps: f64) -> (f32, f32) {
     let n = v.len() as f64;
     let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
@@ -66,6 +66,27 @@ fn exp_fast(x: f32) -> f32 {
 fn sigmoid(y: f32) -> f32 {
     1.0 / (1.0 + exp_fast(-y))
 }
+
+/// `out = a x + b`, then swish when asked.
+#[inline(always)]
+fn affine_generic(out: &mut [f32], x: &[f32], (a, b): (f32, f32), swish: bool) {
+    if swish {
+        for (o, &xv) in out.iter_mut().zip(x) {
+            let y = a * xv + b;
+            *o = y * sigmoid(y);
+        }
+    } else {
+        for (o, &xv) in out.iter_mut().zip(x) {
+            *o = a * xv + b;
+        }
+    }
+}
+
+dispatch_simd!(
+    affine_generic,
+    affine,
+    (out: &mut [f32], x: &[f32], ab: (f32, f32), swish: bool)
+);
 
 impl CustomOp3 for GroupNormOp {
     fn name(&self) -> &'static str {
@@ -96,10 +117,7 @@ impl CustomOp3 for GroupNormOp {
                         gamma[c0 + k] * rstd,
                         beta[c0 + k] - gamma[c0 + k] * rstd * mean,
                     );
-                    for (o, &xv) in o.iter_mut().zip(ch) {
-                        let yv = a * xv + b;
-                        *o = if self.swish { yv * sigmoid(yv) } else { yv };
-                    }
+                    affine(o, ch, (a, b), self.swish);
                 }
             });
         Ok((CpuStorage::F32(y), xl.shape().clone()))

@@ -6,6 +6,8 @@
 //! candle-nn's own `AdamW` keeps its moments private, which makes exact resumption impossible;
 //! this one follows `torch.optim.AdamW` (decoupled weight decay, bias correction) step for step.
 
+#[macro_use]
+mod simd;
 pub mod conv;
 pub mod group_norm;
 pub mod winograd;

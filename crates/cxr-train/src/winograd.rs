@@ -107,6 +107,129 @@ fn at_lanes(m: [&[f32; LANES]; 6]) -> [[f32; LANES]; 4] {
     r
 }
 
+/// `V[e][c][t] = (Bᵀ d B)[e]` for the chunk's tiles (`origin`), channel by channel, LANES
+/// tiles at a time so that the transform vectorises across tiles and writes run along t.
+#[inline(always)]
+fn input_transform_generic(
+    x: &[f32],
+    (cin, h, w): (usize, usize, usize),
+    origin: &[(usize, usize, usize)],
+    v: &mut [f32],
+) {
+    let n = origin.len();
+    for c in 0..cin {
+        for g in (0..n).step_by(LANES) {
+            let cnt = LANES.min(n - g);
+            let mut d = [[[0f32; LANES]; 6]; 6];
+            for (lane, &(img, y0, x0)) in origin[g..g + cnt].iter().enumerate() {
+                let plane = &x[(img * cin + c) * h * w..(img * cin + c + 1) * h * w];
+                for (i, row) in d.iter_mut().enumerate() {
+                    let iy = (y0 + i) as isize - 1;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                    for (j, val) in row.iter_mut().enumerate() {
+                        let ix = (x0 + j) as isize - 1;
+                        if ix >= 0 && ix < w as isize {
+                            val[lane] = src[ix as usize];
+                        }
+                    }
+                }
+            }
+            // Columns then rows: Bᵀ d B.
+            let mut cols = [[[0f32; LANES]; 6]; 6];
+            for j in 0..6 {
+                let r = bt_lanes([&d[0][j], &d[1][j], &d[2][j], &d[3][j], &d[4][j], &d[5][j]]);
+                for (i, ri) in r.into_iter().enumerate() {
+                    cols[i][j] = ri;
+                }
+            }
+            for (i, row) in cols.iter().enumerate() {
+                let r = bt_lanes([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+                for (j, rj) in r.iter().enumerate() {
+                    let at = ((i * 6 + j) * cin + c) * n + g;
+                    v[at..at + cnt].copy_from_slice(&rj[..cnt]);
+                }
+            }
+        }
+    }
+}
+
+dispatch_simd!(
+    input_transform_generic,
+    input_transform,
+    (x: &[f32], dims: (usize, usize, usize), origin: &[(usize, usize, usize)], v: &mut [f32])
+);
+
+/// `y[tile] = Aᵀ M A + bias` for the chunk's tiles, LANES at a time, clipped at the border.
+#[inline(always)]
+fn output_transform_generic(
+    m: &[f32],
+    (cout, h, w): (usize, usize, usize),
+    origin: &[(usize, usize, usize)],
+    bias: Option<&[f32]>,
+    yp: SharedMut,
+) {
+    let n = origin.len();
+    for o in 0..cout {
+        let bias = bias.map_or(0.0, |b| b[o]);
+        for g in (0..n).step_by(LANES) {
+            let cnt = LANES.min(n - g);
+            let mut mm = [[[0f32; LANES]; 6]; 6];
+            for (i, row) in mm.iter_mut().enumerate() {
+                for (j, val) in row.iter_mut().enumerate() {
+                    let at = ((i * 6 + j) * cout + o) * n + g;
+                    val[..cnt].copy_from_slice(&m[at..at + cnt]);
+                }
+            }
+            let mut half = [[[0f32; LANES]; 6]; 4];
+            for j in 0..6 {
+                let r = at_lanes([
+                    &mm[0][j], &mm[1][j], &mm[2][j], &mm[3][j], &mm[4][j], &mm[5][j],
+                ]);
+                for (i, ri) in r.into_iter().enumerate() {
+                    half[i][j] = ri;
+                }
+            }
+            let mut out = [[[0f32; LANES]; 4]; 4];
+            for (i, row) in half.iter().enumerate() {
+                out[i] = at_lanes([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+            }
+            for (lane, &(img, y0, x0)) in origin[g..g + cnt].iter().enumerate() {
+                for (i, row) in out.iter().enumerate() {
+                    let yy = y0 + i;
+                    if yy >= h {
+                        break;
+                    }
+                    for (j, val) in row.iter().enumerate() {
+                        let xx = x0 + j;
+                        if xx < w {
+                            // SAFETY: tile (img, y0, x0) alone writes these pixels.
+                            unsafe {
+                                *yp.ptr().add(((img * cout + o) * h + yy) * w + xx) =
+                                    val[lane] + bias;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+dispatch_simd!(
+    output_transform_generic,
+    output_transform,
+    (
+        m: &[f32],
+        dims: (usize, usize, usize),
+        origin: &[(usize, usize, usize)],
+        bias: Option<&[f32]>,
+        yp: SharedMut
+    )
+);
+
 /// `y = conv3x3(x, w, padding 1) + bias` for `x` (b, cin, h, w), row-major; returns
 /// (b, cout, h, w).
 pub fn conv3x3(
@@ -139,46 +262,7 @@ pub fn conv3x3(
                     (img, (rest / tw) * 4, (rest % tw) * 4)
                 })
                 .collect();
-            // Input transform: V[e][c][t], channel by channel, LANES tiles at a time so that
-            // the transform vectorises across tiles and writes run along t.
-            for c in 0..cin {
-                for g in (0..n).step_by(LANES) {
-                    let cnt = LANES.min(n - g);
-                    let mut d = [[[0f32; LANES]; 6]; 6];
-                    for (lane, &(img, y0, x0)) in origin[g..g + cnt].iter().enumerate() {
-                        let plane = &x[(img * cin + c) * h * w..(img * cin + c + 1) * h * w];
-                        for (i, row) in d.iter_mut().enumerate() {
-                            let iy = (y0 + i) as isize - 1;
-                            if iy < 0 || iy >= h as isize {
-                                continue;
-                            }
-                            let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                            for (j, val) in row.iter_mut().enumerate() {
-                                let ix = (x0 + j) as isize - 1;
-                                if ix >= 0 && ix < w as isize {
-                                    val[lane] = src[ix as usize];
-                                }
-                            }
-                        }
-                    }
-                    // Columns then rows: Bᵀ d B.
-                    let mut cols = [[[0f32; LANES]; 6]; 6];
-                    for j in 0..6 {
-                        let r =
-                            bt_lanes([&d[0][j], &d[1][j], &d[2][j], &d[3][j], &d[4][j], &d[5][j]]);
-                        for (i, ri) in r.into_iter().enumerate() {
-                            cols[i][j] = ri;
-                        }
-                    }
-                    for (i, row) in cols.iter().enumerate() {
-                        let r = bt_lanes([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
-                        for (j, rj) in r.iter().enumerate() {
-                            let at = ((i * 6 + j) * cin + c) * n + g;
-                            v[at..at + cnt].copy_from_slice(&rj[..cnt]);
-                        }
-                    }
-                }
-            }
+            input_transform(x, (cin, h, w), &origin, v);
             // 36 GEMMs: M[e] (cout x n) = U[e] (cout x cin) · V[e] (cin x n).
             for e in 0..36 {
                 // SAFETY: each buffer holds the addressed (rows x cols) block.
@@ -206,51 +290,7 @@ pub fn conv3x3(
                     );
                 }
             }
-            // Output transform: Aᵀ M A, LANES tiles at a time, clipped at the image border.
-            for o in 0..cout {
-                let bias = bias.map_or(0.0, |b| b[o]);
-                for g in (0..n).step_by(LANES) {
-                    let cnt = LANES.min(n - g);
-                    let mut mm = [[[0f32; LANES]; 6]; 6];
-                    for (i, row) in mm.iter_mut().enumerate() {
-                        for (j, val) in row.iter_mut().enumerate() {
-                            let at = ((i * 6 + j) * cout + o) * n + g;
-                            val[..cnt].copy_from_slice(&m[at..at + cnt]);
-                        }
-                    }
-                    let mut half = [[[0f32; LANES]; 6]; 4];
-                    for j in 0..6 {
-                        let r = at_lanes([
-                            &mm[0][j], &mm[1][j], &mm[2][j], &mm[3][j], &mm[4][j], &mm[5][j],
-                        ]);
-                        for (i, ri) in r.into_iter().enumerate() {
-                            half[i][j] = ri;
-                        }
-                    }
-                    let mut out = [[[0f32; LANES]; 4]; 4];
-                    for (i, row) in half.iter().enumerate() {
-                        out[i] = at_lanes([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
-                    }
-                    for (lane, &(img, y0, x0)) in origin[g..g + cnt].iter().enumerate() {
-                        for (i, row) in out.iter().enumerate() {
-                            let yy = y0 + i;
-                            if yy >= h {
-                                break;
-                            }
-                            for (j, val) in row.iter().enumerate() {
-                                let xx = x0 + j;
-                                if xx < w {
-                                    // SAFETY: tile (img, y0, x0) alone writes these pixels.
-                                    unsafe {
-                                        *yp.ptr().add(((img * cout + o) * h + yy) * w + xx) =
-                                            val[lane] + bias;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            output_transform(m, (cout, h, w), &origin, bias, yp);
         },
     );
     y
