@@ -556,11 +556,43 @@ impl candle_core::CustomOp1 for WinogradOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(s, l, None)
+    }
+}
+
+/// The same with a residual (of the output's shape) added in the output pass.
+impl CustomOp2 for WinogradOp {
+    fn name(&self) -> &'static str {
+        "cxr-winograd-conv3x3-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+        skip: &CpuStorage,
+        skip_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run(s, l, Some(contiguous_f32(skip, skip_l)?))
+    }
+}
+
+impl WinogradOp {
+    fn run(&self, s: &CpuStorage, l: &Layout, skip: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
         let layer = self.0.get().expect("initialised before the op runs");
         let x = contiguous_f32(s, l)?;
         let (b, cin, h, w) = l.shape().dims4()?;
-        let y = crate::winograd::conv3x3(x, (b, cin, h, w), &layer.weights, layer.bias.as_deref());
-        let cout = y.len() / (b * h * w);
+        let cout = layer.weights.cout();
+        if skip.is_some_and(|s| s.len() != b * cout * h * w) {
+            candle_core::bail!("residual does not have the convolution's output shape");
+        }
+        let y = crate::winograd::conv3x3(
+            x,
+            (b, cin, h, w),
+            &layer.weights,
+            layer.bias.as_deref(),
+            skip,
+        );
         Ok((CpuStorage::F32(y), Shape::from((b, cout, h, w))))
     }
 }
@@ -618,21 +650,39 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// The Winograd op when this call can take it (transformed weights made on first use).
+    fn winograd_op(&self, x: &Tensor) -> Result<Option<WinogradOp>> {
+        if !winograd_worthwhile(x, &self.weight, self.stride, self.padding) {
+            return Ok(None);
+        }
+        if self.winograd.get().is_none() {
+            let (cout, cin) = (self.weight.dim(0)?, self.weight.dim(1)?);
+            let w: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
+            let bias = self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?;
+            let _ = self.winograd.set(WinogradLayer {
+                weights: crate::winograd::WinogradWeights::new(&w, cout, cin),
+                bias,
+            });
+        }
+        Ok(Some(WinogradOp(self.winograd.clone())))
+    }
+
+    /// `forward(x) + skip`, the residual added in the convolution's output pass when it can be.
+    pub fn forward_residual(&self, x: &Tensor, skip: &Tensor) -> Result<Tensor> {
+        if let Some(op) = self.winograd_op(x)? {
+            if !skip.track_op() {
+                return x.contiguous()?.apply_op2_no_bwd(&skip.contiguous()?, &op);
+            }
+        }
+        self.forward(x)? + skip
+    }
+}
+
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if winograd_worthwhile(x, &self.weight, self.stride, self.padding) {
-            if self.winograd.get().is_none() {
-                let (cout, cin) = (self.weight.dim(0)?, self.weight.dim(1)?);
-                let w: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
-                let bias = self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?;
-                let _ = self.winograd.set(WinogradLayer {
-                    weights: crate::winograd::WinogradWeights::new(&w, cout, cin),
-                    bias,
-                });
-            }
-            return x
-                .contiguous()?
-                .apply_op1_no_bwd(&WinogradOp(self.winograd.clone()));
+        if let Some(op) = self.winograd_op(x)? {
+            return x.contiguous()?.apply_op1_no_bwd(&op);
         }
         let y = conv2d(x, &self.weight, self.stride, self.padding)?;
         match &self.bias {
@@ -733,5 +783,8 @@ mod tests {
         assert!(frozen.winograd.get().is_some());
         let reference = layer.forward(&x).unwrap();
         assert!(max_diff(&fast, &reference) < 1e-4);
+        let skip = Tensor::randn(0f32, 1., reference.dims(), &dev).unwrap();
+        let fused = frozen.forward_residual(&x, &skip).unwrap();
+        assert!(max_diff(&fused, &(reference + &skip).unwrap()) < 1e-4);
     }
 }

@@ -21,6 +21,11 @@ pub struct WinogradWeights {
 }
 
 impl WinogradWeights {
+    /// Output channels.
+    pub fn cout(&self) -> usize {
+        self.cout
+    }
+
     /// From a (cout, cin, 3, 3) weight, row-major.
     pub fn new(w: &[f32], cout: usize, cin: usize) -> Self {
         const G: [[f32; 3]; 6] = [
@@ -162,13 +167,14 @@ dispatch_simd!(
     (x: &[f32], dims: (usize, usize, usize), origin: &[(usize, usize, usize)], v: &mut [f32])
 );
 
-/// `y[tile] = Aᵀ M A + bias` for the chunk's tiles, LANES at a time, clipped at the border.
+/// `y[tile] = Aᵀ M A + bias (+ skip)` for the chunk's tiles, LANES at a time, clipped at the
+/// border.
 #[inline(always)]
 fn output_transform_generic(
     m: &[f32],
     (cout, h, w): (usize, usize, usize),
     origin: &[(usize, usize, usize)],
-    bias: Option<&[f32]>,
+    (bias, skip): (Option<&[f32]>, Option<&[f32]>),
     yp: SharedMut,
 ) {
     let n = origin.len();
@@ -205,10 +211,11 @@ fn output_transform_generic(
                     for (j, val) in row.iter().enumerate() {
                         let xx = x0 + j;
                         if xx < w {
+                            let at = ((img * cout + o) * h + yy) * w + xx;
+                            let residual = skip.map_or(0.0, |s| s[at]);
                             // SAFETY: tile (img, y0, x0) alone writes these pixels.
                             unsafe {
-                                *yp.ptr().add(((img * cout + o) * h + yy) * w + xx) =
-                                    val[lane] + bias;
+                                *yp.ptr().add(at) = val[lane] + bias + residual;
                             }
                         }
                     }
@@ -225,25 +232,31 @@ dispatch_simd!(
         m: &[f32],
         dims: (usize, usize, usize),
         origin: &[(usize, usize, usize)],
-        bias: Option<&[f32]>,
+        add: (Option<&[f32]>, Option<&[f32]>),
         yp: SharedMut
     )
 );
 
-/// `y = conv3x3(x, w, padding 1) + bias` for `x` (b, cin, h, w), row-major; returns
+/// `y = conv3x3(x, w, padding 1) + bias + skip` for `x` (b, cin, h, w), row-major, with an
+/// optional residual `skip` of the output's shape added in the same pass; returns
 /// (b, cout, h, w).
 pub fn conv3x3(
     x: &[f32],
     (b, cin, h, w): (usize, usize, usize, usize),
     weights: &WinogradWeights,
     bias: Option<&[f32]>,
+    skip: Option<&[f32]>,
 ) -> Vec<f32> {
     assert_eq!(weights.cin, cin);
     let cout = weights.cout;
+    assert!(
+        skip.is_none_or(|s| s.len() == b * cout * h * w),
+        "residual of the output's shape"
+    );
     let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
     let tiles = b * th * tw;
     // Tiles per chunk: V and M of a chunk stay within a few MiB.
-    let chunk = (((1 << 18) / (36 * cin.max(cout))).max(16))
+    let chunk = (((1 << 20) / (36 * cin.max(cout))).max(16))
         .min(tiles.div_ceil(rayon::current_num_threads().max(1)));
     let chunk = chunk.max(1);
     let mut y = vec![0f32; b * cout * h * w];
@@ -290,7 +303,7 @@ pub fn conv3x3(
                     );
                 }
             }
-            output_transform(m, (cout, h, w), &origin, bias, yp);
+            output_transform(m, (cout, h, w), &origin, (bias, skip), yp);
         },
     );
     y
@@ -354,15 +367,17 @@ mod tests {
             let x: Vec<f32> = (0..b * cin * h * w).map(|_| rnd()).collect();
             let wt: Vec<f32> = (0..cout * cin * 9).map(|_| rnd()).collect();
             let bias: Vec<f32> = (0..cout).map(|_| rnd()).collect();
+            let skip: Vec<f32> = (0..b * cout * h * w).map(|_| rnd()).collect();
             let ours = conv3x3(
                 &x,
                 (b, cin, h, w),
                 &WinogradWeights::new(&wt, cout, cin),
                 Some(&bias),
+                Some(&skip),
             );
             let want = direct(&x, (b, cin, h, w), &wt, cout);
             for (k, (a, e)) in ours.iter().zip(&want).enumerate() {
-                let e = e + bias[(k / (h * w)) % cout];
+                let e = e + bias[(k / (h * w)) % cout] + skip[k];
                 assert!(
                     (a - e).abs() < 1e-4 * (1.0 + e.abs()),
                     "{b} {cin} {h} {w} {cout} at {k}: {a} vs {e}"

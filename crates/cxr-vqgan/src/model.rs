@@ -47,11 +47,12 @@ impl ResnetBlock {
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward_swish(x)?)?;
-        let h = self.conv2.forward(&self.norm2.forward_swish(&h)?)?;
-        match &self.nin_shortcut {
-            Some(s) => s.forward(x)? + h,
-            None => x + h,
-        }
+        let shortcut = match &self.nin_shortcut {
+            Some(s) => s.forward(x)?,
+            None => x.clone(),
+        };
+        self.conv2
+            .forward_residual(&self.norm2.forward_swish(&h)?, &shortcut)
     }
 }
 
