@@ -259,10 +259,12 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Conv2dOp {
     stride: usize,
     pad: usize,
+    /// Inference only: a bias the output starts from, so that no separate pass adds it.
+    bias: Option<std::sync::Arc<[f32]>>,
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -281,6 +283,15 @@ impl CustomOp2 for Conv2dOp {
         let (x, w) = (contiguous_f32(xs, xl)?, contiguous_f32(ws, wl)?);
         let (n, k) = (g.n(), g.k());
         let mut y = vec![0f32; g.b * g.cout * n];
+        if let Some(bias) = &self.bias {
+            if bias.len() != g.cout {
+                candle_core::bail!("conv2d: {} bias values for {} channels", bias.len(), g.cout);
+            }
+            y.par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(i, row)| row.fill(bias[i % g.cout]));
+        }
+        let accumulate = self.bias.is_some();
         let yp = SharedMut(y.as_mut_ptr());
         g.tiles()
             .into_par_iter()
@@ -299,7 +310,7 @@ impl CustomOp2 for Conv2dOp {
                     (g.cout, count, k),
                     dst,
                     n,
-                    false,
+                    accumulate,
                     w.as_ptr(),
                     (k, 1),
                     rhs,
@@ -320,14 +331,14 @@ impl CustomOp2 for Conv2dOp {
         let dx = dy.apply_op2_no_bwd(
             w,
             &InputGrad {
-                op: *self,
+                op: self.clone(),
                 x_dims: x.dims().to_vec(),
             },
         )?;
         let dw = x.apply_op2_no_bwd(
             &dy,
             &WeightGrad {
-                op: *self,
+                op: self.clone(),
                 w_dims: w.dims().to_vec(),
             },
         )?;
@@ -522,6 +533,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
         Conv2dOp {
             stride,
             pad: padding,
+            bias: None,
         },
     )
 }
@@ -684,10 +696,20 @@ impl Module for Conv2d {
         if let Some(op) = self.winograd_op(x)? {
             return x.contiguous()?.apply_op1_no_bwd(&op);
         }
-        let y = conv2d(x, &self.weight, self.stride, self.padding)?;
         match &self.bias {
-            Some(b) => y.apply_op2(&b.contiguous()?, ChannelBias),
-            None => Ok(y),
+            // Inference: the output starts from the bias (no extra pass, no copy).
+            Some(b) if !x.track_op() && !self.weight.track_op() && !b.track_op() => {
+                let op = Conv2dOp {
+                    stride: self.stride,
+                    pad: self.padding,
+                    bias: Some(b.to_vec1::<f32>()?.into()),
+                };
+                x.contiguous()?
+                    .apply_op2_no_bwd(&self.weight.contiguous()?, &op)
+            }
+            Some(b) => conv2d(x, &self.weight, self.stride, self.padding)?
+                .apply_op2(&b.contiguous()?, ChannelBias),
+            None => conv2d(x, &self.weight, self.stride, self.padding),
         }
     }
 }
@@ -783,6 +805,17 @@ mod tests {
         assert!(frozen.winograd.get().is_some());
         let reference = layer.forward(&x).unwrap();
         assert!(max_diff(&fast, &reference) < 1e-4);
+        // A stride-2 layer takes the GEMM path with the bias folded in.
+        let vb2 = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev);
+        let strided = Conv2d::new((16, 8, 3), 2, 0, true, vb2.pp("s2")).unwrap();
+        let strided_frozen = Conv2d {
+            weight: strided.weight.detach(),
+            bias: strided.bias.as_ref().map(Tensor::detach),
+            ..strided.clone()
+        };
+        let a = strided_frozen.forward(&x).unwrap();
+        let b = strided.forward(&x).unwrap();
+        assert!(max_diff(&a, &b) < 1e-5);
         let skip = Tensor::randn(0f32, 1., reference.dims(), &dev).unwrap();
         let fused = frozen.forward_residual(&x, &skip).unwrap();
         assert!(max_diff(&fused, &(reference + &skip).unwrap()) < 1e-4);

@@ -53,13 +53,16 @@ fn stats(v: &[f32], eps: f64) -> (f32, f32) {
 fn exp_fast(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let z = x * std::f32::consts::LOG2_E + ROUND;
+    let n = z - ROUND;
+    // The rounded integer sits in z's low mantissa bits: no float-to-int conversion needed.
+    let ni = z.to_bits() as i32 - ROUND.to_bits() as i32;
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+    f32::from_bits(((ni + 127) as u32) << 23) * p
 }
 
 #[inline(always)]
