@@ -242,6 +242,22 @@ pub(crate) struct SharedMut(pub(crate) *mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+/// An output buffer of `n` values that `write` fills completely (every element, through the
+/// pointer it is given) before anything reads it; skips the zeroing a `vec![0.0; n]` pays,
+/// which was a tenth of VQ-GAN inference.
+///
+/// # Safety
+/// `write` must initialise all `n` elements.
+pub(crate) unsafe fn filled_by(n: usize, write: impl FnOnce(SharedMut)) -> Vec<f32> {
+    let mut buf: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(n);
+    // SAFETY: MaybeUninit needs no initialisation.
+    unsafe { buf.set_len(n) };
+    write(SharedMut(buf.as_mut_ptr().cast()));
+    let mut buf = std::mem::ManuallyDrop::new(buf);
+    // SAFETY: the caller wrote every element; same allocation, length and capacity.
+    unsafe { Vec::from_raw_parts(buf.as_mut_ptr().cast(), buf.len(), buf.capacity()) }
+}
+
 impl SharedMut {
     /// Taking `self` makes closures capture the whole (Send) wrapper, not its raw field.
     pub(crate) fn ptr(self) -> *mut f32 {
@@ -282,41 +298,50 @@ impl CustomOp2 for Conv2dOp {
         let g = Geometry::new(xl.dims(), wl.dims(), self.stride, self.pad)?;
         let (x, w) = (contiguous_f32(xs, xl)?, contiguous_f32(ws, wl)?);
         let (n, k) = (g.n(), g.k());
-        let mut y = vec![0f32; g.b * g.cout * n];
         if let Some(bias) = &self.bias {
             if bias.len() != g.cout {
                 candle_core::bail!("conv2d: {} bias values for {} channels", bias.len(), g.cout);
             }
-            y.par_chunks_mut(n)
-                .enumerate()
-                .for_each(|(i, row)| row.fill(bias[i % g.cout]));
         }
         let accumulate = self.bias.is_some();
-        let yp = SharedMut(y.as_mut_ptr());
-        g.tiles()
-            .into_par_iter()
-            .for_each_init(Vec::new, |cols, (b, n0, count)| {
-                let xb = &x[b * g.cin * g.h * g.w..(b + 1) * g.cin * g.h * g.w];
-                let (rhs, rhs_rs) = if g.pointwise() {
-                    (xb[n0..].as_ptr(), n)
-                } else {
-                    cols.resize(k * count, 0.0);
-                    g.im2col(xb, n0, count, cols);
-                    (cols.as_ptr(), count)
-                };
-                // SAFETY: tile (b, n0..n0+count) owns those columns of image b's output.
-                let dst = unsafe { yp.ptr().add(b * g.cout * n + n0) };
-                gemm(
-                    (g.cout, count, k),
-                    dst,
-                    n,
-                    accumulate,
-                    w.as_ptr(),
-                    (k, 1),
-                    rhs,
-                    (rhs_rs, 1),
-                );
-            });
+        let run = |yp: SharedMut| {
+            if let Some(bias) = &self.bias {
+                // Every output row starts as its channel's bias; the GEMMs add onto it.
+                (0..g.b * g.cout).into_par_iter().for_each(|i| {
+                    for j in 0..n {
+                        // SAFETY: row i lies inside the buffer and this task alone writes it.
+                        unsafe { yp.ptr().add(i * n + j).write(bias[i % g.cout]) };
+                    }
+                });
+            }
+            g.tiles()
+                .into_par_iter()
+                .for_each_init(Vec::new, |cols, (b, n0, count)| {
+                    let xb = &x[b * g.cin * g.h * g.w..(b + 1) * g.cin * g.h * g.w];
+                    let (rhs, rhs_rs) = if g.pointwise() {
+                        (xb[n0..].as_ptr(), n)
+                    } else {
+                        cols.resize(k * count, 0.0);
+                        g.im2col(xb, n0, count, cols);
+                        (cols.as_ptr(), count)
+                    };
+                    // SAFETY: tile (b, n0..n0+count) owns those columns of image b's output.
+                    let dst = unsafe { yp.ptr().add(b * g.cout * n + n0) };
+                    gemm(
+                        (g.cout, count, k),
+                        dst,
+                        n,
+                        accumulate,
+                        w.as_ptr(),
+                        (k, 1),
+                        rhs,
+                        (rhs_rs, 1),
+                    );
+                });
+        };
+        // SAFETY: the tiles cover every output position of every image and channel (without a
+        // bias the GEMMs overwrite, with one they add to the rows filled first).
+        let y = unsafe { filled_by(g.b * g.cout * n, run) };
         Ok((CpuStorage::F32(y), Shape::from((g.b, g.cout, g.ho, g.wo))))
     }
 

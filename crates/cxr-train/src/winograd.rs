@@ -259,54 +259,55 @@ pub fn conv3x3(
     let chunk = (((1 << 20) / (36 * cin.max(cout))).max(16))
         .min(tiles.div_ceil(rayon::current_num_threads().max(1)));
     let chunk = chunk.max(1);
-    let mut y = vec![0f32; b * cout * h * w];
-    let yp = SharedMut(y.as_mut_ptr());
-    let starts: Vec<usize> = (0..tiles).step_by(chunk).collect();
-    starts.into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(v, m), t0| {
-            let n = chunk.min(tiles - t0);
-            v.resize(36 * cin * n, 0.0);
-            m.resize(36 * cout * n, 0.0);
-            // Where each tile of the chunk sits: (image, top row, left column).
-            let origin: Vec<(usize, usize, usize)> = (t0..t0 + n)
-                .map(|tile| {
-                    let (img, rest) = (tile / (th * tw), tile % (th * tw));
-                    (img, (rest / tw) * 4, (rest % tw) * 4)
-                })
-                .collect();
-            input_transform(x, (cin, h, w), &origin, v);
-            // 36 GEMMs: M[e] (cout x n) = U[e] (cout x cin) · V[e] (cin x n).
-            for e in 0..36 {
-                // SAFETY: each buffer holds the addressed (rows x cols) block.
-                unsafe {
-                    gemm::gemm(
-                        cout,
-                        n,
-                        cin,
-                        m[e * cout * n..].as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        weights.u[e * cout * cin..].as_ptr(),
-                        1,
-                        cin as isize,
-                        v[e * cin * n..].as_ptr(),
-                        1,
-                        n as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+    let run = |yp: SharedMut| {
+        let starts: Vec<usize> = (0..tiles).step_by(chunk).collect();
+        starts.into_par_iter().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(v, m), t0| {
+                let n = chunk.min(tiles - t0);
+                v.resize(36 * cin * n, 0.0);
+                m.resize(36 * cout * n, 0.0);
+                // Where each tile of the chunk sits: (image, top row, left column).
+                let origin: Vec<(usize, usize, usize)> = (t0..t0 + n)
+                    .map(|tile| {
+                        let (img, rest) = (tile / (th * tw), tile % (th * tw));
+                        (img, (rest / tw) * 4, (rest % tw) * 4)
+                    })
+                    .collect();
+                input_transform(x, (cin, h, w), &origin, v);
+                // 36 GEMMs: M[e] (cout x n) = U[e] (cout x cin) · V[e] (cin x n).
+                for e in 0..36 {
+                    // SAFETY: each buffer holds the addressed (rows x cols) block.
+                    unsafe {
+                        gemm::gemm(
+                            cout,
+                            n,
+                            cin,
+                            m[e * cout * n..].as_mut_ptr(),
+                            1,
+                            n as isize,
+                            false,
+                            weights.u[e * cout * cin..].as_ptr(),
+                            1,
+                            cin as isize,
+                            v[e * cin * n..].as_ptr(),
+                            1,
+                            n as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
                 }
-            }
-            output_transform(m, (cout, h, w), &origin, (bias, skip), yp);
-        },
-    );
-    y
+                output_transform(m, (cout, h, w), &origin, (bias, skip), yp);
+            },
+        );
+    };
+    // SAFETY: the tiles cover the whole output and the output transform writes each pixel.
+    unsafe { crate::conv::filled_by(b * cout * h * w, run) }
 }
 
 #[cfg(test)]
