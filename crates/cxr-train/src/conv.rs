@@ -199,7 +199,7 @@ impl Geometry {
 
 /// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` with explicit (row, column) strides.
 #[allow(clippy::too_many_arguments)]
-fn gemm(
+pub(crate) fn gemm(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     dst_rs: usize,

@@ -277,30 +277,16 @@ pub fn conv3x3(
                 input_transform(x, (cin, h, w), &origin, v);
                 // 36 GEMMs: M[e] (cout x n) = U[e] (cout x cin) · V[e] (cin x n).
                 for e in 0..36 {
-                    // SAFETY: each buffer holds the addressed (rows x cols) block.
-                    unsafe {
-                        gemm::gemm(
-                            cout,
-                            n,
-                            cin,
-                            m[e * cout * n..].as_mut_ptr(),
-                            1,
-                            n as isize,
-                            false,
-                            weights.u[e * cout * cin..].as_ptr(),
-                            1,
-                            cin as isize,
-                            v[e * cin * n..].as_ptr(),
-                            1,
-                            n as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
+                    crate::conv::gemm(
+                        (cout, n, cin),
+                        m[e * cout * n..].as_mut_ptr(),
+                        n,
+                        false,
+                        weights.u[e * cout * cin..].as_ptr(),
+                        (cin, 1),
+                        v[e * cin * n..].as_ptr(),
+                        (n, 1),
+                    );
                 }
                 output_transform(m, (cout, h, w), &origin, (bias, skip), yp);
             },
