@@ -51,6 +51,8 @@ enum Command {
     /// The image tokenizer (taming VQ-GAN): train, encode images to token files, decode, evaluate.
     #[command(subcommand)]
     Vqgan(commands::vqgan::Command),
+    /// Talk to a language model (HF directory or GGUF): plain instructions, streamed answers.
+    Chat(commands::chat::Args),
     /// Summarise a dataset (MIMIC-CXR-JPG, Open-i / R2Gen, or CSV) as llm-cxr reads it.
     Dataset(commands::dataset::Args),
 }
@@ -81,6 +83,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(c) => commands::eval::run(c),
         Command::Classifier(c) => commands::classifier::run(c),
         Command::Vqgan(c) => commands::vqgan::run(c),
+        Command::Chat(a) => commands::chat::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod chat;
 pub mod classifier;
 pub mod dataset;
 pub mod demo;

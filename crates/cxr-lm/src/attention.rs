@@ -1,0 +1,308 @@
+//! What GPT-NeoX and LLaMA share: rotary position embeddings (HF's `rotate_half` layout), causal
+//! self-attention with grouped-query heads and a key/value cache, left-padded batches, and the two
+//! norms. Every op has a fused inference kernel and a differentiable composition; the fused ones
+//! (candle-nn's `layer_norm`, `rms_norm`, `softmax_last_dim`, `rope`) pass no gradient back,
+//! silently, so they are used only when nothing in the op is being tracked.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+/// cos/sin tables for rotary embeddings on the first `dims` of each head.
+#[derive(Clone, Debug)]
+pub struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+    dims: usize,
+}
+
+impl Rotary {
+    pub fn new(dims: usize, base: f64, max_positions: usize, device: &Device) -> Result<Self> {
+        let half = dims / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| (1.0 / base.powf(2.0 * i as f64 / dims as f64)) as f32)
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let t = Tensor::arange(0u32, max_positions as u32, device)?.to_dtype(DType::F32)?;
+        let freqs = t.reshape((max_positions, 1))?.broadcast_mul(&inv_freq)?;
+        Ok(Rotary {
+            cos: freqs.cos()?,
+            sin: freqs.sin()?,
+            dims,
+        })
+    }
+
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
+    /// Rotates the first `dims` channels of `x` (b, heads, t, head_dim) at `positions` (b, t).
+    pub fn apply(&self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
+        if self.dims == 0 {
+            return Ok(x.clone());
+        }
+        let (b, _, t, head_dim) = x.dims4()?;
+        let (cos, sin) = match positions {
+            Positions::Shared(start) => (
+                self.cos.narrow(0, *start, t)?,
+                self.sin.narrow(0, *start, t)?,
+            ),
+            Positions::PerRow(p) => {
+                let flat = p.flatten_all()?;
+                let half = self.dims / 2;
+                (
+                    self.cos.index_select(&flat, 0)?.reshape((b, t, half))?,
+                    self.sin.index_select(&flat, 0)?.reshape((b, t, half))?,
+                )
+            }
+        };
+        let (rot, pass) = if self.dims == head_dim {
+            (x.clone(), None)
+        } else {
+            (
+                x.narrow(D::Minus1, 0, self.dims)?,
+                Some(x.narrow(D::Minus1, self.dims, head_dim - self.dims)?),
+            )
+        };
+        let rotated = if x.track_op() {
+            rope_differentiable(&rot, &cos, &sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&rot.contiguous()?, &cos, &sin)?
+        };
+        match pass {
+            Some(pass) => Tensor::cat(&[&rotated, &pass], D::Minus1),
+            None => Ok(rotated),
+        }
+    }
+}
+
+fn rope_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    // cos/sin: (t, half) or (b, t, half) -> broadcastable to (b, heads, t, dims).
+    let (cos, sin) = match cos.rank() {
+        2 => (
+            cos.unsqueeze(0)?.unsqueeze(0)?,
+            sin.unsqueeze(0)?.unsqueeze(0)?,
+        ),
+        _ => (cos.unsqueeze(1)?, sin.unsqueeze(1)?),
+    };
+    let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?;
+    let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?;
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated_half = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(&cos)? + rotated_half.broadcast_mul(&sin)?
+}
+
+/// Where the tokens of one forward pass sit: the same positions for every row, or per row
+/// (left-padded batches).
+#[derive(Clone, Debug)]
+pub enum Positions {
+    Shared(usize),
+    PerRow(Tensor),
+}
+
+/// The layout of one forward pass: `offset` tokens already cached, `len` new ones, and per row the
+/// number of left-padding tokens at the start of the sequence.
+#[derive(Clone, Debug)]
+pub struct Span {
+    pub offset: usize,
+    pub len: usize,
+    pub pad: Vec<usize>,
+}
+
+impl Span {
+    /// A whole unpadded sequence, as in training.
+    pub fn full(batch: usize, len: usize) -> Self {
+        Span {
+            offset: 0,
+            len,
+            pad: vec![0; batch],
+        }
+    }
+
+    fn padded(&self) -> bool {
+        self.pad.iter().any(|&p| p > 0)
+    }
+
+    pub fn positions(&self, device: &Device) -> Result<Positions> {
+        if !self.padded() {
+            return Ok(Positions::Shared(self.offset));
+        }
+        let mut p = Vec::with_capacity(self.pad.len() * self.len);
+        for &pad in &self.pad {
+            p.extend((self.offset..self.offset + self.len).map(|j| j.saturating_sub(pad) as u32));
+        }
+        Ok(Positions::PerRow(Tensor::from_vec(
+            p,
+            (self.pad.len(), self.len),
+            device,
+        )?))
+    }
+
+    /// Additive mask (b, 1, len, offset + len): 0 where a query may look, -inf elsewhere (the
+    /// future and the left padding). `None` when nothing needs masking.
+    pub fn mask(&self, device: &Device) -> Result<Option<Tensor>> {
+        if self.len == 1 && !self.padded() {
+            return Ok(None);
+        }
+        let total = self.offset + self.len;
+        let b = if self.padded() { self.pad.len() } else { 1 };
+        let mut m = vec![0f32; b * self.len * total];
+        for (row, chunk) in m.chunks_mut(self.len * total).enumerate() {
+            let pad = if self.padded() { self.pad[row] } else { 0 };
+            for i in 0..self.len {
+                let query = self.offset + i;
+                for (key, v) in chunk[i * total..(i + 1) * total].iter_mut().enumerate() {
+                    // A padding query attends to itself only, so that its row is never all -inf.
+                    let visible = if query < pad {
+                        key == query
+                    } else {
+                        key <= query && key >= pad
+                    };
+                    if !visible {
+                        *v = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        Ok(Some(Tensor::from_vec(m, (b, 1, self.len, total), device)?))
+    }
+}
+
+/// The key/value cache of one layer: (b, kv_heads, capacity, head_dim), filled up to `len`.
+#[derive(Clone, Debug)]
+pub struct LayerCache {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    len: usize,
+    capacity: usize,
+}
+
+impl LayerCache {
+    pub fn new(capacity: usize) -> Self {
+        LayerCache {
+            k: None,
+            v: None,
+            len: 0,
+            capacity,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends (b, kv_heads, t, head_dim) keys and values; returns everything cached so far.
+    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, heads, t, d) = k.dims4()?;
+        if self.len + t > self.capacity {
+            candle_core::bail!(
+                "the key/value cache holds {} positions, {} asked",
+                self.capacity,
+                self.len + t
+            )
+        }
+        if self.k.is_none() {
+            let zeros = Tensor::zeros((b, heads, self.capacity, d), k.dtype(), k.device())?;
+            self.k = Some(zeros.clone());
+            self.v = Some(zeros.zeros_like()?);
+        }
+        let (ck, cv) = (self.k.as_ref().unwrap_or(k), self.v.as_ref().unwrap_or(v));
+        ck.slice_set(&k.contiguous()?, 2, self.len)?;
+        cv.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len += t;
+        Ok((ck.narrow(2, 0, self.len)?, cv.narrow(2, 0, self.len)?))
+    }
+}
+
+/// Scaled dot-product attention of q (b, heads, t, d) over k, v (b, kv_heads, T, d).
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (b, heads, t, d) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let group = heads / kv_heads;
+    // Grouped-query attention without copying the keys: fold each group's queries into rows.
+    let q = q.reshape((b, kv_heads, group * t, d))?;
+    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    if let Some(mask) = mask {
+        let total = k.dim(2)?;
+        scores = scores
+            .reshape((b, kv_heads, group, t, total))?
+            .broadcast_add(&mask.unsqueeze(1)?)?
+            .reshape((b, kv_heads, group * t, total))?;
+    }
+    let probs = softmax(&scores)?;
+    probs.matmul(v)?.reshape((b, heads, t, d))
+}
+
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.track_op() || weight.track_op() {
+        candle_nn::ops::layer_norm_slow(x, weight, bias, eps as f32)
+    } else {
+        candle_nn::ops::layer_norm(&x.contiguous()?, weight, bias, eps as f32)
+    }
+}
+
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.track_op() || weight.track_op() {
+        candle_nn::ops::rms_norm_slow(x, weight, eps as f32)
+    } else {
+        candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_and_differentiable_rope_agree() {
+        let dev = Device::Cpu;
+        let rot = Rotary::new(8, 10_000.0, 32, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev).unwrap();
+        let fast = rot.apply(&x, &Positions::Shared(4)).unwrap();
+        let cos = rot.cos.narrow(0, 4, 5).unwrap();
+        let sin = rot.sin.narrow(0, 4, 5).unwrap();
+        let slow = rope_differentiable(&x, &cos, &sin).unwrap();
+        let diff = (fast - slow)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn padded_mask_hides_padding_and_the_future() {
+        let span = Span {
+            offset: 0,
+            len: 3,
+            pad: vec![1, 0],
+        };
+        let mask = span.mask(&Device::Cpu).unwrap().unwrap();
+        let m: Vec<Vec<f32>> = mask.squeeze(1).unwrap().get(0).unwrap().to_vec2().unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(
+            m,
+            vec![
+                vec![0.0, inf, inf],
+                vec![inf, 0.0, inf],
+                vec![inf, 0.0, 0.0]
+            ]
+        );
+    }
+}

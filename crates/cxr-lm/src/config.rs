@@ -1,0 +1,302 @@
+//! Model configurations, read straight from a Hugging Face `config.json` (or built from GGUF
+//! metadata). Field names and defaults follow transformers' `GPTNeoXConfig` and `LlamaConfig`;
+//! transformers 5 moved the rotary settings into `rope_parameters`, and both spellings are read.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::LmError;
+
+/// Which architecture a checkpoint holds, from `config.json`'s `model_type`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LmConfig {
+    GptNeox(GptNeoxConfig),
+    Llama(LlamaConfig),
+}
+
+/// GPT-NeoX (pythia, dolly-v2): partial rotary, parallel residual, LayerNorm, untied head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GptNeoxConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    /// Fraction of each head's dimensions that is rotated.
+    pub rotary_pct: f64,
+    pub rotary_emb_base: f64,
+    pub max_position_embeddings: usize,
+    pub layer_norm_eps: f64,
+    pub use_parallel_residual: bool,
+    pub hidden_act: String,
+    pub tie_word_embeddings: bool,
+    pub attention_bias: bool,
+}
+
+/// LLaMA and its relatives (SmolLM2, TinyLlama, Llama-2/3, Qwen2): RMSNorm, SwiGLU, grouped-query
+/// attention, rotary on the whole head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub tie_word_embeddings: bool,
+    /// Bias on q/k/v (Qwen2 style); the output projection never has one.
+    pub attention_bias: bool,
+    pub hidden_act: String,
+}
+
+impl LmConfig {
+    /// Parses a `config.json` text; `origin` names the file in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<Self, LmError> {
+        let bad = |reason: String| LmError::Config {
+            origin: origin.to_string(),
+            reason,
+        };
+        let v: Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let model_type = v
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let fields = Fields { v: &v, origin };
+        let config = match model_type {
+            "gpt_neox" => {
+                let hidden_size = fields.usize("hidden_size")?;
+                LmConfig::GptNeox(GptNeoxConfig {
+                    vocab_size: fields.usize("vocab_size")?,
+                    hidden_size,
+                    num_hidden_layers: fields.usize("num_hidden_layers")?,
+                    num_attention_heads: fields.usize("num_attention_heads")?,
+                    intermediate_size: fields.usize_or("intermediate_size", 4 * hidden_size),
+                    rotary_pct: fields
+                        .rope_f64("partial_rotary_factor")
+                        .or_else(|| fields.f64("rotary_pct"))
+                        .unwrap_or(0.25),
+                    rotary_emb_base: fields
+                        .rope_f64("rope_theta")
+                        .or_else(|| fields.f64("rotary_emb_base"))
+                        .or_else(|| fields.f64("rope_theta"))
+                        .unwrap_or(10_000.0),
+                    max_position_embeddings: fields.usize_or("max_position_embeddings", 2048),
+                    layer_norm_eps: fields.f64("layer_norm_eps").unwrap_or(1e-5),
+                    use_parallel_residual: fields.bool_or("use_parallel_residual", true),
+                    hidden_act: fields.string_or("hidden_act", "gelu"),
+                    tie_word_embeddings: fields.bool_or("tie_word_embeddings", false),
+                    attention_bias: fields.bool_or("attention_bias", true),
+                })
+            }
+            "llama" | "mistral" | "qwen2" => {
+                let hidden_size = fields.usize("hidden_size")?;
+                let heads = fields.usize("num_attention_heads")?;
+                if let Some(scaling) = v.get("rope_scaling").filter(|s| !s.is_null()) {
+                    return Err(bad(format!("rope_scaling {scaling} is not supported yet")));
+                }
+                LmConfig::Llama(LlamaConfig {
+                    vocab_size: fields.usize("vocab_size")?,
+                    hidden_size,
+                    num_hidden_layers: fields.usize("num_hidden_layers")?,
+                    num_attention_heads: heads,
+                    num_key_value_heads: fields.usize_or("num_key_value_heads", heads),
+                    head_dim: fields.usize_or("head_dim", hidden_size / heads.max(1)),
+                    intermediate_size: fields.usize("intermediate_size")?,
+                    rope_theta: fields
+                        .rope_f64("rope_theta")
+                        .or_else(|| fields.f64("rope_theta"))
+                        .unwrap_or(10_000.0),
+                    max_position_embeddings: fields.usize_or("max_position_embeddings", 2048),
+                    rms_norm_eps: fields.f64("rms_norm_eps").unwrap_or(1e-6),
+                    tie_word_embeddings: fields.bool_or("tie_word_embeddings", false),
+                    attention_bias: fields.bool_or("attention_bias", model_type == "qwen2"),
+                    hidden_act: fields.string_or("hidden_act", "silu"),
+                })
+            }
+            other => {
+                return Err(bad(format!(
+                    "model_type {other:?} is not supported (gpt_neox, llama, mistral, qwen2 are)"
+                )))
+            }
+        };
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Checks the shapes fit together, so that a bad config fails here and not inside a matmul.
+    pub fn validate(&self, origin: &str) -> Result<(), LmError> {
+        let bad = |reason: String| {
+            Err(LmError::Config {
+                origin: origin.to_string(),
+                reason,
+            })
+        };
+        match self {
+            LmConfig::GptNeox(c) => {
+                if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+                    return bad(format!(
+                        "hidden_size {} is not a multiple of num_attention_heads {}",
+                        c.hidden_size, c.num_attention_heads
+                    ));
+                }
+                if !(0.0..=1.0).contains(&c.rotary_pct) {
+                    return bad(format!("rotary_pct {} is outside [0, 1]", c.rotary_pct));
+                }
+                if !matches!(c.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_fast") {
+                    return bad(format!("hidden_act {:?} is not supported", c.hidden_act));
+                }
+            }
+            LmConfig::Llama(c) => {
+                if c.num_key_value_heads == 0 || c.num_attention_heads % c.num_key_value_heads != 0
+                {
+                    return bad(format!(
+                        "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                        c.num_attention_heads, c.num_key_value_heads
+                    ));
+                }
+                if c.head_dim % 2 != 0 {
+                    return bad(format!("head_dim {} is odd", c.head_dim));
+                }
+                if c.hidden_act != "silu" {
+                    return bad(format!("hidden_act {:?} is not supported", c.hidden_act));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            LmConfig::GptNeox(c) => c.vocab_size,
+            LmConfig::Llama(c) => c.vocab_size,
+        }
+    }
+
+    pub fn set_vocab_size(&mut self, n: usize) {
+        match self {
+            LmConfig::GptNeox(c) => c.vocab_size = n,
+            LmConfig::Llama(c) => c.vocab_size = n,
+        }
+    }
+
+    pub fn max_position_embeddings(&self) -> usize {
+        match self {
+            LmConfig::GptNeox(c) => c.max_position_embeddings,
+            LmConfig::Llama(c) => c.max_position_embeddings,
+        }
+    }
+
+    /// The `config.json` a transformers release can load (transformers 4.x field names, which 5.x
+    /// still reads).
+    pub fn to_hf_json(&self) -> Value {
+        match self {
+            LmConfig::GptNeox(c) => {
+                let mut v = serde_json::to_value(c).unwrap_or_default();
+                v["model_type"] = "gpt_neox".into();
+                v["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
+                v["torch_dtype"] = "float32".into();
+                v
+            }
+            LmConfig::Llama(c) => {
+                let mut v = serde_json::to_value(c).unwrap_or_default();
+                v["model_type"] = "llama".into();
+                v["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+                v["mlp_bias"] = false.into();
+                v["torch_dtype"] = "float32".into();
+                v
+            }
+        }
+    }
+}
+
+struct Fields<'a> {
+    v: &'a Value,
+    origin: &'a str,
+}
+
+impl Fields<'_> {
+    fn usize(&self, key: &str) -> Result<usize, LmError> {
+        self.v
+            .get(key)
+            .and_then(Value::as_u64)
+            .map(|n| n as usize)
+            .ok_or_else(|| LmError::Config {
+                origin: self.origin.to_string(),
+                reason: format!("missing or non-integer field {key:?}"),
+            })
+    }
+    fn usize_or(&self, key: &str, default: usize) -> usize {
+        self.v
+            .get(key)
+            .and_then(Value::as_u64)
+            .map_or(default, |n| n as usize)
+    }
+    fn f64(&self, key: &str) -> Option<f64> {
+        self.v.get(key).and_then(Value::as_f64)
+    }
+    fn rope_f64(&self, key: &str) -> Option<f64> {
+        self.v
+            .get("rope_parameters")
+            .and_then(|r| r.get(key))
+            .and_then(Value::as_f64)
+    }
+    fn bool_or(&self, key: &str, default: bool) -> bool {
+        self.v.get(key).and_then(Value::as_bool).unwrap_or(default)
+    }
+    fn string_or(&self, key: &str, default: &str) -> String {
+        self.v
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or(default)
+            .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_dolly_v2_3b_config() {
+        let text = r#"{"model_type":"gpt_neox","hidden_size":2560,"num_hidden_layers":32,
+            "num_attention_heads":32,"intermediate_size":10240,"vocab_size":50280,"rotary_pct":0.25,
+            "rotary_emb_base":10000,"max_position_embeddings":2048,"layer_norm_eps":1e-5,
+            "use_parallel_residual":true,"hidden_act":"gelu","tie_word_embeddings":false}"#;
+        let LmConfig::GptNeox(c) = LmConfig::from_json(text, "dolly").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (c.hidden_size, c.num_hidden_layers, c.vocab_size),
+            (2560, 32, 50280)
+        );
+        assert_eq!(c.rotary_pct, 0.25);
+        assert!(c.use_parallel_residual && !c.tie_word_embeddings);
+    }
+
+    #[test]
+    fn reads_transformers_5_rope_parameters_and_rejects_bad_shapes() {
+        let text = r#"{"model_type":"llama","hidden_size":64,"num_hidden_layers":2,
+            "num_attention_heads":4,"num_key_value_heads":2,"intermediate_size":128,
+            "vocab_size":100,"rope_parameters":{"rope_theta":100000.0,"rope_type":"default"}}"#;
+        let LmConfig::Llama(c) = LmConfig::from_json(text, "x").unwrap() else {
+            panic!()
+        };
+        assert_eq!((c.head_dim, c.rope_theta), (16, 100000.0));
+        let bad = text.replace("\"num_key_value_heads\":2", "\"num_key_value_heads\":3");
+        let err = LmConfig::from_json(&bad, "cfg.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cfg.json") && err.contains("num_key_value_heads"),
+            "{err}"
+        );
+        let err = LmConfig::from_json(r#"{"model_type":"bert"}"#, "b")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bert"), "{err}");
+    }
+}

@@ -1,0 +1,305 @@
+//! GGUF (llama.cpp's self-describing file): the config from its metadata, the tensors renamed to
+//! HF names, and the tokenizer rebuilt from `tokenizer.ggml.*` as a `tokenizer.json`.
+//!
+//! llama.cpp's converter permutes the rows of `q_proj`/`k_proj` so that its interleaved rope works;
+//! we move each quantized row back (rows are independent blocks of bytes), so one rope layout,
+//! HF's, serves every source. Supported: `general.architecture` = `llama` (SmolLM2, TinyLlama,
+//! Llama-2/3) with a `gpt2` (byte-level BPE) tokenizer.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
+use candle_core::Device;
+use serde_json::json;
+
+use crate::config::{LlamaConfig, LmConfig};
+use crate::weights::Weight;
+use crate::LmError;
+
+/// Everything a GGUF file holds for us.
+pub struct GgufModel {
+    pub config: LmConfig,
+    pub tensors: HashMap<String, Weight>,
+    /// A `tokenizer.json` document equivalent to the GGUF vocabulary.
+    pub tokenizer_json: String,
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+}
+
+pub fn read_gguf(path: &Path, device: &Device) -> Result<GgufModel, LmError> {
+    let bad = |reason: String| LmError::Weights {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let content = Content::read(&mut file).map_err(|e| bad(format!("not a GGUF file: {e}")))?;
+    let md = &content.metadata;
+    let get = |key: &str| {
+        md.get(key)
+            .ok_or_else(|| bad(format!("metadata {key:?} is missing")))
+    };
+    let arch = get("general.architecture")?
+        .to_string()
+        .map_err(|e| bad(e.to_string()))?
+        .clone();
+    if arch != "llama" {
+        return Err(bad(format!(
+            "architecture {arch:?} is not supported in GGUF (llama is)"
+        )));
+    }
+    let num = |key: &str| -> Result<usize, LmError> {
+        let v = get(&format!("{arch}.{key}"))?;
+        v.to_u32()
+            .map(|n| n as usize)
+            .or_else(|_| v.to_u64().map(|n| n as usize))
+            .map_err(|e| bad(format!("{key}: {e}")))
+    };
+    let float = |key: &str, default: f64| -> f64 {
+        md.get(&format!("{arch}.{key}"))
+            .and_then(|v| v.to_f32().ok())
+            .map_or(default, f64::from)
+    };
+    let tokens: Vec<String> = get("tokenizer.ggml.tokens")?
+        .to_vec()
+        .map_err(|e| bad(e.to_string()))?
+        .iter()
+        .map(|v| v.to_string().cloned().unwrap_or_default())
+        .collect();
+    let hidden = num("embedding_length")?;
+    let heads = num("attention.head_count")?;
+    let kv_heads = num("attention.head_count_kv").unwrap_or(heads);
+    let has_output = content.tensor_infos.contains_key("output.weight");
+    let config = LlamaConfig {
+        vocab_size: tokens.len(),
+        hidden_size: hidden,
+        num_hidden_layers: num("block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: kv_heads,
+        head_dim: hidden / heads,
+        intermediate_size: num("feed_forward_length")?,
+        rope_theta: float("rope.freq_base", 10_000.0),
+        max_position_embeddings: num("context_length").unwrap_or(2048),
+        rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
+        tie_word_embeddings: !has_output,
+        attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+        hidden_act: "silu".into(),
+    };
+    let config = LmConfig::Llama(config);
+    config.validate(&path.display().to_string())?;
+
+    let mut tensors = HashMap::new();
+    for name in content.tensor_infos.keys() {
+        let Some(hf) = hf_name(name) else { continue };
+        let q = content
+            .tensor(&mut file, name, device)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        let q = if name.ends_with("attn_q.weight") {
+            unpermute_rows(q, heads, device).map_err(|e| bad(format!("{name}: {e}")))?
+        } else if name.ends_with("attn_k.weight") {
+            unpermute_rows(q, kv_heads, device).map_err(|e| bad(format!("{name}: {e}")))?
+        } else {
+            q
+        };
+        let weight = match q.dtype() {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => Weight::Float(
+                q.dequantize(device)
+                    .map_err(|e| bad(format!("{name}: {e}")))?,
+            ),
+            _ => Weight::Quantized(Arc::new(q)),
+        };
+        tensors.insert(hf, weight);
+    }
+
+    let token_id = |key: &str| {
+        md.get(key)
+            .and_then(|v| v.to_u32().ok())
+            .and_then(|i| tokens.get(i as usize).cloned())
+    };
+    let types: Vec<i32> = md
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
+        .unwrap_or_default();
+    let merges: Vec<String> = md
+        .get("tokenizer.ggml.merges")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| {
+            v.iter()
+                .filter_map(|m| m.to_string().ok().cloned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let model_kind = md
+        .get("tokenizer.ggml.model")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    if model_kind != "gpt2" {
+        return Err(bad(format!(
+            "tokenizer model {model_kind:?} is not supported (gpt2 byte-level BPE is)"
+        )));
+    }
+    let pre = md
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    let tokenizer_json = byte_level_bpe_json(&tokens, &types, &merges, &pre);
+    let chat_template = md
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok())
+        .cloned();
+    Ok(GgufModel {
+        config,
+        tensors,
+        tokenizer_json,
+        chat_template,
+        bos_token: token_id("tokenizer.ggml.bos_token_id"),
+        eos_token: token_id("tokenizer.ggml.eos_token_id"),
+    })
+}
+
+/// GGUF tensor name -> HF name (llama family).
+fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let (module, kind) = part.rsplit_once('.')?;
+    let hf = match module {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+/// Undoes llama.cpp's `permute(w, n_head)`: GGUF row `h·d + 2j + i` is HF row `h·d + i·d/2 + j`.
+fn unpermute_rows(q: QTensor, heads: usize, device: &Device) -> candle_core::Result<QTensor> {
+    let (rows, cols) = q.shape().dims2()?;
+    let dtype = q.dtype();
+    let row_bytes = cols / dtype.block_size() * dtype.type_size();
+    let data = q.data()?;
+    let d = rows / heads;
+    let mut out = vec![0u8; data.len()];
+    for h in 0..heads {
+        for i in 0..2 {
+            for j in 0..d / 2 {
+                let src = h * d + 2 * j + i;
+                let dst = h * d + i * (d / 2) + j;
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    qtensor_from_ggml(dtype, &out, vec![rows, cols], device)
+}
+
+/// A `tokenizer.json` for a GPT-2 style byte-level BPE vocabulary. Control tokens (type 3) and
+/// user-defined ones (type 4) become added tokens, matched before BPE as HF does.
+fn byte_level_bpe_json(tokens: &[String], types: &[i32], merges: &[String], pre: &str) -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    let added: Vec<serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
+        .map(|(i, t)| {
+            json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": false, "special": types.get(i) == Some(&3)})
+        })
+        .collect();
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    // llama.cpp's "smollm" and "starcoder" pre-tokenizers split digits one by one first.
+    let pre_tokenizer = if matches!(pre, "smollm" | "starcoder" | "refact") {
+        json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]})
+    } else {
+        byte_level.clone()
+    };
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": false, "vocab": vocab, "merges": merges},
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_hf() {
+        assert_eq!(
+            hf_name("blk.3.attn_q.weight").unwrap(),
+            "model.layers.3.self_attn.q_proj.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight").unwrap(),
+            "model.layers.0.post_attention_layernorm.weight"
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").unwrap(),
+            "model.embed_tokens.weight"
+        );
+        assert_eq!(hf_name("rope_freqs.weight"), None);
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // 2 heads of dim 4, 32 columns of f32: row r holds the value r.
+        let (heads, d, cols) = (2, 4, 32);
+        let rows = heads * d;
+        // llama.cpp: gguf row h·d + 2j + i holds HF row h·d + i·d/2 + j.
+        let mut data = Vec::new();
+        for r in 0..rows {
+            let (h, rest) = (r / d, r % d);
+            let (j, i) = (rest / 2, rest % 2);
+            let hf_row = h * d + i * d / 2 + j;
+            for _ in 0..cols {
+                data.extend_from_slice(&(hf_row as f32).to_le_bytes());
+            }
+        }
+        let q = qtensor_from_ggml(GgmlDType::F32, &data, vec![rows, cols], &Device::Cpu).unwrap();
+        let back = unpermute_rows(q, heads, &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let first: Vec<f32> = back
+            .to_vec2::<f32>()
+            .unwrap()
+            .iter()
+            .map(|r| r[0])
+            .collect();
+        assert_eq!(first, (0..rows).map(|r| r as f32).collect::<Vec<_>>());
+    }
+}

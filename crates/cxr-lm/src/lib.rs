@@ -1,0 +1,110 @@
+//! The language model of llm-cxr: GPT-NeoX (LLM-CXR's dolly-v2) and LLaMA (SmolLM2 and kin) in
+//! candle, loaded from an HF directory or a GGUF file by their own tensor names; the tokenizer;
+//! LLM-CXR's image vocabulary; and one generation routine with text and image constraints.
+//!
+//! Data flow: `load` -> [`LanguageModel`] { [`CausalLm`], [`TextTokenizer`], [`ImageVocab`] } ->
+//! [`generate::generate`] (inference) or [`CausalLm::forward`] (training, full-sequence logits).
+
+pub mod attention;
+pub mod config;
+pub mod generate;
+pub mod gguf;
+pub mod gpt_neox;
+pub mod image_vocab;
+pub mod llama;
+pub mod model;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+
+pub use config::{GptNeoxConfig, LlamaConfig, LmConfig};
+pub use generate::{generate, Constraint, GenerateOptions, Sampling};
+pub use image_vocab::ImageVocab;
+pub use model::{Cache, CausalLm};
+pub use tokenizer::{ChatMessage, TextStream, TextTokenizer};
+pub use weights::{WeightMode, Weights};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LmError {
+    #[error("{origin}: bad model config: {reason}")]
+    Config { origin: String, reason: String },
+    #[error("{}: cannot read weights: {reason}", path.display())]
+    Weights { path: PathBuf, reason: String },
+    #[error("{origin}: tensor {name} is missing")]
+    MissingTensor { origin: String, name: String },
+    #[error("{origin}: tensor {name} has shape {found:?}, the config needs {expected:?}")]
+    TensorShape {
+        origin: String,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{origin}: tokenizer: {reason}")]
+    Tokenizer { origin: String, reason: String },
+    #[error("{}: {reason}", path.display())]
+    Io { path: PathBuf, reason: String },
+    #[error("generation: {0}")]
+    Generate(String),
+    #[error("tensor op failed: {0}")]
+    Candle(String),
+}
+
+/// A model ready to use: network, tokenizer and, once extended, its image vocabulary.
+pub struct LanguageModel {
+    pub model: CausalLm,
+    pub tokenizer: TextTokenizer,
+    pub image_vocab: Option<ImageVocab>,
+    /// The store the model was built from (its `Var`s when loaded for training).
+    pub weights: Weights,
+}
+
+/// The key under which `config.json` records the image vocabulary (transformers keeps unknown keys).
+pub const IMAGE_VOCAB_KEY: &str = "llm_cxr_image_vocab";
+
+impl LanguageModel {
+    /// Loads an HF model directory (config.json, tokenizer.json, weights) or a `.gguf` file.
+    pub fn load(path: &Path, mode: WeightMode, device: &Device) -> Result<Self, LmError> {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            let g = gguf::read_gguf(path, device)?;
+            let tokenizer =
+                TextTokenizer::from_json(&g.tokenizer_json, &path.display().to_string())?
+                    .with_chat(g.chat_template, g.bos_token, g.eos_token);
+            let weights = Weights::new(g.tensors, &path.display().to_string(), mode, device);
+            let model = CausalLm::new(&g.config, &weights)?;
+            return Ok(LanguageModel {
+                model,
+                tokenizer,
+                image_vocab: None,
+                weights,
+            });
+        }
+        if !path.is_dir() {
+            return Err(LmError::Io {
+                path: path.to_path_buf(),
+                reason:
+                    "not a model directory (config.json, tokenizer.json, weights) nor a .gguf file"
+                        .into(),
+            });
+        }
+        let (model, _, weights) = CausalLm::load_hf(path, mode, device)?;
+        let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"))?;
+        let config_path = path.join("config.json");
+        let image_vocab = std::fs::read_to_string(&config_path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get(IMAGE_VOCAB_KEY).cloned())
+            .and_then(|v| serde_json::from_value::<ImageVocab>(v).ok());
+        Ok(LanguageModel {
+            model,
+            tokenizer,
+            image_vocab,
+            weights,
+        })
+    }
+}

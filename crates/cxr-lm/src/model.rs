@@ -1,0 +1,129 @@
+//! One causal LM, whatever its architecture: loading (HF directory, single weight file or GGUF),
+//! full-sequence logits for training and a cached step for generation.
+
+use std::path::Path;
+
+use candle_core::{Device, Result, Tensor};
+
+use crate::attention::{LayerCache, Span};
+use crate::config::LmConfig;
+use crate::gpt_neox::GptNeox;
+use crate::llama::Llama;
+use crate::weights::{Linear, WeightMode, Weights};
+use crate::LmError;
+
+#[derive(Clone, Debug)]
+pub enum CausalLm {
+    GptNeox(GptNeox),
+    Llama(Llama),
+}
+
+/// The key/value cache of a whole model for one batch.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    layers: Vec<LayerCache>,
+}
+
+impl Cache {
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, LayerCache::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl CausalLm {
+    /// Builds the model from a config and its weights under HF names.
+    pub fn new(config: &LmConfig, weights: &Weights) -> std::result::Result<Self, LmError> {
+        Ok(match config {
+            LmConfig::GptNeox(c) => CausalLm::GptNeox(GptNeox::load(c, weights)?),
+            LmConfig::Llama(c) => CausalLm::Llama(Llama::load(c, weights)?),
+        })
+    }
+
+    /// Loads `config.json` and the weights of an HF model directory.
+    pub fn load_hf(
+        dir: &Path,
+        mode: WeightMode,
+        device: &Device,
+    ) -> std::result::Result<(Self, LmConfig, Weights), LmError> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| LmError::Io {
+            path: config_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let config = LmConfig::from_json(&text, &config_path.display().to_string())?;
+        let weights = Weights::read_hf(dir, mode, device)?;
+        let model = CausalLm::new(&config, &weights)?;
+        Ok((model, config, weights))
+    }
+
+    pub fn config(&self) -> LmConfig {
+        match self {
+            CausalLm::GptNeox(m) => LmConfig::GptNeox(m.config().clone()),
+            CausalLm::Llama(m) => LmConfig::Llama(m.config().clone()),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.config().vocab_size()
+    }
+
+    fn hidden(
+        &self,
+        ids: &Tensor,
+        span: &Span,
+        cache: Option<&mut [LayerCache]>,
+    ) -> Result<Tensor> {
+        match self {
+            CausalLm::GptNeox(m) => m.hidden(ids, span, cache),
+            CausalLm::Llama(m) => m.hidden(ids, span, cache),
+        }
+    }
+
+    pub fn head(&self) -> &Linear {
+        match self {
+            CausalLm::GptNeox(m) => m.head(),
+            CausalLm::Llama(m) => m.head(),
+        }
+    }
+
+    /// Logits (b, t, vocab) for every position of unpadded `ids` (b, t): the training forward.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let h = self.hidden(ids, &Span::full(b, t), None)?;
+        self.head().forward(&h)
+    }
+
+    /// An empty cache for `batch` sequences of up to `capacity` tokens.
+    pub fn new_cache(&self, capacity: usize) -> Cache {
+        let n = match self {
+            CausalLm::GptNeox(m) => m.num_layers(),
+            CausalLm::Llama(m) => m.num_layers(),
+        };
+        Cache {
+            layers: (0..n).map(|_| LayerCache::new(capacity)).collect(),
+        }
+    }
+
+    /// Feeds `ids` (b, t) after what `cache` holds and returns the last position's hidden state
+    /// (b, hidden); `pad` gives each row's left padding (all zeros for unpadded batches).
+    pub fn step_hidden(&self, ids: &Tensor, pad: &[usize], cache: &mut Cache) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let span = Span {
+            offset: cache.len(),
+            len: t,
+            pad: pad.to_vec(),
+        };
+        let h = self.hidden(ids, &span, Some(&mut cache.layers))?;
+        h.narrow(1, t - 1, 1)?.squeeze(1)
+    }
+
+    /// As [`CausalLm::step_hidden`], then the LM head: logits (b, vocab).
+    pub fn step(&self, ids: &Tensor, pad: &[usize], cache: &mut Cache) -> Result<Tensor> {
+        let h = self.step_hidden(ids, pad, cache)?;
+        self.head().forward(&h)
+    }
+}

@@ -1,0 +1,363 @@
+//! Named weights for building a model: read from safetensors (single file or sharded with its
+//! index), PyTorch `pytorch_model*.bin` (candle's pickle reader) or GGUF, all under their Hugging Face
+//! names. A model asks for each tensor by name and shape, as with candle's `VarBuilder`; the store
+//! checks the shape, keeps quantized weights quantized for inference, dequantizes them for
+//! training, and records every trainable tensor as a `Var` under its HF name.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor, Var};
+
+use crate::LmError;
+
+/// One stored tensor.
+#[derive(Clone, Debug)]
+pub enum Weight {
+    Float(Tensor),
+    Quantized(Arc<QTensor>),
+}
+
+impl Weight {
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            Weight::Float(t) => t.dims().to_vec(),
+            Weight::Quantized(q) => q.shape().dims().to_vec(),
+        }
+    }
+
+    fn to_f32(&self, device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Weight::Float(t) => t.to_dtype(DType::F32),
+            Weight::Quantized(q) => q.dequantize(device),
+        }
+    }
+}
+
+/// How the store hands weights to a model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WeightMode {
+    /// Inference: quantized stays quantized, float stays float.
+    Inference,
+    /// Inference with every linear layer quantized to this type on load (`q8_0`, `q4_0`, ...).
+    Quantize(GgmlDType),
+    /// Training: everything dequantized to f32 and wrapped in a `Var`.
+    Train,
+}
+
+struct Store {
+    tensors: Mutex<HashMap<String, Weight>>,
+    origin: String,
+    mode: WeightMode,
+    device: Device,
+    vars: Mutex<Vec<(String, Var)>>,
+}
+
+/// A view of the weight store under a name prefix (cheap to clone).
+#[derive(Clone)]
+pub struct Weights {
+    store: Arc<Store>,
+    prefix: String,
+}
+
+impl Weights {
+    pub fn new(
+        tensors: HashMap<String, Weight>,
+        origin: &str,
+        mode: WeightMode,
+        device: &Device,
+    ) -> Self {
+        Weights {
+            store: Arc::new(Store {
+                tensors: Mutex::new(tensors),
+                origin: origin.to_string(),
+                mode,
+                device: device.clone(),
+                vars: Mutex::new(Vec::new()),
+            }),
+            prefix: String::new(),
+        }
+    }
+
+    /// Reads every weight file of a Hugging Face model directory (or one weight file).
+    pub fn read_hf(path: &Path, mode: WeightMode, device: &Device) -> Result<Self, LmError> {
+        let files = weight_files(path)?;
+        let mut tensors = HashMap::new();
+        for file in &files {
+            let io = |e: candle_core::Error| LmError::Weights {
+                path: file.clone(),
+                reason: e.to_string(),
+            };
+            let is_safetensors = file.extension().is_some_and(|e| e == "safetensors");
+            let loaded: Vec<(String, Tensor)> = if is_safetensors {
+                candle_core::safetensors::load(file, device)
+                    .map_err(io)?
+                    .into_iter()
+                    .collect()
+            } else {
+                candle_core::pickle::read_all_with_key(file, None).map_err(io)?
+            };
+            for (name, t) in loaded {
+                let t = if t.dtype() == DType::F32 {
+                    t
+                } else {
+                    t.to_dtype(DType::F32).map_err(io)?
+                };
+                tensors.insert(name, Weight::Float(t));
+            }
+        }
+        Ok(Weights::new(
+            tensors,
+            &path.display().to_string(),
+            mode,
+            device,
+        ))
+    }
+
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Weights {
+            store: self.store.clone(),
+            prefix,
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.store.device
+    }
+
+    pub fn mode(&self) -> WeightMode {
+        self.store.mode
+    }
+
+    fn full_name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.store
+            .tensors
+            .lock()
+            .map(|t| t.contains_key(&self.full_name(name)))
+            .unwrap_or(false)
+    }
+
+    /// Takes a weight out of the store (each is used once), checking its shape.
+    fn take(&self, name: &str, dims: &[usize]) -> Result<(String, Weight), LmError> {
+        let full = self.full_name(name);
+        let weight = self
+            .store
+            .tensors
+            .lock()
+            .map_err(|_| self.error(&full, "the weight store was poisoned".into()))?
+            .remove(&full)
+            .ok_or_else(|| LmError::MissingTensor {
+                origin: self.store.origin.clone(),
+                name: full.clone(),
+            })?;
+        if weight.dims() != dims {
+            return Err(LmError::TensorShape {
+                origin: self.store.origin.clone(),
+                name: full,
+                expected: dims.to_vec(),
+                found: weight.dims(),
+            });
+        }
+        Ok((full, weight))
+    }
+
+    fn error(&self, name: &str, reason: String) -> LmError {
+        LmError::Weights {
+            path: PathBuf::from(&self.store.origin),
+            reason: format!("{name}: {reason}"),
+        }
+    }
+
+    /// A float tensor (norm weights, biases, embeddings); a `Var` when training.
+    pub fn tensor(&self, name: &str, dims: &[usize]) -> Result<Tensor, LmError> {
+        let (full, weight) = self.take(name, dims)?;
+        let t = weight
+            .to_f32(&self.store.device)
+            .map_err(|e| self.error(&full, e.to_string()))?;
+        self.maybe_var(full, t)
+    }
+
+    fn maybe_var(&self, full: String, t: Tensor) -> Result<Tensor, LmError> {
+        if self.store.mode != WeightMode::Train {
+            return Ok(t);
+        }
+        let var = Var::from_tensor(&t).map_err(|e| self.error(&full, e.to_string()))?;
+        let out = var.as_tensor().clone();
+        if let Ok(mut vars) = self.store.vars.lock() {
+            vars.push((full, var));
+        }
+        Ok(out)
+    }
+
+    /// A linear layer `y = x·Wᵀ + b` with `W` of shape (out, in).
+    pub fn linear(
+        &self,
+        name: &str,
+        (out_dim, in_dim): (usize, usize),
+        bias: bool,
+    ) -> Result<Linear, LmError> {
+        let (full, weight) = self.take(&format!("{name}.weight"), &[out_dim, in_dim])?;
+        let err = |e: candle_core::Error| self.error(&full, e.to_string());
+        let matmul = match (self.store.mode, weight) {
+            (WeightMode::Train, w) => {
+                let t = w.to_f32(&self.store.device).map_err(err)?;
+                QMatMul::Tensor(self.maybe_var(full.clone(), t)?)
+            }
+            (WeightMode::Inference, Weight::Float(t)) => QMatMul::Tensor(t),
+            (WeightMode::Quantize(dtype), Weight::Float(t)) if in_dim % dtype.block_size() == 0 => {
+                QMatMul::QTensor(Arc::new(QTensor::quantize(&t, dtype).map_err(err)?))
+            }
+            (WeightMode::Quantize(_), Weight::Float(t)) => QMatMul::Tensor(t),
+            (_, Weight::Quantized(q)) => QMatMul::QTensor(q),
+        };
+        let bias = if bias {
+            Some(self.tensor(&format!("{name}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
+        Ok(Linear { matmul, bias })
+    }
+
+    /// An embedding table (vocab, dim), as a [`Linear`] so that a tied head can share it; quantized
+    /// tables stay quantized for inference, float ones are not quantized.
+    pub fn table(&self, name: &str, (rows, dim): (usize, usize)) -> Result<Linear, LmError> {
+        let full = self.full_name(name);
+        let quantized = matches!(
+            self.store
+                .tensors
+                .lock()
+                .ok()
+                .and_then(|t| t.get(&full).cloned()),
+            Some(Weight::Quantized(_))
+        );
+        if quantized && self.store.mode != WeightMode::Train {
+            let (_, weight) = self.take(name, &[rows, dim])?;
+            if let Weight::Quantized(q) = weight {
+                return Ok(Linear {
+                    matmul: QMatMul::QTensor(q),
+                    bias: None,
+                });
+            }
+        }
+        Ok(Linear {
+            matmul: QMatMul::Tensor(self.tensor(name, &[rows, dim])?),
+            bias: None,
+        })
+    }
+
+    /// Every `Var` created so far, under its HF name (training mode only).
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        self.store
+            .vars
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A linear layer over a float or quantized weight.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    matmul: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear {
+            matmul: QMatMul::Tensor(weight),
+            bias,
+        }
+    }
+
+    /// The weight as a float tensor (dequantized if needed).
+    pub fn weight(&self) -> candle_core::Result<Tensor> {
+        match &self.matmul {
+            QMatMul::Tensor(t) => Ok(t.clone()),
+            QMatMul::TensorF16(t) => t.to_dtype(DType::F32),
+            QMatMul::QTensor(q) => q.dequantize(&q.device()),
+        }
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.matmul, QMatMul::QTensor(_))
+    }
+
+    /// Rows of the weight (an embedding lookup): ids of any shape -> (..., in).
+    pub fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.matmul.embedding(ids)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = match &self.matmul {
+            QMatMul::QTensor(_) => self.matmul.forward(&x.contiguous()?)?,
+            _ => self.matmul.forward(x)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// The weight files of a model directory, in load order; a file path is returned as is.
+pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>, LmError> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let missing = || LmError::Weights {
+        path: path.to_path_buf(),
+        reason:
+            "no model.safetensors, model.safetensors.index.json, pytorch_model.bin or its index"
+                .into(),
+    };
+    for (single, index) in [
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ] {
+        if path.join(single).is_file() {
+            return Ok(vec![path.join(single)]);
+        }
+        let index_path = path.join(index);
+        if index_path.is_file() {
+            let bad = |reason: String| LmError::Weights {
+                path: index_path.clone(),
+                reason,
+            };
+            let text = std::fs::read_to_string(&index_path).map_err(|e| bad(e.to_string()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| bad("no weight_map".into()))?;
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect();
+            files.sort();
+            files.dedup();
+            return Ok(files.into_iter().map(|f| path.join(f)).collect());
+        }
+    }
+    Err(missing())
+}
