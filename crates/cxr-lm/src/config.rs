@@ -190,6 +190,66 @@ impl LmConfig {
         }
     }
 
+    /// Every tensor of the architecture under its HF name, with its shape (what a checkpoint of
+    /// this config holds).
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut add = |name: String, dims: &[usize]| out.push((name, dims.to_vec()));
+        match self {
+            LmConfig::GptNeox(c) => {
+                let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+                add("gpt_neox.embed_in.weight".into(), &[v, h]);
+                for n in 0..c.num_hidden_layers {
+                    let l = format!("gpt_neox.layers.{n}");
+                    for norm in ["input_layernorm", "post_attention_layernorm"] {
+                        add(format!("{l}.{norm}.weight"), &[h]);
+                        add(format!("{l}.{norm}.bias"), &[h]);
+                    }
+                    let mut linear = |name: &str, o: usize, inp: usize, bias: bool| {
+                        add(format!("{l}.{name}.weight"), &[o, inp]);
+                        if bias {
+                            add(format!("{l}.{name}.bias"), &[o]);
+                        }
+                    };
+                    linear("attention.query_key_value", 3 * h, h, c.attention_bias);
+                    linear("attention.dense", h, h, c.attention_bias);
+                    linear("mlp.dense_h_to_4h", i, h, true);
+                    linear("mlp.dense_4h_to_h", h, i, true);
+                }
+                add("gpt_neox.final_layer_norm.weight".into(), &[h]);
+                add("gpt_neox.final_layer_norm.bias".into(), &[h]);
+                if !c.tie_word_embeddings {
+                    add("embed_out.weight".into(), &[v, h]);
+                }
+            }
+            LmConfig::Llama(c) => {
+                let (h, i, v, d) = (c.hidden_size, c.intermediate_size, c.vocab_size, c.head_dim);
+                let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+                add("model.embed_tokens.weight".into(), &[v, h]);
+                for n in 0..c.num_hidden_layers {
+                    let l = format!("model.layers.{n}");
+                    add(format!("{l}.input_layernorm.weight"), &[h]);
+                    add(format!("{l}.post_attention_layernorm.weight"), &[h]);
+                    for (name, o) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+                        add(format!("{l}.self_attn.{name}.weight"), &[o, h]);
+                        if c.attention_bias {
+                            add(format!("{l}.self_attn.{name}.bias"), &[o]);
+                        }
+                    }
+                    add(format!("{l}.self_attn.o_proj.weight"), &[h, q]);
+                    add(format!("{l}.mlp.gate_proj.weight"), &[i, h]);
+                    add(format!("{l}.mlp.up_proj.weight"), &[i, h]);
+                    add(format!("{l}.mlp.down_proj.weight"), &[h, i]);
+                }
+                add("model.norm.weight".into(), &[h]);
+                if !c.tie_word_embeddings {
+                    add("lm_head.weight".into(), &[v, h]);
+                }
+            }
+        }
+        out
+    }
+
     /// The `config.json` a transformers release can load (transformers 4.x field names, which 5.x
     /// still reads).
     pub fn to_hf_json(&self) -> Value {

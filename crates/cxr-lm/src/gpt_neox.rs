@@ -70,10 +70,13 @@ impl GptNeox {
             });
         }
         let final_layer_norm = Norm::load(&model.pp("final_layer_norm"), h, eps)?;
-        let embed_out = if config.tie_word_embeddings && !w.contains("embed_out.weight") {
-            embed_in.clone()
-        } else {
+        // transformers 5 calls the head `lm_head` in a raw state_dict; checkpoints call it `embed_out`.
+        let embed_out = if w.contains("embed_out.weight") {
             w.linear("embed_out", (config.vocab_size, h), false)?
+        } else if w.contains("lm_head.weight") || !config.tie_word_embeddings {
+            w.linear("lm_head", (config.vocab_size, h), false)?
+        } else {
+            embed_in.clone()
         };
         let head_dim = h / config.num_attention_heads;
         let rotary_dims = ((head_dim as f64 * config.rotary_pct) as usize) & !1;
@@ -131,7 +134,7 @@ impl GptNeox {
             let v = qkv.narrow(D::Minus1, 2 * head_dim, head_dim)?;
             let (k, v) = match cache.as_deref_mut() {
                 Some(c) => c[n].append(&k, &v)?,
-                None => (k, v.contiguous()?),
+                None => (k.contiguous()?, v.contiguous()?),
             };
             let attn = attend(&q.contiguous()?, &k, &v, mask.as_ref())?;
             let attn = layer

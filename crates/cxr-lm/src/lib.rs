@@ -108,3 +108,45 @@ impl LanguageModel {
         })
     }
 }
+
+/// Writes a model as an HF directory that transformers loads: `config.json` (with the image
+/// vocabulary under [`IMAGE_VOCAB_KEY`]), `model.safetensors` under the HF names, `tokenizer.json`
+/// and `tokenizer_config.json`. Each file is written to a temporary name and renamed.
+pub fn save_hf(
+    dir: &Path,
+    config: &LmConfig,
+    tensors: &[(String, candle_core::Tensor)],
+    tokenizer: &TextTokenizer,
+    image_vocab: Option<ImageVocab>,
+) -> Result<(), LmError> {
+    let io = |e: String| LmError::Io {
+        path: dir.to_path_buf(),
+        reason: e,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io(e.to_string()))?;
+    let mut json = config.to_hf_json();
+    if let Some(v) = image_vocab {
+        json[IMAGE_VOCAB_KEY] = serde_json::to_value(v).map_err(|e| io(e.to_string()))?;
+    }
+    let tmp = dir.join(".config.json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_string_pretty(&json).map_err(|e| io(e.to_string()))?,
+    )
+    .and_then(|_| std::fs::rename(&tmp, dir.join("config.json")))
+    .map_err(|e| io(e.to_string()))?;
+    let map: std::collections::HashMap<String, candle_core::Tensor> =
+        tensors.iter().cloned().collect();
+    let tmp = dir.join(".model.safetensors.tmp");
+    let mut metadata = std::collections::HashMap::new();
+    metadata.insert("format".to_string(), "pt".to_string());
+    let views: Vec<(String, candle_core::Tensor)> = map.into_iter().collect();
+    safetensors::serialize_to_file(
+        views.iter().map(|(k, v)| (k.as_str(), v)),
+        Some(metadata),
+        &tmp,
+    )
+    .map_err(|e| io(e.to_string()))?;
+    std::fs::rename(&tmp, dir.join("model.safetensors")).map_err(|e| io(e.to_string()))?;
+    tokenizer.save(dir)
+}

@@ -113,9 +113,14 @@ impl TextTokenizer {
             })
     }
 
-    /// Python's `len(tokenizer)`: the base vocabulary plus added tokens.
+    /// Python's `len(tokenizer)` for a dense vocabulary: one past the largest id, added tokens
+    /// included (the next id a new token gets).
     pub fn len(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.inner
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&m| m as usize + 1)
     }
 
     pub fn is_empty(&self) -> bool {

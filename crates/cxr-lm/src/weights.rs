@@ -319,6 +319,42 @@ impl Linear {
     }
 }
 
+/// Random weights for `config` (N(0, 0.02²) matrices, unit norms, zero biases), as a freshly
+/// initialised transformers model; matrices are quantized one by one when `quantize` is given, so a
+/// 2.8B model never exists in f32. For tests and benchmarks of model shapes nobody ships.
+pub fn random_weights(
+    config: &crate::LmConfig,
+    seed: u64,
+    quantize: Option<GgmlDType>,
+    device: &Device,
+) -> candle_core::Result<HashMap<String, Weight>> {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut out = HashMap::new();
+    for (name, dims) in config.tensor_shapes() {
+        let n: usize = dims.iter().product();
+        let is_norm = name.contains("norm");
+        let t = if name.ends_with(".bias") {
+            Tensor::zeros(dims.as_slice(), DType::F32, device)?
+        } else if is_norm {
+            Tensor::ones(dims.as_slice(), DType::F32, device)?
+        } else {
+            let data: Vec<f32> = (0..n)
+                .map(|_| cxr_train::sample_normal(&mut rng, 0.0, 0.02))
+                .collect();
+            Tensor::from_vec(data, dims.as_slice(), device)?
+        };
+        let w = match quantize {
+            Some(q) if dims.len() == 2 && dims[1] % q.block_size() == 0 && !is_norm => {
+                Weight::Quantized(Arc::new(QTensor::quantize(&t, q)?))
+            }
+            _ => Weight::Float(t),
+        };
+        out.insert(name, w);
+    }
+    Ok(out)
+}
+
 /// The weight files of a model directory, in load order; a file path is returned as is.
 pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>, LmError> {
     if path.is_file() {
