@@ -12,7 +12,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::model::CausalLm;
-use crate::weights::Linear;
 use crate::LmError;
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -115,14 +114,10 @@ pub fn generate(
     let ids = Tensor::from_vec(flat, (batch, longest), &device).map_err(err)?;
 
     // In image mode only the image rows of the head matter.
-    let (head, offset) = match (&options.constraint, model.head().is_quantized()) {
-        (Constraint::Image { image_ids, .. }, false) => {
-            let w = model.head().weight().map_err(err)?;
-            let rows = w
-                .narrow(0, image_ids.start as usize, image_ids.len())
-                .and_then(|t| t.contiguous())
-                .map_err(err)?;
-            (Linear::from_weight(rows, None), image_ids.start)
+    let (head, offset) = match &options.constraint {
+        Constraint::Image { image_ids, .. } if !model.head().is_quantized() => {
+            let rows = image_ids.start as usize..image_ids.end as usize;
+            (model.head().outputs(rows).map_err(err)?, image_ids.start)
         }
         _ => (model.head().clone(), 0),
     };

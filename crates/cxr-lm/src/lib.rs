@@ -11,6 +11,7 @@ pub mod generate;
 pub mod gguf;
 pub mod gpt_neox;
 pub mod image_vocab;
+pub mod linear;
 pub mod llama;
 pub mod model;
 pub mod tokenizer;

@@ -8,8 +8,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_core::quantized::{GgmlDType, QTensor};
+
+pub use crate::linear::Linear;
+use candle_core::{DType, Device, Tensor, Var};
 
 use crate::LmError;
 
@@ -213,24 +215,18 @@ impl Weights {
     ) -> Result<Linear, LmError> {
         let (full, weight) = self.take(&format!("{name}.weight"), &[out_dim, in_dim])?;
         let err = |e: candle_core::Error| self.error(&full, e.to_string());
-        let matmul = match (self.store.mode, weight) {
+        let bias = if bias { Some(self.tensor(&format!("{name}.bias"), &[out_dim])?) } else { None };
+        Ok(match (self.store.mode, weight) {
             (WeightMode::Train, w) => {
                 let t = w.to_f32(&self.store.device).map_err(err)?;
-                QMatMul::Tensor(self.maybe_var(full.clone(), t)?)
+                Linear::from_weight(self.maybe_var(full.clone(), t)?, bias)
             }
-            (WeightMode::Inference, Weight::Float(t)) => QMatMul::Tensor(t),
             (WeightMode::Quantize(dtype), Weight::Float(t)) if in_dim % dtype.block_size() == 0 => {
-                QMatMul::QTensor(Arc::new(QTensor::quantize(&t, dtype).map_err(err)?))
+                Linear::quantized(Arc::new(QTensor::quantize(&t, dtype).map_err(err)?), bias)
             }
-            (WeightMode::Quantize(_), Weight::Float(t)) => QMatMul::Tensor(t),
-            (_, Weight::Quantized(q)) => QMatMul::QTensor(q),
-        };
-        let bias = if bias {
-            Some(self.tensor(&format!("{name}.bias"), &[out_dim])?)
-        } else {
-            None
-        };
-        Ok(Linear { matmul, bias })
+            (_, Weight::Float(t)) => Linear::for_inference(&t, bias).map_err(err)?,
+            (_, Weight::Quantized(q)) => Linear::quantized(q, bias),
+        })
     }
 
     /// An embedding table (vocab, dim), as a [`Linear`] so that a tied head can share it; quantized
@@ -248,16 +244,10 @@ impl Weights {
         if quantized && self.store.mode != WeightMode::Train {
             let (_, weight) = self.take(name, &[rows, dim])?;
             if let Weight::Quantized(q) = weight {
-                return Ok(Linear {
-                    matmul: QMatMul::QTensor(q),
-                    bias: None,
-                });
+                return Ok(Linear::quantized(q, None));
             }
         }
-        Ok(Linear {
-            matmul: QMatMul::Tensor(self.tensor(name, &[rows, dim])?),
-            bias: None,
-        })
+        Ok(Linear::from_weight(self.tensor(name, &[rows, dim])?, None))
     }
 
     /// Every `Var` created so far, under its HF name (training mode only).
@@ -267,55 +257,6 @@ impl Weights {
             .lock()
             .map(|v| v.clone())
             .unwrap_or_default()
-    }
-}
-
-/// A linear layer over a float or quantized weight.
-#[derive(Clone, Debug)]
-pub struct Linear {
-    matmul: QMatMul,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Linear {
-            matmul: QMatMul::Tensor(weight),
-            bias,
-        }
-    }
-
-    /// The weight as a float tensor (dequantized if needed).
-    pub fn weight(&self) -> candle_core::Result<Tensor> {
-        match &self.matmul {
-            QMatMul::Tensor(t) => Ok(t.clone()),
-            QMatMul::TensorF16(t) => t.to_dtype(DType::F32),
-            QMatMul::QTensor(q) => q.dequantize(&q.device()),
-        }
-    }
-
-    pub fn bias(&self) -> Option<&Tensor> {
-        self.bias.as_ref()
-    }
-
-    pub fn is_quantized(&self) -> bool {
-        matches!(self.matmul, QMatMul::QTensor(_))
-    }
-
-    /// Rows of the weight (an embedding lookup): ids of any shape -> (..., in).
-    pub fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        self.matmul.embedding(ids)
-    }
-
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = match &self.matmul {
-            QMatMul::QTensor(_) => self.matmul.forward(&x.contiguous()?)?,
-            _ => self.matmul.forward(x)?,
-        };
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
     }
 }
 

@@ -50,7 +50,7 @@ fn stats(v: &[f32], eps: f64) -> (f32, f32) {
 /// (no SSE4.1 needed) and `ln 2` in two parts (Cody-Waite), `e^r` by a degree-6 polynomial on
 /// |r| <= 0.35, and `2^n` set in the exponent bits.
 #[inline(always)]
-fn exp_fast(x: f32) -> f32 {
+pub fn exp_fast(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
     let z = x * std::f32::consts::LOG2_E + ROUND;

@@ -3,6 +3,7 @@
 /// `dispatch_simd!(generic, name, (args))` defines `name(args)`, which runs `generic` compiled
 /// for AVX-512 or AVX2+FMA when the CPU has them (its loops then use wide vectors; the crate is
 /// built for baseline x86-64), else as built. `generic` should be `#[inline(always)]`.
+#[macro_export]
 macro_rules! dispatch_simd {
     ($generic:ident, $name:ident, ($($arg:ident: $ty:ty),*)) => {
         fn $name($($arg: $ty),*) {
