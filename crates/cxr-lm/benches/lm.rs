@@ -12,7 +12,10 @@ use std::time::Instant;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
-use cxr_lm::{generate, CausalLm, Constraint, GenerateOptions, GptNeoxConfig, LmConfig, Sampling, WeightMode, Weights};
+use cxr_lm::{
+    generate, CausalLm, Constraint, GenerateOptions, GptNeoxConfig, LmConfig, Sampling, WeightMode,
+    Weights,
+};
 use serde_json::json;
 
 const PROMPT: usize = 300;
@@ -57,14 +60,28 @@ fn random_model(config: &LmConfig, quantize: Option<GgmlDType>) -> CausalLm {
 }
 
 fn params(config: &LmConfig) -> usize {
-    config.tensor_shapes().iter().map(|(_, d)| d.iter().product::<usize>()).sum()
+    config
+        .tensor_shapes()
+        .iter()
+        .map(|(_, d)| d.iter().product::<usize>())
+        .sum()
 }
 
 /// Prefill and decode timings of one model.
-fn measure(model: &CausalLm, repeats: usize, constraint: Constraint, new: usize) -> serde_json::Value {
+fn measure(
+    model: &CausalLm,
+    repeats: usize,
+    constraint: Constraint,
+    new: usize,
+) -> serde_json::Value {
     let vocab = model.vocab_size() as u32;
-    let prompt: Vec<u32> = (0..PROMPT as u32).map(|i| (i * 7919 + 13) % vocab.min(50000)).collect();
-    let ids = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let prompt: Vec<u32> = (0..PROMPT as u32)
+        .map(|i| (i * 7919 + 13) % vocab.min(50000))
+        .collect();
+    let ids = Tensor::new(prompt.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let mut prefill = Vec::new();
     for r in 0..repeats + 1 {
         let mut cache = model.new_cache(PROMPT);
@@ -75,14 +92,22 @@ fn measure(model: &CausalLm, repeats: usize, constraint: Constraint, new: usize)
             prefill.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
-    let options = GenerateOptions { sampling: Sampling::greedy(), constraint, max_new_tokens: new, stop_ids: vec![] };
+    let options = GenerateOptions {
+        sampling: Sampling::greedy(),
+        constraint,
+        max_new_tokens: new,
+        stop_ids: vec![],
+    };
     let mut decode = Vec::new();
     let mut ttft = Vec::new();
     let mut total = Vec::new();
     for r in 0..repeats + 1 {
         let mut stamps = Vec::with_capacity(new);
         let t = Instant::now();
-        let out = generate(model, std::slice::from_ref(&prompt), &options, |_, _| stamps.push(Instant::now())).unwrap();
+        let out = generate(model, std::slice::from_ref(&prompt), &options, |_, _| {
+            stamps.push(Instant::now())
+        })
+        .unwrap();
         assert_eq!(out[0].len(), new);
         if r > 0 {
             total.push(t.elapsed().as_secs_f64());
@@ -110,12 +135,16 @@ fn run_phase(phase: &str, repeats: usize) -> serde_json::Value {
         "410m-q4k" => (neox(1024, 24, 16, vocab), Some(GgmlDType::Q4K)),
         "dolly-3b-q4_0-image" => (neox(2560, 32, 32, 51305), Some(GgmlDType::Q4_0)),
         "smollm2-gguf" => {
-            let path = std::env::var("LM_BENCH_GGUF").unwrap_or_else(|_| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into());
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path);
+            let path = std::env::var("LM_BENCH_GGUF")
+                .unwrap_or_else(|_| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into());
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../..")
+                .join(path);
             if !path.is_file() {
                 return json!({"skipped": format!("{} is absent (scripts/fetch-smollm2.sh)", path.display())});
             }
-            let lm = cxr_lm::LanguageModel::load(&path, WeightMode::Inference, &Device::Cpu).unwrap();
+            let lm =
+                cxr_lm::LanguageModel::load(&path, WeightMode::Inference, &Device::Cpu).unwrap();
             let load_s = started.elapsed().as_secs_f64();
             let mut r = measure(&lm.model, repeats, Constraint::Free, NEW);
             r["load_s"] = json!(load_s);
@@ -127,11 +156,18 @@ fn run_phase(phase: &str, repeats: usize) -> serde_json::Value {
     let model = random_model(&config, quant);
     let build_s = started.elapsed().as_secs_f64();
     let constraint = if phase.ends_with("-image") {
-        Constraint::Image { image_ids: 50281..51305, count: NEW }
+        Constraint::Image {
+            image_ids: 50281..51305,
+            count: NEW,
+        }
     } else {
         Constraint::Free
     };
-    let repeats = if phase.starts_with("dolly") { 1 } else { repeats };
+    let repeats = if phase.starts_with("dolly") {
+        1
+    } else {
+        repeats
+    };
     let mut r = measure(&model, repeats, constraint, NEW);
     r["params"] = json!(params(&config));
     r["build_s"] = json!(build_s);
@@ -141,18 +177,27 @@ fn run_phase(phase: &str, repeats: usize) -> serde_json::Value {
 }
 
 fn main() {
-    let repeats: usize = std::env::var("LM_BENCH_REPEATS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    cxr_lm::tune_cpu_runtime();
+    let repeats: usize = std::env::var("LM_BENCH_REPEATS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     if let Ok(phase) = std::env::var("LM_BENCH_PHASE") {
         println!("{}", run_phase(&phase, repeats));
         return;
     }
-    let phases = std::env::var("LM_BENCH_PHASES")
-        .unwrap_or_else(|_| "70m-f32,410m-f32,410m-q8_0,410m-q4_0,smollm2-gguf,dolly-3b-q4_0-image".into());
+    let phases = std::env::var("LM_BENCH_PHASES").unwrap_or_else(|_| {
+        "70m-f32,410m-f32,410m-q8_0,410m-q4_0,smollm2-gguf,dolly-3b-q4_0-image".into()
+    });
     let exe = std::env::current_exe().unwrap();
     let mut results = serde_json::Map::new();
     for phase in phases.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         eprintln!("lm bench: {phase}");
-        let out = Command::new(&exe).env("LM_BENCH_PHASE", phase).arg("--bench").output().unwrap();
+        let out = Command::new(&exe)
+            .env("LM_BENCH_PHASE", phase)
+            .arg("--bench")
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         let value = text
             .lines()

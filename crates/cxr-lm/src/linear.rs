@@ -31,16 +31,25 @@ const GEMV_MAX_ROWS: usize = 8;
 impl Linear {
     /// A layer over an (out, in) weight used as is (training, tied tables).
     pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Linear { weight: Weight::Rows(weight), bias }
+        Linear {
+            weight: Weight::Rows(weight),
+            bias,
+        }
     }
 
     /// A float inference layer: the (out, in) weight is stored transposed, once.
     pub fn for_inference(weight: &Tensor, bias: Option<Tensor>) -> Result<Self> {
-        Ok(Linear { weight: Weight::Columns(weight.t()?.contiguous()?), bias })
+        Ok(Linear {
+            weight: Weight::Columns(weight.t()?.contiguous()?),
+            bias,
+        })
     }
 
     pub fn quantized(q: Arc<QTensor>, bias: Option<Tensor>) -> Self {
-        Linear { weight: Weight::Quantized(q), bias }
+        Linear {
+            weight: Weight::Quantized(q),
+            bias,
+        }
     }
 
     /// The weight as a float (out, in) tensor (dequantized if needed).
@@ -67,8 +76,15 @@ impl Linear {
             None => None,
         };
         let weight = match &self.weight {
-            Weight::Columns(wt) => Weight::Columns(wt.narrow(1, range.start, range.len())?.contiguous()?),
-            _ => Weight::Columns(self.weight()?.narrow(0, range.start, range.len())?.t()?.contiguous()?),
+            Weight::Columns(wt) => {
+                Weight::Columns(wt.narrow(1, range.start, range.len())?.contiguous()?)
+            }
+            _ => Weight::Columns(
+                self.weight()?
+                    .narrow(0, range.start, range.len())?
+                    .t()?
+                    .contiguous()?,
+            ),
         };
         Ok(Linear { weight, bias })
     }
@@ -81,7 +97,10 @@ impl Linear {
             Weight::Columns(wt) => {
                 let mut dims = ids.dims().to_vec();
                 dims.push(wt.dim(0)?);
-                wt.index_select(&ids.flatten_all()?, 1)?.t()?.contiguous()?.reshape(dims)
+                wt.index_select(&ids.flatten_all()?, 1)?
+                    .t()?
+                    .contiguous()?
+                    .reshape(dims)
             }
         }
     }
@@ -90,6 +109,19 @@ impl Linear {
         let in_dim = x.dim(D::Minus1)?;
         let rows = x.elem_count() / in_dim.max(1);
         let y = match &self.weight {
+            // Many rows (a prefill): candle's quantized kernels are slow there (11.5 s for a
+            // 300-token prefill of the 410m shape in Q4_0), so the weight is dequantized for the
+            // one GEMM, in the layout the gemm crate is fast with (W·xᵀ, then one transpose).
+            Weight::Quantized(q) if rows > GEMV_MAX_ROWS => {
+                let w = q.dequantize(&q.device())?;
+                let out_dim = w.dim(0)?;
+                let mut dims = x.dims().to_vec();
+                if let Some(last) = dims.last_mut() {
+                    *last = out_dim;
+                }
+                let xt = x.reshape((rows, in_dim))?.t()?.contiguous()?;
+                w.matmul(&xt)?.t()?.contiguous()?.reshape(dims)?
+            }
             Weight::Quantized(q) => QMatMul::QTensor(q.clone()).forward(&x.contiguous()?)?,
             Weight::Rows(w) => QMatMul::Tensor(w.clone()).forward(x)?,
             Weight::Columns(wt) => {
@@ -123,7 +155,13 @@ impl candle_core::CustomOp2 for Gemv {
         "cxr-lm-gemv"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (m, k) = xl.shape().dims2()?;
         let (k2, n) = wl.shape().dims2()?;
         if k != k2 {
@@ -161,7 +199,13 @@ impl candle_core::CustomOp2 for Gemv {
 
 /// `out (m, n) += x[:, k0..k1] · w[k0..k1, :]`, four weight rows per pass over the outputs.
 #[inline(always)]
-fn gemv_band_generic(x: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), (k0, k1): (usize, usize), out: &mut [f32]) {
+fn gemv_band_generic(
+    x: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+    (k0, k1): (usize, usize),
+    out: &mut [f32],
+) {
     for r in 0..m {
         let xr = &x[r * k..(r + 1) * k];
         let y = &mut out[r * n..(r + 1) * n];
@@ -218,7 +262,14 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (1, m, 67), &dev).unwrap();
             let want = rows.forward(&x).unwrap();
             let got = cols.forward(&x).unwrap();
-            let d = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = (want - got)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(d < 1e-4, "m={m}: {d}");
         }
         let sub = cols.outputs(10..20).unwrap();
@@ -233,7 +284,12 @@ mod tests {
             .unwrap();
         assert!(d < 1e-4);
         let ids = Tensor::new(&[[3u32, 999]], &dev).unwrap();
-        let e = (cols.embed(&ids).unwrap() - rows.embed(&ids).unwrap()).unwrap().abs().unwrap().sum_all().unwrap();
+        let e = (cols.embed(&ids).unwrap() - rows.embed(&ids).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap();
         assert_eq!(e.to_scalar::<f32>().unwrap(), 0.0);
     }
 }

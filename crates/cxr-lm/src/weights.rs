@@ -215,7 +215,11 @@ impl Weights {
     ) -> Result<Linear, LmError> {
         let (full, weight) = self.take(&format!("{name}.weight"), &[out_dim, in_dim])?;
         let err = |e: candle_core::Error| self.error(&full, e.to_string());
-        let bias = if bias { Some(self.tensor(&format!("{name}.bias"), &[out_dim])?) } else { None };
+        let bias = if bias {
+            Some(self.tensor(&format!("{name}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
         Ok(match (self.store.mode, weight) {
             (WeightMode::Train, w) => {
                 let t = w.to_f32(&self.store.device).map_err(err)?;
@@ -270,9 +274,9 @@ pub fn random_weights(
     device: &Device,
 ) -> candle_core::Result<HashMap<String, Weight>> {
     use rand::SeedableRng;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    use rayon::prelude::*;
     let mut out = HashMap::new();
-    for (name, dims) in config.tensor_shapes() {
+    for (index, (name, dims)) in config.tensor_shapes().into_iter().enumerate() {
         let n: usize = dims.iter().product();
         let is_norm = name.contains("norm");
         let t = if name.ends_with(".bias") {
@@ -280,9 +284,18 @@ pub fn random_weights(
         } else if is_norm {
             Tensor::ones(dims.as_slice(), DType::F32, device)?
         } else {
-            let data: Vec<f32> = (0..n)
-                .map(|_| cxr_train::sample_normal(&mut rng, 0.0, 0.02))
-                .collect();
+            // Chunks with their own streams: the same weights on any number of threads.
+            const CHUNK: usize = 1 << 20;
+            let mut data = vec![0f32; n];
+            data.par_chunks_mut(CHUNK)
+                .enumerate()
+                .for_each(|(c, chunk)| {
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                    rng.set_stream(((index as u64) << 32) | c as u64);
+                    chunk
+                        .iter_mut()
+                        .for_each(|v| *v = cxr_train::sample_normal(&mut rng, 0.0, 0.02));
+                });
             Tensor::from_vec(data, dims.as_slice(), device)?
         };
         let w = match quantize {

@@ -58,6 +58,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    cxr_lm::tune_cpu_runtime();
     let cli = Cli::parse();
     let default = match cli.verbose {
         0 => "info",
