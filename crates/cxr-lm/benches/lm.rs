@@ -2,7 +2,7 @@
 //! tokens with the KV cache, as ../shared/bench/peer_torch.py measures them (decode tok/s = 255 /
 //! time from token 1 to token 256; prefill computes the LM head on the last position only), for
 //! random pythia-70m-like and pythia-410m-like GPT-NeoX models (vocab 51336 as the peer) in f32,
-//! the 410m shape in 8 and 4 bits, SmolLM2-135M from its GGUF, and the dolly-v2-3b shape in 4 bits
+//! the 410m shape in 8 and 4 bits (Q8_0, Q4_K; 410m-q4_0 on request), SmolLM2-135M from its GGUF, and the dolly-v2-3b shape in 4 bits
 //! drawing one 256-token image. Each phase runs in its own process so that its peak RSS is its own.
 //! Prints one JSON object. `LM_BENCH_PHASES=70m-f32,410m-f32` picks phases, `LM_BENCH_REPEATS=3`
 //! sets the repeats (median reported).
@@ -133,7 +133,7 @@ fn run_phase(phase: &str, repeats: usize) -> serde_json::Value {
         "410m-q8_0" => (neox(1024, 24, 16, vocab), Some(GgmlDType::Q8_0)),
         "410m-q4_0" => (neox(1024, 24, 16, vocab), Some(GgmlDType::Q4_0)),
         "410m-q4k" => (neox(1024, 24, 16, vocab), Some(GgmlDType::Q4K)),
-        "dolly-3b-q4_0-image" => (neox(2560, 32, 32, 51305), Some(GgmlDType::Q4_0)),
+        "dolly-3b-q4k-image" => (neox(2560, 32, 32, 51305), Some(GgmlDType::Q4K)),
         "smollm2-gguf" => {
             let path = std::env::var("LM_BENCH_GGUF")
                 .unwrap_or_else(|_| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into());
@@ -187,7 +187,7 @@ fn main() {
         return;
     }
     let phases = std::env::var("LM_BENCH_PHASES").unwrap_or_else(|_| {
-        "70m-f32,410m-f32,410m-q8_0,410m-q4_0,smollm2-gguf,dolly-3b-q4_0-image".into()
+        "70m-f32,410m-f32,410m-q8_0,410m-q4k,smollm2-gguf,dolly-3b-q4k-image".into()
     });
     let exe = std::env::current_exe().unwrap();
     let mut results = serde_json::Map::new();
