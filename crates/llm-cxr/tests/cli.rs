@@ -45,6 +45,7 @@ fn help_teaches_the_subcommands() {
         "dicom",
         "dataset",
         "vqgan",
+        "chat",
     ] {
         assert!(text.contains(sub), "--help lacks {sub}:\n{text}");
     }
@@ -389,6 +390,7 @@ fn vqgan_train_encode_decode_eval() {
     let train = |steps: &str| {
         llm_cxr(&[
             "vqgan",
+            "chat",
             "train",
             "--data",
             ph.to_str().unwrap(),
@@ -430,6 +432,7 @@ fn vqgan_train_encode_decode_eval() {
     let tokens = dir.path().join("tokens");
     let o = llm_cxr(&[
         "vqgan",
+        "chat",
         "encode",
         "--data",
         ph.to_str().unwrap(),
@@ -450,6 +453,7 @@ fn vqgan_train_encode_decode_eval() {
     let pngs = dir.path().join("decoded");
     let o = llm_cxr(&[
         "vqgan",
+        "chat",
         "decode",
         files[0].to_str().unwrap(),
         "--vqgan",
@@ -464,6 +468,7 @@ fn vqgan_train_encode_decode_eval() {
 
     let o = llm_cxr(&[
         "vqgan",
+        "chat",
         "eval",
         "--data",
         ph.to_str().unwrap(),
@@ -485,6 +490,7 @@ fn vqgan_train_encode_decode_eval() {
     std::fs::write(&bad, b"not numpy").unwrap();
     let o = llm_cxr(&[
         "vqgan",
+        "chat",
         "decode",
         bad.to_str().unwrap(),
         "--vqgan",
@@ -494,4 +500,75 @@ fn vqgan_train_encode_decode_eval() {
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("bad.npy"), "{}", stderr(&o));
+}
+
+#[test]
+fn chat_answers_streams_batches_and_rejects_bad_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("bert");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(model.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
+    let o = llm_cxr(&["chat", "--model", model.to_str().unwrap(), "--prompt", "hi"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("config.json") && stderr(&o).contains("bert"),
+        "{}",
+        stderr(&o)
+    );
+    let broken = dir.path().join("broken.gguf");
+    std::fs::write(&broken, b"GGUF but not really").unwrap();
+    let o = llm_cxr(&[
+        "chat",
+        "--model",
+        broken.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("broken.gguf"), "{}", stderr(&o));
+
+    let gguf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !gguf.is_file() {
+        eprintln!(
+            "SKIP: {} is absent (bash scripts/fetch-smollm2.sh)",
+            gguf.display()
+        );
+        return;
+    }
+    let g = gguf.to_str().unwrap();
+    let o = llm_cxr(&[
+        "chat",
+        "--model",
+        g,
+        "--prompt",
+        "Name a planet.",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).trim().len() > 2, "{:?}", stdout(&o));
+    let o = llm_cxr(&[
+        "chat",
+        "--model",
+        g,
+        "--prompt",
+        "Name a planet.",
+        "--prompt",
+        "Name a color.",
+        "--max-new-tokens",
+        "6",
+        "--template",
+        "alpaca",
+        "--seed",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("### Name a planet.") && out.contains("### Name a color."),
+        "{out}"
+    );
 }
