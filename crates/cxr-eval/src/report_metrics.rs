@@ -57,6 +57,10 @@ pub struct ObservationScores {
     pub precision: f64,
     pub recall: f64,
     pub f1: f64,
+    /// ROC curve points (false-positive rate, true-positive rate), from (0, 0) to (1, 1); empty
+    /// when the references hold only one class. Left out of the JSON (the plots draw it).
+    #[serde(skip)]
+    pub roc: Vec<(f64, f64)>,
 }
 
 /// The whole comparison.
@@ -109,6 +113,35 @@ pub const LLM_CXR_PUBLISHED: ([f64; 17], [f64; 17]) = (
         0.453, 0.360, 0.211, 0.350,
     ],
 );
+
+/// The ROC curve: one point per distinct score (tied scores move both rates at once, so the
+/// trapezoids under it add up to [`auroc`]); None when `targets` hold one class only.
+pub fn roc_curve(scores: &[f64], targets: &[bool]) -> Option<Vec<(f64, f64)>> {
+    let positives = targets.iter().filter(|&&t| t).count() as f64;
+    let negatives = targets.len() as f64 - positives;
+    if positives == 0.0 || negatives == 0.0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len().min(targets.len())).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut points = vec![(0.0, 0.0)];
+    let (mut tp, mut fp) = (0.0, 0.0);
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j < order.len() && scores[order[j]] == scores[order[i]] {
+            if targets[order[j]] {
+                tp += 1.0;
+            } else {
+                fp += 1.0;
+            }
+            j += 1;
+        }
+        points.push((fp / negatives, tp / positives));
+        i = j;
+    }
+    Some(points)
+}
 
 /// Area under the ROC curve with ties counted half (Mann-Whitney U).
 pub fn auroc(scores: &[f64], targets: &[bool]) -> Option<f64> {
@@ -210,6 +243,7 @@ pub(crate) fn binary_table(columns: Vec<Column>) -> (Vec<ObservationScores>, Ave
             precision,
             recall,
             f1,
+            roc: roc_curve(&c.scores, &c.truths).unwrap_or_default(),
         });
         all_scores.extend(c.scores);
         all_truths.extend(c.truths);
@@ -376,6 +410,27 @@ impl ReportTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roc_curve_matches_sklearn_and_its_area_is_the_auroc() {
+        // sklearn.metrics.roc_curve([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) without its extra
+        // (inf) threshold: fpr [0, 0, 0.5, 0.5, 1], tpr [0, 0.5, 0.5, 1, 1].
+        let roc = roc_curve(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]).unwrap();
+        assert_eq!(
+            roc,
+            vec![(0.0, 0.0), (0.0, 0.5), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0)]
+        );
+        // With ties and many points, the trapezoids add up to the Mann-Whitney AUROC.
+        let scores: Vec<f64> = (0..200).map(|i| ((i * 37) % 11) as f64 / 10.0).collect();
+        let targets: Vec<bool> = (0..200).map(|i| (i * 13) % 7 < 3).collect();
+        let roc = roc_curve(&scores, &targets).unwrap();
+        let area: f64 = roc
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0)
+            .sum();
+        assert!((area - auroc(&scores, &targets).unwrap()).abs() < 1e-12);
+        assert_eq!(roc_curve(&[0.3, 0.2], &[true, true]), None);
+    }
 
     #[test]
     fn auroc_known_values() {

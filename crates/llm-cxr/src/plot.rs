@@ -173,6 +173,74 @@ pub fn line_chart(
     encode_png(&image::DynamicImage::ImageRgb8(c.0))
 }
 
+/// ROC curves as small multiples, one square panel per observation (name, curve, AUROC), four
+/// to a row, each with the chance diagonal; an observation with no curve (one class only in the
+/// references) gets an empty panel that says so.
+pub fn roc_grid(
+    title: &str,
+    panels: &[(&str, &[(f64, f64)], Option<f64>)],
+) -> anyhow::Result<Vec<u8>> {
+    let (side, pad, cols) = (170i32, 36i32, 4i32);
+    let rows = (panels.len() as u32).div_ceil(cols as u32).max(1) as i32;
+    let (w, h) = (cols * (side + 2 * pad), 40 + rows * (side + 2 * pad));
+    let mut c = Canvas(image::RgbImage::from_pixel(
+        w as u32,
+        h as u32,
+        image::Rgb([255; 3]),
+    ));
+    let black = Rgb888::BLACK;
+    let text = MonoTextStyle::new(&FONT_6X10, black);
+    Text::with_alignment(
+        title,
+        Point::new(w / 2, 22),
+        MonoTextStyle::new(&FONT_9X15_BOLD, black),
+        Alignment::Center,
+    )
+    .draw(&mut c)?;
+    for (i, (name, curve, auc)) in panels.iter().enumerate() {
+        let (col, row) = (i as i32 % cols, i as i32 / cols);
+        let (x0, y0) = (
+            col * (side + 2 * pad) + pad,
+            40 + row * (side + 2 * pad) + pad / 2,
+        );
+        let px = |x: f64| x0 + (x.clamp(0.0, 1.0) * side as f64).round() as i32;
+        let py = |y: f64| y0 + side - (y.clamp(0.0, 1.0) * side as f64).round() as i32;
+        Rectangle::new(Point::new(x0, y0), Size::new(side as u32, side as u32))
+            .into_styled(PrimitiveStyle::with_stroke(black, 1))
+            .draw(&mut c)?;
+        Line::new(Point::new(px(0.0), py(0.0)), Point::new(px(1.0), py(1.0)))
+            .into_styled(PrimitiveStyle::with_stroke(Rgb888::new(200, 200, 200), 1))
+            .draw(&mut c)?;
+        let label = match auc {
+            Some(a) => format!("{name}  AUROC {a:.3}"),
+            None => format!("{name}  (one class only)"),
+        };
+        Text::new(&label, Point::new(x0, y0 - 6), text).draw(&mut c)?;
+        Text::with_alignment(
+            "FPR",
+            Point::new(x0 + side / 2, y0 + side + 14),
+            text,
+            Alignment::Center,
+        )
+        .draw(&mut c)?;
+        Text::with_alignment(
+            "TPR",
+            Point::new(x0 - 4, y0 + side / 2),
+            text,
+            Alignment::Right,
+        )
+        .draw(&mut c)?;
+        let pts: Vec<Point> = curve
+            .iter()
+            .map(|&(x, y)| Point::new(px(x), py(y)))
+            .collect();
+        Polyline::new(&pts)
+            .into_styled(PrimitiveStyle::with_stroke(PALETTE[0], 2))
+            .draw(&mut c)?;
+    }
+    encode_png(&image::DynamicImage::ImageRgb8(c.0))
+}
+
 /// Rows of grey images as one PNG, each image scaled (nearest) to at least 128 px high.
 pub fn image_grid(rows: &[Vec<image::GrayImage>]) -> anyhow::Result<Vec<u8>> {
     let cell = rows

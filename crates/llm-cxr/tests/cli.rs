@@ -275,6 +275,11 @@ fn eval_report_scores_perfect_pairs_perfectly() {
     assert!(std::fs::read_to_string(out.join("report-metrics.md"))
         .unwrap()
         .contains("LLM-CXR (published)"));
+    let roc = image::open(out.join("report-roc.png")).unwrap();
+    assert!(
+        roc.width() >= 800 && roc.height() >= 600,
+        "14 panels, four to a row"
+    );
 
     std::fs::write(&pairs, "text,truth\na,b\n").unwrap();
     let o = llm_cxr(&args);
@@ -348,6 +353,7 @@ fn eval_image_runs_the_classifier_and_fid() {
         v["clinical"]["per_observation"].as_array().unwrap().len(),
         11
     );
+    assert!(image::open(out.join("image-roc.png")).is_ok());
     // The same images on both sides: the Frechet distance is zero.
     assert!(
         v["fid_classifier_features"].as_f64().unwrap().abs() < 1e-3,
@@ -390,7 +396,6 @@ fn vqgan_train_encode_decode_eval() {
     let train = |steps: &str| {
         llm_cxr(&[
             "vqgan",
-            "chat",
             "train",
             "--data",
             ph.to_str().unwrap(),
@@ -432,7 +437,6 @@ fn vqgan_train_encode_decode_eval() {
     let tokens = dir.path().join("tokens");
     let o = llm_cxr(&[
         "vqgan",
-        "chat",
         "encode",
         "--data",
         ph.to_str().unwrap(),
@@ -453,7 +457,6 @@ fn vqgan_train_encode_decode_eval() {
     let pngs = dir.path().join("decoded");
     let o = llm_cxr(&[
         "vqgan",
-        "chat",
         "decode",
         files[0].to_str().unwrap(),
         "--vqgan",
@@ -468,7 +471,6 @@ fn vqgan_train_encode_decode_eval() {
 
     let o = llm_cxr(&[
         "vqgan",
-        "chat",
         "eval",
         "--data",
         ph.to_str().unwrap(),
@@ -490,7 +492,6 @@ fn vqgan_train_encode_decode_eval() {
     std::fs::write(&bad, b"not numpy").unwrap();
     let o = llm_cxr(&[
         "vqgan",
-        "chat",
         "decode",
         bad.to_str().unwrap(),
         "--vqgan",

@@ -33,7 +33,7 @@ pub struct ImageArgs {
     /// CSV with an `image` column of real images, for FID.
     #[arg(long)]
     pub real: Option<PathBuf>,
-    /// Folder for image-metrics.json and image-metrics.md.
+    /// Folder for image-metrics.json, image-metrics.md and image-roc.png (one ROC panel per observation).
     #[arg(long)]
     pub out: PathBuf,
     /// Probability at or above which the classifier calls a finding (F1).
@@ -55,7 +55,7 @@ pub struct ImageArgs {
 pub struct ReportArgs {
     /// CSV with a `generated` and a `reference` column (other columns are ignored).
     pub pairs: PathBuf,
-    /// Folder for report-metrics.json and report-metrics.md.
+    /// Folder for report-metrics.json, report-metrics.md and report-roc.png (one ROC panel per observation).
     #[arg(long)]
     pub out: PathBuf,
     /// The CheXpert labeler's phrase lists (see `llm-cxr label --help`).
@@ -229,6 +229,11 @@ FID on the classifier's 1024-d features: {f:.4} (LLM-CXR published, torchxrayvis
 ");
     }
     super::write_atomic(&args.out.join("image-metrics.md"), md.as_bytes())?;
+    write_roc_png(
+        &args.out.join("image-roc.png"),
+        &format!("Image ROC: {}", args.model),
+        &table.per_observation,
+    )?;
     println!("{md}");
     Ok(())
 }
@@ -282,6 +287,24 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         nlg_scores.cider_d
     );
     super::write_atomic(&args.out.join("report-metrics.md"), md.as_bytes())?;
+    write_roc_png(
+        &args.out.join("report-roc.png"),
+        &format!("Report ROC: {}", args.model),
+        &table.per_observation,
+    )?;
     println!("{md}");
     Ok(())
+}
+
+/// One ROC panel per observation, as the tables list them.
+fn write_roc_png(
+    path: &std::path::Path,
+    title: &str,
+    scores: &[cxr_eval::report_metrics::ObservationScores],
+) -> anyhow::Result<()> {
+    let panels: Vec<(&str, &[(f64, f64)], Option<f64>)> = scores
+        .iter()
+        .map(|s| (s.observation.as_str(), s.roc.as_slice(), s.auroc))
+        .collect();
+    super::write_atomic(path, &crate::plot::roc_grid(title, &panels)?)
 }
