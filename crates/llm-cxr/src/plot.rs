@@ -173,13 +173,17 @@ pub fn line_chart(
     encode_png(&image::DynamicImage::ImageRgb8(c.0))
 }
 
+/// One observation's ROC curve and its area.
+pub struct RocPanel<'a> {
+    pub name: &'a str,
+    pub curve: &'a [(f64, f64)],
+    pub auroc: Option<f64>,
+}
+
 /// ROC curves as small multiples, one square panel per observation (name, curve, AUROC), four
 /// to a row, each with the chance diagonal; an observation with no curve (one class only in the
 /// references) gets an empty panel that says so.
-pub fn roc_grid(
-    title: &str,
-    panels: &[(&str, &[(f64, f64)], Option<f64>)],
-) -> anyhow::Result<Vec<u8>> {
+pub fn roc_grid(title: &str, panels: &[RocPanel]) -> anyhow::Result<Vec<u8>> {
     let (side, pad, cols) = (170i32, 36i32, 4i32);
     let rows = (panels.len() as u32).div_ceil(cols as u32).max(1) as i32;
     let (w, h) = (cols * (side + 2 * pad), 40 + rows * (side + 2 * pad));
@@ -197,7 +201,15 @@ pub fn roc_grid(
         Alignment::Center,
     )
     .draw(&mut c)?;
-    for (i, (name, curve, auc)) in panels.iter().enumerate() {
+    for (
+        i,
+        RocPanel {
+            name,
+            curve,
+            auroc: auc,
+        },
+    ) in panels.iter().enumerate()
+    {
         let (col, row) = (i as i32 % cols, i as i32 / cols);
         let (x0, y0) = (
             col * (side + 2 * pad) + pad,

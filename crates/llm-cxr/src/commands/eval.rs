@@ -302,9 +302,13 @@ fn write_roc_png(
     title: &str,
     scores: &[cxr_eval::report_metrics::ObservationScores],
 ) -> anyhow::Result<()> {
-    let panels: Vec<(&str, &[(f64, f64)], Option<f64>)> = scores
+    let panels: Vec<crate::plot::RocPanel> = scores
         .iter()
-        .map(|s| (s.observation.as_str(), s.roc.as_slice(), s.auroc))
+        .map(|s| crate::plot::RocPanel {
+            name: &s.observation,
+            curve: &s.roc,
+            auroc: s.auroc,
+        })
         .collect();
     super::write_atomic(path, &crate::plot::roc_grid(title, &panels)?)
 }
