@@ -102,7 +102,8 @@ impl ImageVocab {
     }
 }
 
-/// Grows the embedding table and the LM head of a checkpoint to `vocab` rows. New rows are the
+/// Grows the embedding table and the LM head of a checkpoint to `vocab` rows (a model that
+/// already has more, such as pythia's padded 50304, keeps its size). New rows are the
 /// mean of the old rows plus Gaussian noise of 1 % of their standard deviation (seeded), close to
 /// transformers' `resize_token_embeddings(mean_resizing=True)`; LLM-CXR used transformers 4.28,
 /// which drew them from N(0, 0.02²). Quantized tables are dequantized first.
@@ -116,6 +117,7 @@ pub fn resize_vocab(
         LmConfig::GptNeox(_) => &["gpt_neox.embed_in.weight", "embed_out.weight"],
         LmConfig::Llama(_) => &["model.embed_tokens.weight", "lm_head.weight"],
     };
+    let vocab = vocab.max(config.vocab_size());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     for name in names {
         let Some(w) = tensors.get(*name) else {

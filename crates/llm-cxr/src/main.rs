@@ -51,6 +51,9 @@ enum Command {
     /// The image tokenizer (taming VQ-GAN): train, encode images to token files, decode, evaluate.
     #[command(subcommand)]
     Vqgan(commands::vqgan::Command),
+    /// Language-model preparation: `lm init` adds LLM-CXR's keys and image vocabulary to a base.
+    #[command(subcommand)]
+    Lm(commands::lm::Command),
     /// Talk to a language model (HF directory or GGUF): plain instructions, streamed answers.
     Chat(commands::chat::Args),
     /// Summarise a dataset (MIMIC-CXR-JPG, Open-i / R2Gen, or CSV) as llm-cxr reads it.
@@ -85,6 +88,7 @@ fn main() -> std::process::ExitCode {
         Command::Classifier(c) => commands::classifier::run(c),
         Command::Vqgan(c) => commands::vqgan::run(c),
         Command::Chat(a) => commands::chat::run(a),
+        Command::Lm(c) => commands::lm::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

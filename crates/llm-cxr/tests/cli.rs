@@ -573,3 +573,64 @@ fn chat_answers_streams_batches_and_rejects_bad_models() {
         "{out}"
     );
 }
+
+/// GGUF base -> `lm init` (LLM-CXR's keys and image ids, f32 HF directory) -> the saved model
+/// loads and still answers.
+#[test]
+fn lm_init_extends_a_base_model_into_an_hf_directory() {
+    let gguf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !gguf.is_file() {
+        eprintln!(
+            "SKIP: {} is absent (bash scripts/fetch-smollm2.sh)",
+            gguf.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("smol-cxr");
+    let o = llm_cxr(&[
+        "lm",
+        "init",
+        "--base",
+        gguf.to_str().unwrap(),
+        "--codes",
+        "64",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    // SmolLM2 has 49152 ids; the three keys take 49152-49154, the codes start at 49155.
+    assert_eq!(config["llm_cxr_image_vocab"]["base"], 49155);
+    assert_eq!(config["vocab_size"], 49155 + 64);
+    assert_eq!(config["model_type"], "llama");
+    let o = llm_cxr(&[
+        "chat",
+        "--model",
+        out.to_str().unwrap(),
+        "--prompt",
+        "What is the capital of France?",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "10",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("Paris"), "{}", stdout(&o));
+    // A second init of an extended model is refused.
+    let o = llm_cxr(&[
+        "lm",
+        "init",
+        "--base",
+        out.to_str().unwrap(),
+        "--out",
+        dir.path().join("again").to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("already has an image vocabulary"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -8,6 +8,7 @@ pub mod dicom;
 pub mod eval;
 pub mod gallery;
 pub mod label;
+pub mod lm;
 pub mod phantom;
 pub mod preprocess;
 pub mod vqgan;
