@@ -29,7 +29,7 @@ from taming.modules.discriminator.model import NLayerDiscriminator, weights_init
 DISC_NDF = 8
 OUT = os.path.join(os.path.dirname(__file__), "..", "..", "crates", "cxr-vqgan", "tests", "fixtures")
 
-CONFIG = dict(resolution=32, in_channels=1, out_ch=1, ch=32, ch_mult=[1, 2], num_res_blocks=1,
+CONFIG = dict(resolution=32, in_channels=1, out_ch=1, ch=32, ch_mult=[1, 1], num_res_blocks=1,
               attn_resolutions=[16], z_channels=32, n_embed=64, embed_dim=16)
 
 
