@@ -26,15 +26,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 fn neox(hidden: usize, layers: usize, heads: usize, vocab: usize) -> LmConfig {
     LmConfig::GptNeox(GptNeoxConfig {
         vocab_size: vocab,
@@ -148,7 +139,7 @@ fn run_phase(phase: &str, repeats: usize) -> serde_json::Value {
             let load_s = started.elapsed().as_secs_f64();
             let mut r = measure(&lm.model, repeats, Constraint::Free, NEW);
             r["load_s"] = json!(load_s);
-            r["peak_rss_mb"] = json!(peak_rss_mb());
+            r["peak_rss_mb"] = json!(cxr_train::peak_rss_mb());
             return r;
         }
         other => panic!("unknown phase {other}"),
@@ -172,7 +163,7 @@ fn run_phase(phase: &str, repeats: usize) -> serde_json::Value {
     r["params"] = json!(params(&config));
     r["build_s"] = json!(build_s);
     r["weights"] = json!(quant.map_or("f32".to_string(), |q| format!("{q:?}")));
-    r["peak_rss_mb"] = json!(peak_rss_mb());
+    r["peak_rss_mb"] = json!(cxr_train::peak_rss_mb());
     r
 }
 

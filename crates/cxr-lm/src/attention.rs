@@ -218,6 +218,26 @@ impl LayerCache {
     }
 }
 
+/// One layer's self-attention after the projections: appends k, v (b, kv_heads, t, d) to the
+/// layer's cache when there is one, attends with q (b, heads, t, d) and merges the heads into
+/// (b, t, heads·d), ready for the output projection.
+pub fn self_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cache: Option<&mut LayerCache>,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, _, t, _) = q.dims4()?;
+    let (k, v) = match cache {
+        Some(c) => c.append(k, v)?,
+        None => (k.contiguous()?, v.contiguous()?),
+    };
+    attend(&q.contiguous()?, &k, &v, mask)?
+        .transpose(1, 2)?
+        .reshape((b, t, ()))
+}
+
 /// Scaled dot-product attention of q (b, heads, t, d) over k, v (b, kv_heads, T, d).
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let (b, heads, t, d) = q.dims4()?;
@@ -275,14 +295,7 @@ mod tests {
         let cos = rot.cos.narrow(0, 4, 5).unwrap();
         let sin = rot.sin.narrow(0, 4, 5).unwrap();
         let slow = rope_differentiable(&x, &cos, &sin).unwrap();
-        let diff = (fast - slow)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = cxr_train::max_abs_diff(&fast, &slow).unwrap();
         assert!(diff < 1e-5, "{diff}");
     }
 

@@ -5,7 +5,7 @@
 
 use candle_core::{Result, Tensor, D};
 
-use crate::attention::{attend, layer_norm, LayerCache, Rotary, Span};
+use crate::attention::{layer_norm, self_attention, LayerCache, Rotary, Span};
 use crate::config::GptNeoxConfig;
 use crate::weights::{Linear, Weights};
 use crate::LmError;
@@ -132,14 +132,9 @@ impl GptNeox {
                 .rotary
                 .apply(&qkv.narrow(D::Minus1, head_dim, head_dim)?, &positions)?;
             let v = qkv.narrow(D::Minus1, 2 * head_dim, head_dim)?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(c) => c[n].append(&k, &v)?,
-                None => (k.contiguous()?, v.contiguous()?),
-            };
-            let attn = attend(&q.contiguous()?, &k, &v, mask.as_ref())?;
-            let attn = layer
-                .dense
-                .forward(&attn.transpose(1, 2)?.reshape((b, t, ()))?)?;
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c[n]);
+            let attn = self_attention(&q, &k, &v, layer_cache, mask.as_ref())?;
+            let attn = layer.dense.forward(&attn)?;
             x = if self.config.use_parallel_residual {
                 let m = self.mlp(layer, &layer.post_attention_layernorm.forward(&x)?)?;
                 ((x + attn)? + m)?
@@ -233,14 +228,7 @@ mod tests {
         let x = Tensor::randn(0f32, 3.0, 100_000, &candle_core::Device::Cpu).unwrap();
         let want = x.gelu_erf().unwrap();
         let got = x.apply_op1_no_bwd(&GeluErf).unwrap();
-        let d = (want - got)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = cxr_train::max_abs_diff(&want, &got).unwrap();
         assert!(d < 2e-6, "{d}");
     }
 }

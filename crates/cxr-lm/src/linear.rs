@@ -262,26 +262,16 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (1, m, 67), &dev).unwrap();
             let want = rows.forward(&x).unwrap();
             let got = cols.forward(&x).unwrap();
-            let d = (want - got)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = cxr_train::max_abs_diff(&want, &got).unwrap();
             assert!(d < 1e-4, "m={m}: {d}");
         }
         let sub = cols.outputs(10..20).unwrap();
         let x = Tensor::randn(0f32, 1.0, (2, 67), &dev).unwrap();
-        let d = (sub.forward(&x).unwrap() - rows.forward(&x).unwrap().narrow(1, 10, 10).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = cxr_train::max_abs_diff(
+            &sub.forward(&x).unwrap(),
+            &rows.forward(&x).unwrap().narrow(1, 10, 10).unwrap(),
+        )
+        .unwrap();
         assert!(d < 1e-4);
         let ids = Tensor::new(&[[3u32, 999]], &dev).unwrap();
         let e = (cols.embed(&ids).unwrap() - rows.embed(&ids).unwrap())

@@ -5,7 +5,7 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::attention::{attend, rms_norm, LayerCache, Rotary, Span};
+use crate::attention::{rms_norm, self_attention, LayerCache, Rotary, Span};
 use crate::config::LlamaConfig;
 use crate::weights::{Linear, Weights};
 use crate::LmError;
@@ -121,14 +121,9 @@ impl Llama {
                 .rotary
                 .apply(&split(&layer.k_proj, kv_heads)?, &positions)?;
             let v = split(&layer.v_proj, kv_heads)?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(c) => c[n].append(&k, &v)?,
-                None => (k.contiguous()?, v.contiguous()?),
-            };
-            let attn = attend(&q.contiguous()?, &k, &v, mask.as_ref())?;
-            let attn = layer
-                .o_proj
-                .forward(&attn.transpose(1, 2)?.reshape((b, t, ()))?)?;
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c[n]);
+            let attn = self_attention(&q, &k, &v, layer_cache, mask.as_ref())?;
+            let attn = layer.o_proj.forward(&attn)?;
             x = (x + attn)?;
             let m = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
             let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&m)?)?;

@@ -33,14 +33,7 @@ fn load(dir: &str, mode: WeightMode) -> cxr_lm::CausalLm {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    cxr_train::max_abs_diff(a, b).unwrap()
 }
 
 fn greedy(n: usize) -> GenerateOptions {

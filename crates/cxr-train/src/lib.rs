@@ -195,6 +195,16 @@ pub fn save_checkpoint(
 }
 
 /// The largest absolute difference between two tensors of the same shape (parity checks).
+/// This process's peak resident memory in MiB (Linux `VmHWM`; NaN elsewhere), for benchmarks.
+pub fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
     if a.dims() != b.dims() {
         candle_core::bail!("shapes differ: {:?} vs {:?}", a.dims(), b.dims());

@@ -14,15 +14,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 fn main() {
     let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
     let batches: Vec<usize> = env("VQGAN_BENCH_BATCHES", "1,8")
@@ -78,7 +69,7 @@ fn main() {
         "{{\"preset\": \"{preset}\", \"params\": {params}, \"threads\": {}, \"results\": [{}], \"peak_rss_mb\": {:.0}}}",
         rayon_threads(),
         results.join(", "),
-        peak_rss_mb()
+        cxr_train::peak_rss_mb()
     );
 }
 
