@@ -1,4 +1,4 @@
-//! Evaluation of llm-cxr's outputs the way the field reads them. Today: the CheXpert-style report
+//! Evaluation of llm-cxr's outputs the way the field reads them: the CheXpert-style report
 //! labeler ([`ReportLabeler`]) that turns free-text reports into the 14 CheXpert labels, which the
 //! report tables (AUROC / F1 of generated reports) and VQA scoring are built on.
 
@@ -6,5 +6,6 @@ pub mod image_metrics;
 pub mod labeler;
 pub mod nlg;
 pub mod report_metrics;
+pub mod vqa;
 
 pub use labeler::{label_csv, LabelerError, ReportLabeler};

@@ -2,6 +2,7 @@
 //! and calls into the library crates; this file only parses arguments and sets up logging.
 
 mod commands;
+mod html;
 mod plot;
 
 use clap::{Parser, Subcommand};

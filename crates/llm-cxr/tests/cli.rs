@@ -359,6 +359,69 @@ fn eval_image_runs_the_classifier_and_fid() {
         v["fid_classifier_features"].as_f64().unwrap().abs() < 1e-3,
         "{v}"
     );
+    let page = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(page.contains("Image evaluation"));
+    // The ROC figure and six sample thumbnails, all inline.
+    assert_eq!(page.matches("data:image/png;base64,").count(), 7);
+}
+
+#[test]
+fn eval_all_writes_vqa_and_report_scores_on_one_page() {
+    let Some(phrases) = chexpert_phrases() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let vqa = dir.path().join("vqa.csv");
+    std::fs::write(
+        &vqa,
+        "question,answer,reference,type\n\
+         Is there a pleural effusion?,Yes.,Yes,presence\n\
+         Is there a pneumothorax?,No.,Yes,presence\n\
+         Which side is the effusion on?,Left pleural effusion.,Left pleural effusion.,side\n\
+         Is the heart enlarged?,<b>maybe</b>,No,presence\n",
+    )
+    .unwrap();
+    let pairs = dir.path().join("pairs.csv");
+    std::fs::write(
+        &pairs,
+        "generated,reference\nSmall left pleural effusion.,Small left pleural effusion.\nNo acute process.,Cardiomegaly.\n",
+    )
+    .unwrap();
+    let out = dir.path().join("eval");
+    let o = llm_cxr(&[
+        "eval",
+        "all",
+        "--vqa",
+        vqa.to_str().unwrap(),
+        "--reports",
+        pairs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--phrases",
+        phrases.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("vqa-metrics.json")).unwrap()).unwrap();
+    assert_eq!(v["overall"]["closed"], 3);
+    assert_eq!(v["overall"]["closed_correct"], 1);
+    assert_eq!(v["overall"]["closed_unanswered"], 1);
+    assert_eq!(v["by_kind"]["side"]["label_agreement"], 1.0);
+    assert!(out.join("report-metrics.json").is_file());
+    let page = std::fs::read_to_string(out.join("index.html")).unwrap();
+    for part in [
+        "Report evaluation",
+        "VQA evaluation",
+        "Sample cases",
+        "<table>",
+    ] {
+        assert!(page.contains(part), "index.html lacks {part}");
+    }
+    assert!(!page.contains("<b>maybe"), "answers are escaped");
+
+    let o = llm_cxr(&["eval", "all", "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("nothing to evaluate"), "{}", stderr(&o));
 }
 
 /// `vqgan train` (a tiny config, every loss on, resumed once) -> `encode` -> `decode` -> `eval`,

@@ -9,6 +9,8 @@ use cxr_eval::nlg::{self, Candidate};
 use cxr_eval::report_metrics::{report_metrics, AurocScore, ReportMetricOptions, UncertainPolicy};
 use cxr_eval::ReportLabeler;
 
+use crate::html::{Cell, Page};
+
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Generated reports against reference reports: CheXpert-label AUROC / F1 per observation
@@ -20,6 +22,50 @@ pub enum Command {
     /// observations, the paper's Table 4), and FID on the classifier's 1024-d features against
     /// real images.
     Image(ImageArgs),
+    /// Generated answers to questions about images against reference answers: yes/no accuracy
+    /// on closed questions, and agreement of the answers' CheXpert labels, per question type.
+    Vqa(VqaArgs),
+    /// Every evaluation whose input is given, into one folder and one HTML page.
+    All(AllArgs),
+}
+
+/// Options every evaluation shares.
+#[derive(clap::Args, Clone)]
+pub struct Common {
+    /// Output folder: JSON, markdown tables, ROC PNGs, and index.html showing them with sample
+    /// cases.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The CheXpert labeler's phrase lists (see `llm-cxr label --help`).
+    #[arg(long, env = "LLMCXR_CHEXPERT_PHRASES")]
+    pub phrases: Option<PathBuf>,
+    /// How uncertain (-1) labels count (in references, and in generated reports for F1).
+    #[arg(long, value_enum, default_value = "negative")]
+    pub uncertain: Uncertain,
+    /// Row name of your model in the tables.
+    #[arg(long, default_value = "llm-cxr")]
+    pub model: String,
+    /// Sample cases shown on the HTML page, per evaluation.
+    #[arg(long, default_value_t = 8)]
+    pub samples: usize,
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// CSV with a `generated` and a `reference` column (other columns are ignored).
+    pub pairs: PathBuf,
+    #[command(flatten)]
+    pub report: ReportOptions,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ReportOptions {
+    /// The score of a generated label for AUROC: binary (1 positive, else 0; AUROC is then the
+    /// balanced accuracy) or three-level (uncertain 0.5).
+    #[arg(long, value_enum, default_value = "binary")]
+    pub auroc_score: Score,
 }
 
 #[derive(clap::Args)]
@@ -27,50 +73,54 @@ pub struct ImageArgs {
     /// CSV with an `image` column (generated image path, relative to the CSV's folder or
     /// absolute) and a `report` column (the report it was generated from).
     pub generated: PathBuf,
+    #[command(flatten)]
+    pub image: ImageOptions,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ImageOptions {
     /// DenseNet-121 weights in torchxrayvision's layout (safetensors, or a PyTorch state_dict).
     #[arg(long)]
-    pub classifier: PathBuf,
+    pub classifier: Option<PathBuf>,
     /// CSV with an `image` column of real images, for FID.
     #[arg(long)]
     pub real: Option<PathBuf>,
-    /// Folder for image-metrics.json, image-metrics.md and image-roc.png (one ROC panel per observation).
-    #[arg(long)]
-    pub out: PathBuf,
     /// Probability at or above which the classifier calls a finding (F1).
     #[arg(long, default_value_t = 0.5)]
     pub threshold: f64,
-    /// How uncertain (-1) report labels count.
-    #[arg(long, value_enum, default_value = "negative")]
-    pub uncertain: Uncertain,
-    #[arg(long, env = "LLMCXR_CHEXPERT_PHRASES")]
-    pub phrases: Option<PathBuf>,
     /// Images per classifier batch.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    #[arg(long, default_value = "llm-cxr")]
-    pub model: String,
 }
 
 #[derive(clap::Args)]
-pub struct ReportArgs {
-    /// CSV with a `generated` and a `reference` column (other columns are ignored).
-    pub pairs: PathBuf,
-    /// Folder for report-metrics.json, report-metrics.md and report-roc.png (one ROC panel per observation).
+pub struct VqaArgs {
+    /// CSV with `question`, `answer` (generated) and `reference` columns; optional `type`
+    /// (question type, scored separately) and `image` (shown on the HTML page).
+    pub answers: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct AllArgs {
+    /// Report pairs, as `eval report` reads them.
     #[arg(long)]
-    pub out: PathBuf,
-    /// The CheXpert labeler's phrase lists (see `llm-cxr label --help`).
-    #[arg(long, env = "LLMCXR_CHEXPERT_PHRASES")]
-    pub phrases: Option<PathBuf>,
-    /// How uncertain (-1) labels count, in references and generated reports.
-    #[arg(long, value_enum, default_value = "negative")]
-    pub uncertain: Uncertain,
-    /// The score of a generated label for AUROC: binary (1 positive, else 0; AUROC is then the
-    /// balanced accuracy) or three-level (uncertain 0.5).
-    #[arg(long, value_enum, default_value = "binary")]
-    pub auroc_score: Score,
-    /// Row name of your model in the table.
-    #[arg(long, default_value = "llm-cxr")]
-    pub model: String,
+    pub reports: Option<PathBuf>,
+    /// Generated images, as `eval image` reads them (needs --classifier).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// VQA answers, as `eval vqa` reads them.
+    #[arg(long)]
+    pub vqa: Option<PathBuf>,
+    #[command(flatten)]
+    pub report: ReportOptions,
+    #[command(flatten)]
+    pub image: ImageOptions,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -86,10 +136,83 @@ pub enum Score {
     ThreeLevel,
 }
 
+/// What one evaluation shows on the HTML page.
+struct Section {
+    /// The markdown it also wrote to its .md file.
+    markdown: String,
+    figures: Vec<(Vec<u8>, String)>,
+    case_header: Vec<&'static str>,
+    cases: Vec<Vec<Cell>>,
+}
+
 pub fn run(cmd: Command) -> anyhow::Result<()> {
-    match cmd {
-        Command::Report(a) => report(a),
-        Command::Image(a) => image(a),
+    let (common, sections) = match cmd {
+        Command::Report(a) => {
+            let section = report(&a.pairs, &a.report, &a.common)?;
+            (a.common, vec![section])
+        }
+        Command::Image(a) => {
+            let section = image(&a.generated, &a.image, &a.common)?;
+            (a.common, vec![section])
+        }
+        Command::Vqa(a) => {
+            let section = vqa(&a.answers, &a.common)?;
+            (a.common, vec![section])
+        }
+        Command::All(a) => {
+            anyhow::ensure!(
+                a.reports.is_some() || a.images.is_some() || a.vqa.is_some(),
+                "nothing to evaluate: give --reports, --images and/or --vqa"
+            );
+            let mut sections = Vec::new();
+            if let Some(p) = &a.reports {
+                sections.push(report(p, &a.report, &a.common)?);
+            }
+            if let Some(p) = &a.images {
+                sections.push(image(p, &a.image, &a.common)?);
+            }
+            if let Some(p) = &a.vqa {
+                sections.push(vqa(p, &a.common)?);
+            }
+            (a.common, sections)
+        }
+    };
+    let mut page = Page::new(&format!("Evaluation: {}", common.model));
+    for s in sections {
+        page.markdown(&s.markdown);
+        for (png, caption) in &s.figures {
+            page.figure(png, 960, caption);
+        }
+        if !s.cases.is_empty() {
+            page.markdown("### Sample cases");
+            page.table(&s.case_header, &s.cases);
+        }
+    }
+    let index = common.out.join("index.html");
+    super::write_atomic(&index, page.finish().as_bytes())?;
+    eprintln!("wrote {}", index.display());
+    Ok(())
+}
+
+/// The findings of a label set, positive ones plain and uncertain ones with "?".
+fn findings_text(labels: &cxr_data::ChexpertLabels) -> String {
+    use cxr_data::{Label, Observation};
+    let named: Vec<String> = Observation::ALL
+        .into_iter()
+        .filter_map(|o| match labels.get(o) {
+            Some(Label::Positive) => Some(o.name().to_string()),
+            Some(Label::Uncertain) => Some(format!("{}?", o.name())),
+            _ => None,
+        })
+        .collect();
+    named.join(", ")
+}
+
+/// A thumbnail cell, or the error as text (a missing image must not sink the page).
+fn thumbnail_cell(path: &str) -> Cell {
+    match crate::html::thumbnail(std::path::Path::new(path), 192) {
+        Ok(bytes) => Cell::Png { bytes, width: 192 },
+        Err(e) => Cell::Text(format!("{path}: {e}")),
     }
 }
 
@@ -101,49 +224,75 @@ fn policy(u: Uncertain) -> UncertainPolicy {
     }
 }
 
-/// Reads named columns of a CSV, resolving an `image` column against the CSV's folder.
-fn read_columns(path: &std::path::Path, names: &[&str]) -> anyhow::Result<Vec<Vec<String>>> {
+/// The required cells of a CSV row, then the optional ones.
+type CsvRow = (Vec<String>, Vec<Option<String>>);
+
+/// Reads named columns of a CSV (`optional` ones may be absent), resolving `image` columns
+/// against the CSV's folder. One `Vec` per row, required columns first, then the optional ones
+/// (`None` where the column is absent).
+fn read_columns(
+    path: &std::path::Path,
+    required: &[&str],
+    optional: &[&str],
+) -> anyhow::Result<Vec<CsvRow>> {
     let mut reader =
         csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
     let header = reader
         .headers()
         .with_context(|| format!("{}: no CSV header", path.display()))?
         .clone();
-    let cols: Vec<usize> = names
+    let find = |name: &str| {
+        header
+            .iter()
+            .position(|h| h.trim().eq_ignore_ascii_case(name))
+    };
+    let required_cols: Vec<usize> = required
         .iter()
         .map(|name| {
-            header
-                .iter()
-                .position(|h| h.trim().eq_ignore_ascii_case(name))
-                .with_context(|| {
-                    format!(
-                        "{}: no column named {name} (columns: {})",
-                        path.display(),
-                        header.iter().collect::<Vec<_>>().join(", ")
-                    )
-                })
+            find(name).with_context(|| {
+                format!(
+                    "{}: no column named {name} (columns: {})",
+                    path.display(),
+                    header.iter().collect::<Vec<_>>().join(", ")
+                )
+            })
         })
         .collect::<anyhow::Result<_>>()?;
+    let optional_cols: Vec<Option<usize>> = optional.iter().map(|name| find(name)).collect();
     let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let cell = |row: &csv::StringRecord, c: usize, name: &str| {
+        let v = row.get(c).unwrap_or("").to_string();
+        if name == "image" {
+            base.join(v).display().to_string()
+        } else {
+            v
+        }
+    };
     let mut rows = Vec::new();
     for (i, row) in reader.records().enumerate() {
         let row = row.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
-        rows.push(
-            cols.iter()
-                .zip(names)
-                .map(|(&c, &name)| {
-                    let v = row.get(c).unwrap_or("").to_string();
-                    if name == "image" {
-                        base.join(v).display().to_string()
-                    } else {
-                        v
-                    }
-                })
-                .collect(),
-        );
+        let req = required_cols
+            .iter()
+            .zip(required)
+            .map(|(&c, name)| cell(&row, c, name))
+            .collect();
+        let opt = optional_cols
+            .iter()
+            .zip(optional)
+            .map(|(c, name)| c.map(|c| cell(&row, c, name)))
+            .collect();
+        rows.push((req, opt));
     }
     anyhow::ensure!(!rows.is_empty(), "{}: no rows", path.display());
     Ok(rows)
+}
+
+/// The values of required columns only.
+fn read_required(path: &std::path::Path, names: &[&str]) -> anyhow::Result<Vec<Vec<String>>> {
+    Ok(read_columns(path, names, &[])?
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect())
 }
 
 /// Per image: the 18 probabilities, and the 1024-d features2.
@@ -182,27 +331,35 @@ fn classify(
     Ok((probs, feats))
 }
 
-fn image(args: ImageArgs) -> anyhow::Result<()> {
+fn image(
+    generated: &std::path::Path,
+    opts: &ImageOptions,
+    common: &Common,
+) -> anyhow::Result<Section> {
     use cxr_eval::image_metrics::{frechet_distance, image_metrics};
-    let labeler = ReportLabeler::from_dir(&super::label::phrases_dir(args.phrases)?)?;
+    let classifier = opts
+        .classifier
+        .as_ref()
+        .context("the image evaluation needs --classifier (DenseNet-121 weights)")?;
+    let labeler = ReportLabeler::from_dir(&super::label::phrases_dir(common.phrases.clone())?)?;
     let config = cxr_classifier::DenseNetConfig::densenet121_txv();
     let model = cxr_classifier::DenseNet::load(
         &config,
-        &args.classifier,
+        classifier,
         &cxr_classifier::candle_core::Device::Cpu,
     )?;
-    let rows = read_columns(&args.generated, &["image", "report"])?;
+    let rows = read_required(generated, &["image", "report"])?;
     let paths: Vec<String> = rows.iter().map(|r| r[0].clone()).collect();
     let labels: Vec<_> = rows.par_iter().map(|r| labeler.label(&r[1])).collect();
-    let (probs, feats) = classify(&model, &paths, args.batch, "generated")?;
-    let table = image_metrics(&probs, &labels, args.threshold, policy(args.uncertain));
-    let fid = match &args.real {
+    let (probs, feats) = classify(&model, &paths, opts.batch, "generated")?;
+    let table = image_metrics(&probs, &labels, opts.threshold, policy(common.uncertain));
+    let fid = match &opts.real {
         Some(real) => {
-            let real_paths: Vec<String> = read_columns(real, &["image"])?
+            let real_paths: Vec<String> = read_required(real, &["image"])?
                 .into_iter()
                 .map(|r| r[0].clone())
                 .collect();
-            let (_, real_feats) = classify(&model, &real_paths, args.batch, "real")?;
+            let (_, real_feats) = classify(&model, &real_paths, opts.batch, "real")?;
             anyhow::ensure!(
                 feats.len() > 1 && real_feats.len() > 1,
                 "FID needs at least two images on each side"
@@ -213,34 +370,63 @@ fn image(args: ImageArgs) -> anyhow::Result<()> {
     };
     let json = serde_json::json!({"clinical": table, "fid_classifier_features": fid});
     super::write_atomic(
-        &args.out.join("image-metrics.json"),
+        &common.out.join("image-metrics.json"),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     let mut md = format!(
-        "# Image evaluation: {}
-
-{}",
-        args.model,
-        table.to_markdown(&args.model)
+        "## Image evaluation: {}\n\n{}",
+        common.model,
+        table.to_markdown(&common.model)
     );
     if let Some(f) = fid {
-        md += &format!("
-FID on the classifier's 1024-d features: {f:.4} (LLM-CXR published, torchxrayvision features: 0.714).
-");
+        md += &format!("\nFID on the classifier's 1024-d features: {f:.4} (LLM-CXR published, torchxrayvision features: 0.714).\n");
     }
-    super::write_atomic(&args.out.join("image-metrics.md"), md.as_bytes())?;
-    write_roc_png(
-        &args.out.join("image-roc.png"),
-        &format!("Image ROC: {}", args.model),
+    super::write_atomic(&common.out.join("image-metrics.md"), md.as_bytes())?;
+    let roc = roc_png(
+        &format!("Image ROC: {}", common.model),
         &table.per_observation,
     )?;
+    super::write_atomic(&common.out.join("image-roc.png"), &roc)?;
     println!("{md}");
-    Ok(())
+    let cases = rows
+        .iter()
+        .zip(&labels)
+        .zip(&probs)
+        .take(common.samples)
+        .map(|((row, l), p)| {
+            let called: Vec<String> = cxr_classifier::CHEXPERT_OUTPUTS
+                .iter()
+                .filter(|&&(_, k)| p[k] as f64 >= opts.threshold)
+                .map(|&(o, k)| format!("{} {:.2}", o.name(), p[k]))
+                .collect();
+            vec![
+                thumbnail_cell(&row[0]),
+                Cell::Text(row[1].clone()),
+                Cell::Text(findings_text(l)),
+                Cell::Text(called.join(", ")),
+            ]
+        })
+        .collect();
+    Ok(Section {
+        markdown: md,
+        figures: vec![(roc, "ROC per observation (generated images)".into())],
+        case_header: vec![
+            "generated image",
+            "source report",
+            "report findings",
+            "classifier calls (probability)",
+        ],
+        cases,
+    })
 }
 
-fn report(args: ReportArgs) -> anyhow::Result<()> {
-    let labeler = ReportLabeler::from_dir(&super::label::phrases_dir(args.phrases)?)?;
-    let pairs: Vec<(String, String)> = read_columns(&args.pairs, &["generated", "reference"])?
+fn report(
+    pairs_csv: &std::path::Path,
+    opts: &ReportOptions,
+    common: &Common,
+) -> anyhow::Result<Section> {
+    let labeler = ReportLabeler::from_dir(&super::label::phrases_dir(common.phrases.clone())?)?;
+    let pairs: Vec<(String, String)> = read_required(pairs_csv, &["generated", "reference"])?
         .into_iter()
         .map(|mut r| (std::mem::take(&mut r[0]), std::mem::take(&mut r[1])))
         .collect();
@@ -255,14 +441,14 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         .collect();
     bar.finish_and_clear();
     let (generated, reference): (Vec<_>, Vec<_>) = labelled.into_iter().unzip();
-    let opts = ReportMetricOptions {
-        uncertain: policy(args.uncertain),
-        auroc_score: match args.auroc_score {
+    let metric_opts = ReportMetricOptions {
+        uncertain: policy(common.uncertain),
+        auroc_score: match opts.auroc_score {
             Score::Binary => AurocScore::Binary,
             Score::ThreeLevel => AurocScore::ThreeLevel,
         },
     };
-    let table = report_metrics(&generated, &reference, opts);
+    let table = report_metrics(&generated, &reference, metric_opts);
     let corpus: Vec<Candidate> = pairs
         .iter()
         .map(|(g, r)| Candidate {
@@ -273,11 +459,11 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
     let nlg_scores = nlg::score(&corpus);
     let json = serde_json::json!({"clinical": table, "nlg": nlg_scores});
     let text = serde_json::to_string_pretty(&json)?;
-    super::write_atomic(&args.out.join("report-metrics.json"), text.as_bytes())?;
+    super::write_atomic(&common.out.join("report-metrics.json"), text.as_bytes())?;
     let md = format!(
-        "# Report evaluation: {}\n\n{}\n| BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | METEOR | ROUGE-L | CIDEr-D |\n|---|---|---|---|---|---|---|\n| {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n\nLLM-CXR published: BLEU-1 0.092, BLEU-4 0.015, METEOR 0.069, ROUGE-L 0.162, CIDEr 0.525. METEOR here uses exact and stem matching only.\n",
-        args.model,
-        table.to_markdown(&args.model),
+        "## Report evaluation: {}\n\n{}\n| BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | METEOR | ROUGE-L | CIDEr-D |\n|---|---|---|---|---|---|---|\n| {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n\nLLM-CXR published: BLEU-1 0.092, BLEU-4 0.015, METEOR 0.069, ROUGE-L 0.162, CIDEr 0.525. METEOR here uses exact and stem matching only.\n",
+        common.model,
+        table.to_markdown(&common.model),
         nlg_scores.bleu[0],
         nlg_scores.bleu[1],
         nlg_scores.bleu[2],
@@ -286,22 +472,115 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         nlg_scores.rouge_l,
         nlg_scores.cider_d
     );
-    super::write_atomic(&args.out.join("report-metrics.md"), md.as_bytes())?;
-    write_roc_png(
-        &args.out.join("report-roc.png"),
-        &format!("Report ROC: {}", args.model),
+    super::write_atomic(&common.out.join("report-metrics.md"), md.as_bytes())?;
+    let roc = roc_png(
+        &format!("Report ROC: {}", common.model),
         &table.per_observation,
     )?;
+    super::write_atomic(&common.out.join("report-roc.png"), &roc)?;
     println!("{md}");
-    Ok(())
+    let cases = pairs
+        .iter()
+        .zip(generated.iter().zip(&reference))
+        .take(common.samples)
+        .map(|((g, r), (gl, rl))| {
+            vec![
+                Cell::Text(g.clone()),
+                Cell::Text(r.clone()),
+                Cell::Text(findings_text(gl)),
+                Cell::Text(findings_text(rl)),
+            ]
+        })
+        .collect();
+    Ok(Section {
+        markdown: md,
+        figures: vec![(roc, "ROC per observation (generated reports)".into())],
+        case_header: vec![
+            "generated report",
+            "reference report",
+            "generated findings",
+            "reference findings",
+        ],
+        cases,
+    })
 }
 
-/// One ROC panel per observation, as the tables list them.
-fn write_roc_png(
-    path: &std::path::Path,
+fn vqa(answers: &std::path::Path, common: &Common) -> anyhow::Result<Section> {
+    use cxr_eval::vqa::{judge, vqa_report, VqaPair};
+    let labeler = ReportLabeler::from_dir(&super::label::phrases_dir(common.phrases.clone())?)?;
+    let rows = read_columns(
+        answers,
+        &["question", "answer", "reference"],
+        &["type", "image"],
+    )?;
+    let pairs: Vec<VqaPair> = rows
+        .iter()
+        .map(|(r, o)| VqaPair {
+            question: r[0].clone(),
+            answer: r[1].clone(),
+            reference: r[2].clone(),
+            kind: o[0].clone().filter(|k| !k.trim().is_empty()),
+        })
+        .collect();
+    let verdicts: Vec<_> = pairs.par_iter().map(|p| judge(&labeler, p)).collect();
+    let scores = vqa_report(&pairs, &verdicts);
+    super::write_atomic(
+        &common.out.join("vqa-metrics.json"),
+        serde_json::to_string_pretty(&scores)?.as_bytes(),
+    )?;
+    let md = format!(
+        "## VQA evaluation: {}\n\n{}\nClosed questions: the reference answer starts with yes or no; the answer must start with the same word. Label agreement: CheXpert labels (13 findings) of answer and reference, share equal among those either mentions.\n",
+        common.model,
+        scores.to_markdown(&common.model)
+    );
+    super::write_atomic(&common.out.join("vqa-metrics.md"), md.as_bytes())?;
+    println!("{md}");
+    let has_images = rows.iter().any(|(_, o)| o[1].is_some());
+    let cases = rows
+        .iter()
+        .zip(&pairs)
+        .zip(&verdicts)
+        .take(common.samples)
+        .map(|(((_, o), p), v)| {
+            let verdict = match (v.closed, v.agreement) {
+                (Some(true), _) => "right".to_string(),
+                (Some(false), _) => "wrong".to_string(),
+                (None, Some(a)) => format!("label agreement {a:.2}"),
+                (None, None) => "-".to_string(),
+            };
+            let mut row = Vec::new();
+            if has_images {
+                row.push(
+                    o[1].as_deref()
+                        .map_or(Cell::Text(String::new()), thumbnail_cell),
+                );
+            }
+            row.extend([
+                Cell::Text(p.question.clone()),
+                Cell::Text(p.answer.clone()),
+                Cell::Text(p.reference.clone()),
+                Cell::Text(verdict),
+            ]);
+            row
+        })
+        .collect();
+    let mut case_header = vec!["question", "answer", "reference", "verdict"];
+    if has_images {
+        case_header.insert(0, "image");
+    }
+    Ok(Section {
+        markdown: md,
+        figures: Vec::new(),
+        case_header,
+        cases,
+    })
+}
+
+/// One ROC panel per observation, as the tables list them, as PNG bytes.
+fn roc_png(
     title: &str,
     scores: &[cxr_eval::report_metrics::ObservationScores],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<u8>> {
     let panels: Vec<crate::plot::RocPanel> = scores
         .iter()
         .map(|s| crate::plot::RocPanel {
@@ -310,5 +589,5 @@ fn write_roc_png(
             auroc: s.auroc,
         })
         .collect();
-    super::write_atomic(path, &crate::plot::roc_grid(title, &panels)?)
+    crate::plot::roc_grid(title, &panels)
 }
