@@ -9,6 +9,7 @@
 //! state_dict saved by either loads with no renaming. Parity with a random-weight PyTorch
 //! reference is tested (`scripts/reference/densenet_fixture.py`).
 
+pub mod inception;
 pub mod train;
 
 use std::path::Path;
@@ -191,6 +192,22 @@ fn max_pool_3x3_s2(x: &Tensor) -> candle_core::Result<Tensor> {
     Ok(result.expect("nine views"))
 }
 
+/// Tensors from safetensors or a PyTorch state_dict (`.pt`, `.pth`, `.ckpt`; a Lightning-style
+/// `state_dict` entry is used when present), as f32 under their own names.
+pub fn var_builder(path: &Path, device: &Device) -> candle_core::Result<VarBuilder<'static>> {
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        // SAFETY: the file is memory-mapped read-only; it must not change while mapped.
+        return unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) };
+    }
+    let lightning = candle_core::pickle::read_pth_tensor_info(path, false, Some("state_dict"))
+        .is_ok_and(|t| !t.is_empty());
+    if lightning {
+        VarBuilder::from_pth_with_state(path, DType::F32, "state_dict", device)
+    } else {
+        VarBuilder::from_pth(path, DType::F32, device)
+    }
+}
+
 impl DenseNet {
     pub fn new(config: &DenseNetConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let f = vb.pp("features");
@@ -250,22 +267,7 @@ impl DenseNet {
             path: path.to_path_buf(),
             source,
         };
-        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
-        let vb = if is_safetensors {
-            // SAFETY: the file is memory-mapped read-only; it must not change while mapped.
-            unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }
-                .map_err(err)?
-        } else {
-            let lightning =
-                candle_core::pickle::read_pth_tensor_info(path, false, Some("state_dict"))
-                    .is_ok_and(|t| !t.is_empty());
-            if lightning {
-                VarBuilder::from_pth_with_state(path, DType::F32, "state_dict", device)
-                    .map_err(err)?
-            } else {
-                VarBuilder::from_pth(path, DType::F32, device).map_err(err)?
-            }
-        };
+        let vb = var_builder(path, device).map_err(err)?;
         Self::new(config, vb).map_err(err)
     }
 

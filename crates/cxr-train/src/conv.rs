@@ -674,6 +674,23 @@ impl Conv2d {
         })
     }
 
+    /// A layer from given tensors (weight `(cout, cin, kh, kw)`, bias `(cout)`), e.g. a
+    /// convolution with a BatchNorm folded into it.
+    pub fn from_tensors(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        padding: usize,
+    ) -> Self {
+        Self {
+            weight,
+            bias,
+            stride,
+            padding,
+            winograd: Default::default(),
+        }
+    }
+
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }

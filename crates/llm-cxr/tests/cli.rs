@@ -306,6 +306,11 @@ fn eval_image_runs_the_classifier_and_fid() {
     cxr_classifier::DenseNet::new(&cxr_classifier::DenseNetConfig::densenet121_txv(), vb).unwrap();
     let weights = dir.path().join("densenet.safetensors");
     varmap.save(&weights).unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    cxr_classifier::inception::InceptionV3::new(vb).unwrap();
+    let inception = dir.path().join("inception.safetensors");
+    varmap.save(&inception).unwrap();
 
     let ph = dir.path().join("ph");
     let o = llm_cxr(&[
@@ -340,6 +345,8 @@ fn eval_image_runs_the_classifier_and_fid() {
         weights.to_str().unwrap(),
         "--real",
         dir.path().join("real.csv").to_str().unwrap(),
+        "--inception",
+        inception.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
         "--phrases",
@@ -359,6 +366,10 @@ fn eval_image_runs_the_classifier_and_fid() {
         v["fid_classifier_features"].as_f64().unwrap().abs() < 1e-3,
         "{v}"
     );
+    assert!(v["fid_inception"].as_f64().unwrap().abs() < 1e-3, "{v}");
+    assert!(std::fs::read_to_string(out.join("image-metrics.md"))
+        .unwrap()
+        .contains("FID on Inception-v3 pool3 features"));
     let page = std::fs::read_to_string(out.join("index.html")).unwrap();
     assert!(page.contains("Image evaluation"));
     // The ROC figure and six sample thumbnails, all inline.

@@ -87,6 +87,11 @@ pub struct ImageOptions {
     /// CSV with an `image` column of real images, for FID.
     #[arg(long)]
     pub real: Option<PathBuf>,
+    /// pytorch-fid's Inception-v3 weights (`pt_inception-2015-12-05-6726825d.pth`, or the same
+    /// tensors as safetensors): with --real, FID on its 2048-d pool3 features as well, the
+    /// number other papers report.
+    #[arg(long, requires = "real")]
+    pub inception: Option<PathBuf>,
     /// Probability at or above which the classifier calls a finding (F1).
     #[arg(long, default_value_t = 0.5)]
     pub threshold: f64,
@@ -331,6 +336,32 @@ fn classify(
     Ok((probs, feats))
 }
 
+/// pytorch-fid's pool3 features of every image, in order, with a progress bar.
+fn inception_features(
+    net: &cxr_classifier::inception::InceptionV3,
+    paths: &[String],
+    batch: usize,
+    what: &str,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    use cxr_classifier::candle_core::{Device, Tensor};
+    use cxr_classifier::inception::inception_input;
+    let bar = super::progress(paths.len() as u64, what);
+    let mut feats = Vec::new();
+    for chunk in paths.chunks(batch.max(1)) {
+        let inputs = chunk
+            .par_iter()
+            .map(|p| {
+                let img = cxr_image::load_image(std::path::Path::new(p))?;
+                Ok(inception_input(&img, &Device::Cpu)?)
+            })
+            .collect::<anyhow::Result<Vec<Tensor>>>()?;
+        feats.extend(net.features(&Tensor::cat(&inputs, 0)?)?.to_vec2::<f32>()?);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(feats)
+}
+
 fn image(
     generated: &std::path::Path,
     opts: &ImageOptions,
@@ -353,13 +384,18 @@ fn image(
     let labels: Vec<_> = rows.par_iter().map(|r| labeler.label(&r[1])).collect();
     let (probs, feats) = classify(&model, &paths, opts.batch, "generated")?;
     let table = image_metrics(&probs, &labels, opts.threshold, policy(common.uncertain));
-    let fid = match &opts.real {
-        Some(real) => {
-            let real_paths: Vec<String> = read_required(real, &["image"])?
+    let real_paths: Option<Vec<String>> = match &opts.real {
+        Some(real) => Some(
+            read_required(real, &["image"])?
                 .into_iter()
                 .map(|r| r[0].clone())
-                .collect();
-            let (_, real_feats) = classify(&model, &real_paths, opts.batch, "real")?;
+                .collect(),
+        ),
+        None => None,
+    };
+    let fid = match &real_paths {
+        Some(real_paths) => {
+            let (_, real_feats) = classify(&model, real_paths, opts.batch, "real")?;
             anyhow::ensure!(
                 feats.len() > 1 && real_feats.len() > 1,
                 "FID needs at least two images on each side"
@@ -368,7 +404,23 @@ fn image(
         }
         None => None,
     };
-    let json = serde_json::json!({"clinical": table, "fid_classifier_features": fid});
+    let fid_inception = match (&opts.inception, &real_paths) {
+        (Some(weights), Some(real_paths)) => {
+            let net = cxr_classifier::inception::InceptionV3::load(
+                weights,
+                &cxr_classifier::candle_core::Device::Cpu,
+            )?;
+            let generated = inception_features(&net, &paths, opts.batch, "inception gen")?;
+            let real = inception_features(&net, real_paths, opts.batch, "inception real")?;
+            Some(frechet_distance(&generated, &real))
+        }
+        _ => None,
+    };
+    let json = serde_json::json!({
+        "clinical": table,
+        "fid_classifier_features": fid,
+        "fid_inception": fid_inception,
+    });
     super::write_atomic(
         &common.out.join("image-metrics.json"),
         serde_json::to_string_pretty(&json)?.as_bytes(),
@@ -380,6 +432,9 @@ fn image(
     );
     if let Some(f) = fid {
         md += &format!("\nFID on the classifier's 1024-d features: {f:.4} (LLM-CXR published, torchxrayvision features: 0.714).\n");
+    }
+    if let Some(f) = fid_inception {
+        md += &format!("\nFID on Inception-v3 pool3 features (pytorch-fid): {f:.4}.\n");
     }
     super::write_atomic(&common.out.join("image-metrics.md"), md.as_bytes())?;
     let roc = roc_png(
