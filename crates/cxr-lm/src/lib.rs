@@ -109,13 +109,7 @@ impl LanguageModel {
             });
         }
         let (model, _, weights) = CausalLm::load_hf(path, mode, device)?;
-        let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"))?;
-        let config_path = path.join("config.json");
-        let image_vocab = std::fs::read_to_string(&config_path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get(IMAGE_VOCAB_KEY).cloned())
-            .and_then(|v| serde_json::from_value::<ImageVocab>(v).ok());
+        let (tokenizer, image_vocab) = load_tokenizer(path)?;
         Ok(LanguageModel {
             model,
             tokenizer,
@@ -123,6 +117,18 @@ impl LanguageModel {
             weights,
         })
     }
+}
+
+/// The tokenizer of an HF model directory, and its image vocabulary when `config.json` records
+/// one (a directory made by `llm-cxr lm init` or saved by training), without loading weights.
+pub fn load_tokenizer(dir: &Path) -> Result<(TextTokenizer, Option<ImageVocab>), LmError> {
+    let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let image_vocab = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get(IMAGE_VOCAB_KEY).cloned())
+        .and_then(|v| serde_json::from_value::<ImageVocab>(v).ok());
+    Ok((tokenizer, image_vocab))
 }
 
 /// Writes a model as an HF directory that transformers loads: `config.json` (with the image

@@ -15,6 +15,22 @@ pub struct TokenFileError {
     pub message: String,
 }
 
+/// The token file name of an image: `<image_id>.npy`, characters other than ASCII letters,
+/// digits, `-`, `_` and `.` replaced by `_`.
+pub fn file_name(image_id: &str) -> String {
+    let safe: String = image_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}.npy")
+}
+
 /// Serialises a square grid of codes as `.npy` bytes (format 1.0, `<u2`).
 pub fn to_npy(codes: &[u16], side: usize) -> Vec<u8> {
     assert_eq!(codes.len(), side * side, "codes must fill the grid");

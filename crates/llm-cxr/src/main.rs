@@ -59,6 +59,9 @@ enum Command {
     Chat(commands::chat::Args),
     /// Summarise a dataset (MIMIC-CXR-JPG, Open-i / R2Gen, or CSV) as llm-cxr reads it.
     Dataset(commands::dataset::Args),
+    /// Instruction data: `data build` turns a dataset and its token files into training shards.
+    #[command(subcommand)]
+    Data(commands::data::Command),
 }
 
 fn main() -> std::process::ExitCode {
@@ -84,6 +87,7 @@ fn main() -> std::process::ExitCode {
         Command::Preprocess(a) => commands::preprocess::run(a),
         Command::Dicom(c) => commands::dicom::run(c),
         Command::Dataset(a) => commands::dataset::run(a),
+        Command::Data(c) => commands::data::run(c),
         Command::Label(a) => commands::label::run(a),
         Command::Eval(c) => commands::eval::run(c),
         Command::Classifier(c) => commands::classifier::run(c),

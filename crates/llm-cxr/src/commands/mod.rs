@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod classifier;
+pub mod data;
 pub mod dataset;
 pub mod demo;
 pub mod dicom;

@@ -346,18 +346,6 @@ fn write_plots(
     Ok(())
 }
 
-fn safe_name(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 fn encode(a: EncodeArgs) -> anyhow::Result<()> {
     let model = a.model.load()?;
     let config = model.config().clone();
@@ -365,11 +353,7 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
     let records: Vec<CxrRecord> = ds
         .records()
         .iter()
-        .filter(|r| {
-            !a.out
-                .join(format!("{}.npy", safe_name(&r.image_id)))
-                .is_file()
-        })
+        .filter(|r| !a.out.join(tokens::file_name(&r.image_id)).is_file())
         .cloned()
         .collect();
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
@@ -378,7 +362,7 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
         let codes: Vec<Vec<u32>> = model.encode(&load_inputs(chunk, &config)?)?.to_vec2()?;
         for (r, c) in chunk.iter().zip(codes) {
             let c: Vec<u16> = c.into_iter().map(|v| v as u16).collect();
-            let path = a.out.join(format!("{}.npy", safe_name(&r.image_id)));
+            let path = a.out.join(tokens::file_name(&r.image_id));
             tokens::write(&path, &c, config.grid_side())
                 .with_context(|| format!("writing {}", path.display()))?;
         }

@@ -1,0 +1,372 @@
+//! The data builder: dataset records + token files (+ text instructions) -> shuffled, tokenized
+//! shards of instruction samples, with the reference's stage rules.
+//!
+//! - Stage 1: every image of the split (all views); report text = findings + impression.
+//! - Stage 2: frontal images (PA/AP) of each subject's first study (smallest study id: our
+//!   records carry no study date), impression only.
+//! - Pairs as the reference: image ids sorted, even index -> CXR-to-report, odd -> report-to-CXR,
+//!   so each image is used once. Images whose report has no usable section are dropped.
+//! - VQA: up to `vqa_per_image` questions per image, from its structured findings when the
+//!   dataset has them (phantoms), else from its CheXpert labels.
+//! - Text: `text_fraction` of the final mix (reference 0.2), the text set cycled when too small
+//!   (as `interleave_datasets(..., "all_exhausted")` oversamples dolly).
+//! - Samples longer than `max_tokens` are dropped (the reference drops 2048+).
+//!
+//! Output: `shard-NNNNN.jsonl` (one [`Tokenized`] per line) and `manifest.json` ([`Manifest`]),
+//! each written atomically; one seed gives the same shards, byte for byte.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use cxr_data::CxrRecord;
+use cxr_lm::{ImageVocab, TextTokenizer};
+use cxr_phantom::findings::Finding;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::synth_vqa;
+use crate::template::{self, tokenize, Phrasings, Sample, Task, Tokenized};
+use crate::InstructError;
+
+/// Which stage's rules select images and report text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Stage {
+    #[serde(rename = "1")]
+    One,
+    #[serde(rename = "2")]
+    Two,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub stage: Stage,
+    /// Share of text instructions in the final mix.
+    pub text_fraction: f64,
+    pub vqa_per_image: usize,
+    pub max_tokens: usize,
+    pub seed: u64,
+    pub shard_size: usize,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            stage: Stage::One,
+            text_fraction: 0.2,
+            vqa_per_image: 3,
+            max_tokens: 1024,
+            seed: 42,
+            shard_size: 2000,
+        }
+    }
+}
+
+/// Per task: samples kept and their token counts.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TaskStats {
+    pub samples: usize,
+    pub tokens_total: usize,
+    pub tokens_max: usize,
+    /// Tokens that carry loss (from the response on).
+    pub response_tokens: usize,
+}
+
+/// What a build made and what it left out, written as `manifest.json`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub stage: Option<Stage>,
+    pub seed: u64,
+    pub images_selected: usize,
+    pub images_without_tokens: usize,
+    pub images_without_report: usize,
+    pub dropped_too_long: usize,
+    pub max_tokens: usize,
+    pub image_vocab: Option<ImageVocab>,
+    pub tasks: BTreeMap<Task, TaskStats>,
+    pub shards: Vec<String>,
+}
+
+impl Manifest {
+    /// Human-readable statistics.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} images selected ({} without a token file, {} without report text); {} samples over {} tokens dropped\n",
+            self.images_selected,
+            self.images_without_tokens,
+            self.images_without_report,
+            self.dropped_too_long,
+            self.max_tokens
+        );
+        let total: usize = self.tasks.values().map(|t| t.samples).sum();
+        for (task, t) in &self.tasks {
+            s += &format!(
+                "{:>14}: {:>7} samples ({:>5.1} %), tokens mean {:.0}, max {}, loss-bearing {:.0} %\n",
+                task.name(),
+                t.samples,
+                100.0 * t.samples as f64 / total.max(1) as f64,
+                t.tokens_total as f64 / t.samples.max(1) as f64,
+                t.tokens_max,
+                100.0 * t.response_tokens as f64 / t.tokens_total.max(1) as f64
+            );
+        }
+        s
+    }
+}
+
+/// Structured findings of phantoms, by image id, from a dataset's `phantom-findings.jsonl`.
+pub fn read_phantom_findings(path: &Path) -> Result<HashMap<String, Vec<Finding>>, InstructError> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        dicom_id: String,
+        findings: Vec<Finding>,
+    }
+    let bad = |reason: String| InstructError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let line: Line =
+                serde_json::from_str(l).map_err(|e| bad(format!("line {}: {e}", i + 1)))?;
+            Ok((line.dicom_id, line.findings))
+        })
+        .collect()
+}
+
+/// The images a stage uses, sorted by image id.
+pub fn select(records: &[CxrRecord], stage: Stage) -> Vec<&CxrRecord> {
+    let mut chosen: Vec<&CxrRecord> = match stage {
+        Stage::One => records.iter().collect(),
+        Stage::Two => {
+            let mut first: HashMap<&str, &str> = HashMap::new();
+            for r in records.iter().filter(|r| r.is_frontal()) {
+                let (Some(subject), Some(study)) = (&r.subject_id, &r.study_id) else {
+                    continue;
+                };
+                let e = first.entry(subject).or_insert(study);
+                if study_key(study) < study_key(e) {
+                    *e = study;
+                }
+            }
+            records
+                .iter()
+                .filter(|r| {
+                    r.is_frontal()
+                        && matches!((&r.subject_id, &r.study_id),
+                            (Some(sub), Some(st)) if first.get(sub.as_str()) == Some(&st.as_str()))
+                })
+                .collect()
+        }
+    };
+    chosen.sort_by(|a, b| a.image_id.cmp(&b.image_id));
+    chosen
+}
+
+/// Study ids compare as numbers when they are numbers (MIMIC's are).
+fn study_key(id: &str) -> (u64, &str) {
+    (id.trim_start_matches('s').parse().unwrap_or(u64::MAX), id)
+}
+
+/// The report text a stage trains on.
+fn stage_text(record: &CxrRecord, stage: Stage) -> Option<String> {
+    let sections = record.sections()?;
+    match stage {
+        Stage::One => sections.stage1_text(),
+        Stage::Two => sections.stage2_text().map(str::to_string),
+    }
+}
+
+/// Everything a build reads.
+pub struct BuildInputs<'a> {
+    pub records: &'a [CxrRecord],
+    /// Folder of token files (`cxr_vqgan::tokens::file_name` of each image id).
+    pub tokens: &'a Path,
+    pub findings: Option<&'a HashMap<String, Vec<Finding>>>,
+    pub phrasings: &'a Phrasings,
+    pub text: &'a [Sample],
+    pub tokenizer: &'a TextTokenizer,
+    pub image_vocab: &'a ImageVocab,
+}
+
+/// Builds the untokenized samples (before the length cap), in a seeded order.
+pub fn samples(
+    inputs: &BuildInputs,
+    opts: &BuildOptions,
+) -> Result<(Vec<Sample>, Manifest), InstructError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let mut manifest = Manifest {
+        stage: Some(opts.stage),
+        seed: opts.seed,
+        max_tokens: opts.max_tokens,
+        image_vocab: Some(*inputs.image_vocab),
+        ..Default::default()
+    };
+    let selected = select(inputs.records, opts.stage);
+    manifest.images_selected = selected.len();
+    let mut out = Vec::new();
+    let mut paired = 0usize;
+    for r in selected {
+        let path = inputs
+            .tokens
+            .join(cxr_vqgan::tokens::file_name(&r.image_id));
+        if !path.is_file() {
+            manifest.images_without_tokens += 1;
+            continue;
+        }
+        let (codes, _) = cxr_vqgan::tokens::read(&path, inputs.image_vocab.codes as usize)?;
+        let Some(report) = stage_text(r, opts.stage) else {
+            manifest.images_without_report += 1;
+            continue;
+        };
+        // Even pairs CXR -> report, odd ones report -> CXR.
+        let sample = if paired & 1 == 0 {
+            let i = rng.random_range(0..inputs.phrasings.cxr_to_report.len());
+            template::cxr_to_report(
+                &r.image_id,
+                codes.clone(),
+                &report,
+                &inputs.phrasings.cxr_to_report[i],
+            )
+        } else {
+            let i = rng.random_range(0..inputs.phrasings.report_to_cxr.len());
+            template::report_to_cxr(
+                &r.image_id,
+                codes.clone(),
+                &report,
+                &inputs.phrasings.report_to_cxr[i],
+            )
+        };
+        paired += 1;
+        out.push(sample);
+        let qa = match inputs.findings.and_then(|f| f.get(&r.image_id)) {
+            Some(findings) => synth_vqa::from_findings(findings),
+            None => r
+                .labels
+                .as_ref()
+                .map(synth_vqa::from_labels)
+                .unwrap_or_default(),
+        };
+        for p in synth_vqa::choose(qa, opts.vqa_per_image, &mut rng) {
+            out.push(template::vqa(
+                &r.image_id,
+                codes.clone(),
+                &p.question,
+                &p.answer,
+            ));
+        }
+    }
+    if paired == 0 {
+        return Err(InstructError::Empty(format!(
+            "no image had both a token file in {} and report text for stage {:?}",
+            inputs.tokens.display(),
+            opts.stage
+        )));
+    }
+    if opts.text_fraction > 0.0 && !inputs.text.is_empty() {
+        let want =
+            (out.len() as f64 * opts.text_fraction / (1.0 - opts.text_fraction)).round() as usize;
+        let mut order: Vec<usize> = (0..inputs.text.len()).collect();
+        let mut taken = 0;
+        while taken < want {
+            order.shuffle(&mut rng);
+            for &i in order.iter().take(want - taken) {
+                out.push(inputs.text[i].clone());
+                taken += 1;
+            }
+        }
+    }
+    out.shuffle(&mut rng);
+    Ok((out, manifest))
+}
+
+/// Tokenizes, applies the length cap, and fills the manifest's task statistics.
+pub fn tokenize_all(
+    samples: &[Sample],
+    inputs: &BuildInputs,
+    manifest: &mut Manifest,
+) -> Result<Vec<Tokenized>, InstructError> {
+    let mut out = Vec::with_capacity(samples.len());
+    for s in samples {
+        let t = tokenize(s, inputs.tokenizer, inputs.image_vocab)?;
+        if t.ids.len() > manifest.max_tokens {
+            manifest.dropped_too_long += 1;
+            continue;
+        }
+        let stats = manifest.tasks.entry(t.task).or_default();
+        stats.samples += 1;
+        stats.tokens_total += t.ids.len();
+        stats.tokens_max = stats.tokens_max.max(t.ids.len());
+        stats.response_tokens += t.ids.len() - t.response_start;
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// Writes the shards and the manifest (each atomically); returns the shard paths.
+pub fn write_shards(
+    out_dir: &Path,
+    samples: &[Tokenized],
+    manifest: &mut Manifest,
+    shard_size: usize,
+) -> Result<Vec<PathBuf>, InstructError> {
+    let io = |path: &Path, e: std::io::Error| InstructError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(out_dir).map_err(|e| io(out_dir, e))?;
+    let mut paths = Vec::new();
+    manifest.shards.clear();
+    for (k, chunk) in samples.chunks(shard_size.max(1)).enumerate() {
+        let name = format!("shard-{k:05}.jsonl");
+        let path = out_dir.join(&name);
+        let mut text = String::new();
+        for t in chunk {
+            text += &serde_json::to_string(t).expect("samples serialise");
+            text.push('\n');
+        }
+        cxr_data::write_atomic(&path, text.as_bytes()).map_err(|e| io(&path, e))?;
+        manifest.shards.push(name);
+        paths.push(path);
+    }
+    let path = out_dir.join("manifest.json");
+    let json = serde_json::to_string_pretty(manifest).expect("manifest serialises");
+    cxr_data::write_atomic(&path, json.as_bytes()).map_err(|e| io(&path, e))?;
+    Ok(paths)
+}
+
+/// Reads a built folder back: the manifest and every sample, in order.
+pub fn read_shards(dir: &Path) -> Result<(Manifest, Vec<Tokenized>), InstructError> {
+    let bad = |path: &Path, reason: String| InstructError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mpath = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&mpath).map_err(|e| {
+        bad(
+            &mpath,
+            format!("{e} (build the data with `llm-cxr data build` first)"),
+        )
+    })?;
+    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| bad(&mpath, e.to_string()))?;
+    let mut samples = Vec::new();
+    for name in &manifest.shards {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path).map_err(|e| bad(&path, e.to_string()))?;
+        for (i, line) in text.lines().enumerate() {
+            let t: Tokenized = serde_json::from_str(line)
+                .map_err(|e| bad(&path, format!("line {}: {e}", i + 1)))?;
+            if t.response_start > t.ids.len() {
+                return Err(bad(
+                    &path,
+                    format!("line {}: response_start past the end", i + 1),
+                ));
+            }
+            samples.push(t);
+        }
+    }
+    Ok((manifest, samples))
+}
