@@ -223,7 +223,7 @@ pub fn samples(
             continue;
         };
         // Even pairs CXR -> report, odd ones report -> CXR.
-        let sample = if paired & 1 == 0 {
+        let sample = if paired.is_multiple_of(2) {
             let i = rng.random_range(0..inputs.phrasings.cxr_to_report.len());
             template::cxr_to_report(
                 &r.image_id,

@@ -1,9 +1,10 @@
 //! LLM-CXR's instruction data: the template and the four tasks ([`template`]), synthetic VQA
 //! from labels and structured findings ([`synth_vqa`]), plain text instructions ([`text`]), and
 //! the builder that turns a dataset and its VQ token files into tokenized, shuffled shards with
-//! the reference's stage rules ([`build`]).
+//! the reference's stage rules ([`build`]), and the fine-tuning loop ([`finetune`]).
 
 pub mod build;
+pub mod finetune;
 pub mod synth_vqa;
 pub mod template;
 pub mod text;

@@ -92,9 +92,14 @@ impl CausalLm {
 
     /// Logits (b, t, vocab) for every position of unpadded `ids` (b, t): the training forward.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.head().forward(&self.forward_hidden(ids)?)
+    }
+
+    /// The final hidden states (b, t, hidden) of unpadded or right-padded `ids` (b, t), before
+    /// the LM head: training applies the head only where the loss counts.
+    pub fn forward_hidden(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let h = self.hidden(ids, &Span::full(b, t), None)?;
-        self.head().forward(&h)
+        self.hidden(ids, &Span::full(b, t), None)
     }
 
     /// An empty cache for `batch` sequences of up to `capacity` tokens.

@@ -62,6 +62,8 @@ enum Command {
     /// Instruction data: `data build` turns a dataset and its token files into training shards.
     #[command(subcommand)]
     Data(commands::data::Command),
+    /// Instruction fine-tuning (every weight) on built shards: one stage or a pipeline.
+    Train(commands::train::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,6 +90,7 @@ fn main() -> std::process::ExitCode {
         Command::Dicom(c) => commands::dicom::run(c),
         Command::Dataset(a) => commands::dataset::run(a),
         Command::Data(c) => commands::data::run(c),
+        Command::Train(a) => commands::train::run(a),
         Command::Label(a) => commands::label::run(a),
         Command::Eval(c) => commands::eval::run(c),
         Command::Classifier(c) => commands::classifier::run(c),

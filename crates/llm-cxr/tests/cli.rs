@@ -708,3 +708,168 @@ fn lm_init_extends_a_base_model_into_an_hf_directory() {
         stderr(&o)
     );
 }
+
+/// An LLM-CXR starting point from the tiny GPT-NeoX fixture and dolly's tokenizer, through
+/// `lm init` (64 image codes); None when the shared tokenizer is absent.
+fn tiny_llm_cxr(dir: &Path) -> Option<std::path::PathBuf> {
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/tokenizers/gpt-neox-20b-tokenizer.json");
+    if !tokenizer.is_file() {
+        eprintln!("SKIP: {} is absent", tokenizer.display());
+        return None;
+    }
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../cxr-lm/tests/fixtures/gpt_neox_tiny");
+    let base = dir.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("config.json")).unwrap()).unwrap();
+    // Room for a report and a 4 x 4 image; the weights do not depend on it.
+    config["max_position_embeddings"] = 512.into();
+    std::fs::write(base.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(
+        fixture.join("model.safetensors"),
+        base.join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(&tokenizer, base.join("tokenizer.json")).unwrap();
+    let model = dir.join("llm-cxr-tiny");
+    let o = llm_cxr(&[
+        "lm",
+        "init",
+        "--base",
+        base.to_str().unwrap(),
+        "--codes",
+        "64",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    Some(model)
+}
+
+/// `data build` on phantoms with 4 x 4 token files, then `train`: a run killed with SIGKILL and
+/// started again ends with the same weights as one never killed.
+#[test]
+fn data_build_then_train_resumes_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(model) = tiny_llm_cxr(dir.path()) else {
+        return;
+    };
+    let ph = dir.path().join("ph");
+    let o = llm_cxr(&[
+        "phantom",
+        "--n",
+        "12",
+        "--size",
+        "32",
+        "--out",
+        ph.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let meta = std::fs::read_to_string(ph.join("mimic-cxr-2.0.0-metadata.csv")).unwrap();
+    for (k, line) in meta.lines().skip(1).enumerate() {
+        let id = line.split(',').next().unwrap();
+        let codes: Vec<u16> = (0..16).map(|i| ((i * 3 + k) % 64) as u16).collect();
+        cxr_vqgan::tokens::write(&tokens.join(cxr_vqgan::tokens::file_name(id)), &codes, 4)
+            .unwrap();
+    }
+    let built = dir.path().join("built");
+    let o = llm_cxr(&[
+        "data",
+        "build",
+        "--data",
+        ph.to_str().unwrap(),
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--stage",
+        "2",
+        "--max-tokens",
+        "256",
+        "--out",
+        built.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("report-to-cxr"), "{}", stdout(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(built.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["image_vocab"]["codes"], 64);
+
+    let train = |out: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_llm-cxr"));
+        c.args([
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            built.to_str().unwrap(),
+            "--validation",
+            built.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "30",
+            "--lr",
+            "1e-3",
+            "--warmup",
+            "5",
+            "--micro-batch",
+            "2",
+            "--checkpoint-every",
+            "1",
+            "--eval-every",
+            "10",
+        ])
+        .env("RUST_LOG", "warn");
+        c
+    };
+    let clean = dir.path().join("clean");
+    let o = train(&clean).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = std::fs::read_to_string(clean.join("train-log.csv")).unwrap();
+    let rows: Vec<Vec<f64>> = log
+        .lines()
+        .skip(1)
+        .map(|l| {
+            l.split(',')
+                .map(|f| f.parse().unwrap_or(f64::NAN))
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), 30);
+    assert!(rows[29][1] < rows[0][1], "the training loss falls");
+    assert!(
+        rows[9][2].is_finite() && rows[29][2].is_finite(),
+        "validation loss logged"
+    );
+    assert!(image::open(clean.join("loss-curve.png")).is_ok());
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(clean.join("model").join(f).is_file(), "{f}");
+    }
+
+    let killed = dir.path().join("killed");
+    let mut child = train(&killed).spawn().unwrap();
+    let log_path = killed.join("train-log.csv");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&log_path).map_or(0, |l| l.lines().count()) < 6 {
+        assert!(started.elapsed().as_secs() < 120, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !killed.join("model").exists(),
+        "killed before the end (otherwise this test proves nothing)"
+    );
+    let o = train(&killed).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(clean.join("model/model.safetensors")).unwrap(),
+        std::fs::read(killed.join("model/model.safetensors")).unwrap(),
+        "resumed weights equal the uninterrupted run's"
+    );
+}

@@ -1,0 +1,364 @@
+//! Instruction fine-tuning of a whole model (every weight trained), as LLM-CXR does: AdamW
+//! (weight decay 0 by default, as HF's default in the reference), a linear warmup then a constant
+//! learning rate, gradient accumulation and clipping, the loss on response tokens only, and a
+//! validation loss.
+//!
+//! Resumable: a checkpoint holds every weight, the AdamW moments and the step; the data
+//! position follows from the step alone (`cxr_train::batch_indices`, one seeded permutation per
+//! epoch) and nothing else is random, so a run killed at any point and resumed ends with the
+//! same weights as one never stopped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, D};
+use cxr_lm::{CausalLm, LmConfig, WeightMode};
+use cxr_train::{batch_indices, load_checkpoint, save_checkpoint, AdamW, AdamWConfig};
+
+use crate::Tokenized;
+
+/// The checkpoint's file name inside the output folder.
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FinetuneError {
+    #[error(transparent)]
+    Lm(#[from] cxr_lm::LmError),
+    #[error(transparent)]
+    Train(#[from] cxr_train::TrainError),
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+    #[error("{path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Data(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct FinetuneOptions {
+    /// Optimizer steps in all (each of `micro_batch` x `grad_accum` samples).
+    pub steps: u64,
+    pub lr: f64,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    pub micro_batch: usize,
+    pub grad_accum: usize,
+    /// Gradients are scaled down to this global L2 norm when above it (0: no clipping).
+    pub clip_norm: f64,
+    pub seed: u64,
+    pub checkpoint_every: u64,
+    /// Validation loss every this many steps (0: only at the end).
+    pub eval_every: u64,
+    /// Output folder: the checkpoint, and `model/` at the end.
+    pub out: PathBuf,
+}
+
+impl Default for FinetuneOptions {
+    fn default() -> Self {
+        FinetuneOptions {
+            steps: 100,
+            lr: 5e-6,
+            warmup_steps: 50,
+            weight_decay: 0.0,
+            micro_batch: 1,
+            grad_accum: 1,
+            clip_norm: 1.0,
+            seed: 42,
+            checkpoint_every: 50,
+            eval_every: 0,
+            out: PathBuf::from("finetune"),
+        }
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    pub step: u64,
+    /// Mean loss per response token over the step's samples.
+    pub loss: f64,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens fed (prompt and response, no padding).
+    pub tokens: usize,
+    pub seconds: f64,
+    pub validation_loss: Option<f64>,
+}
+
+/// The learning rate of step `step` (1-based): linear warmup to `lr`, then constant.
+pub fn learning_rate(opts: &FinetuneOptions, step: u64) -> f64 {
+    if opts.warmup_steps == 0 || step >= opts.warmup_steps {
+        opts.lr
+    } else {
+        opts.lr * step as f64 / opts.warmup_steps as f64
+    }
+}
+
+/// Right-padded ids (b, t) of a micro-batch, and for the loss the flat positions whose next
+/// token is a response token with those targets.
+fn batch_tensors(
+    samples: &[&Tokenized],
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let t = samples.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(samples.len() * t);
+    let (mut positions, mut targets) = (Vec::new(), Vec::new());
+    for (b, s) in samples.iter().enumerate() {
+        ids.extend(&s.ids);
+        ids.extend(std::iter::repeat_n(0u32, t - s.ids.len()));
+        // Position p predicts token p + 1; count it where p + 1 is in the response.
+        for p in s.response_start.max(1) - 1..s.ids.len() - 1 {
+            positions.push((b * t + p) as u32);
+            targets.push(s.ids[p + 1]);
+        }
+    }
+    Ok((
+        Tensor::from_vec(ids, (samples.len(), t), device)?,
+        Tensor::new(positions.as_slice(), device)?,
+        Tensor::new(targets.as_slice(), device)?,
+    ))
+}
+
+/// Summed negative log-likelihood of the response tokens of a micro-batch, and their count.
+pub fn response_nll(
+    model: &CausalLm,
+    samples: &[&Tokenized],
+) -> candle_core::Result<(Tensor, usize)> {
+    let device = Device::Cpu;
+    let (ids, positions, targets) = batch_tensors(samples, &device)?;
+    let n = positions.dim(0)?;
+    if n == 0 {
+        return Ok((Tensor::zeros((), DType::F32, &device)?, 0));
+    }
+    let h = model.forward_hidden(&ids)?;
+    let (b, t, hidden) = h.dims3()?;
+    let picked = h.reshape((b * t, hidden))?.index_select(&positions, 0)?;
+    let logits = model.head().forward(&picked)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let nll = logp.gather(&targets.unsqueeze(1)?, 1)?.sum_all()?.neg()?;
+    Ok((nll, n))
+}
+
+/// Mean response-token loss over `samples` (no gradients kept).
+pub fn evaluate(
+    model: &CausalLm,
+    samples: &[Tokenized],
+    micro_batch: usize,
+) -> candle_core::Result<f64> {
+    let (mut total, mut count) = (0.0, 0usize);
+    let refs: Vec<&Tokenized> = samples.iter().collect();
+    for chunk in refs.chunks(micro_batch.max(1)) {
+        let (nll, n) = response_nll(model, chunk)?;
+        total += nll.detach().to_scalar::<f32>()? as f64;
+        count += n;
+    }
+    Ok(total / count.max(1) as f64)
+}
+
+/// A model loaded for training: the network, its config, and its variables by name.
+pub struct Trainable {
+    pub model: CausalLm,
+    pub config: LmConfig,
+    pub vars: Vec<(String, candle_core::Var)>,
+}
+
+impl Trainable {
+    pub fn load(dir: &Path) -> Result<Self, FinetuneError> {
+        let (model, config, weights) = CausalLm::load_hf(dir, WeightMode::Train, &Device::Cpu)?;
+        let mut vars = weights.vars();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Trainable {
+            model,
+            config,
+            vars,
+        })
+    }
+
+    /// The current weights under their HF names.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .collect()
+    }
+}
+
+/// Trains (or resumes from `opts.out/checkpoint.safetensors`) and returns the trained model.
+pub fn finetune(
+    net: Trainable,
+    train: &[Tokenized],
+    validation: &[Tokenized],
+    opts: &FinetuneOptions,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<Trainable, FinetuneError> {
+    if train.is_empty() {
+        return Err(FinetuneError::Data("no training samples".into()));
+    }
+    let vocab = net.config.vocab_size() as u32;
+    if let Some(s) = train
+        .iter()
+        .chain(validation)
+        .find(|s| s.ids.iter().any(|&i| i >= vocab))
+    {
+        return Err(FinetuneError::Data(format!(
+            "sample {} has a token id outside the model's {vocab} rows (built for another model?)",
+            s.source
+        )));
+    }
+    let max_len = net.config.max_position_embeddings();
+    if let Some(s) = train
+        .iter()
+        .chain(validation)
+        .find(|s| s.ids.len() > max_len)
+    {
+        return Err(FinetuneError::Data(format!(
+            "sample {} has {} tokens, more than the model's {max_len} positions (build with a lower --max-tokens)",
+            s.source,
+            s.ids.len()
+        )));
+    }
+    let mut opt = AdamW::new(
+        net.vars.clone(),
+        AdamWConfig {
+            lr: opts.lr,
+            weight_decay: opts.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let ck = opts.out.join(CHECKPOINT);
+    let mut step = 0u64;
+    if ck.is_file() {
+        step = resume(&ck, &net, &mut opt, opts)?;
+        tracing::info!("resumed from {} at step {step}", ck.display());
+    }
+    let per_step = opts.micro_batch.max(1) * opts.grad_accum.max(1);
+    while step < opts.steps {
+        let started = std::time::Instant::now();
+        let lr = learning_rate(opts, step + 1);
+        opt.config.lr = lr;
+        let idx = batch_indices(train.len(), per_step, opts.seed, step);
+        let chosen: Vec<&Tokenized> = idx.iter().map(|&i| &train[i]).collect();
+        let counted: usize = chosen.iter().map(|s| s.ids.len() - s.response_start).sum();
+        let mut grads: Option<candle_core::backprop::GradStore> = None;
+        let mut loss_sum = 0.0;
+        for micro in chosen.chunks(opts.micro_batch.max(1)) {
+            let (nll, _) = response_nll(&net.model, micro)?;
+            loss_sum += nll.detach().to_scalar::<f32>()? as f64;
+            // Mean over the step's response tokens, as one big batch would give.
+            let g = (nll / counted.max(1) as f64)?.backward()?;
+            grads = Some(match grads {
+                None => g,
+                Some(mut acc) => {
+                    for (_, var) in &net.vars {
+                        if let Some(new) = g.get(var.as_tensor()) {
+                            let sum = match acc.get(var.as_tensor()) {
+                                Some(old) => (old + new)?,
+                                None => new.clone(),
+                            };
+                            acc.insert(var.as_tensor(), sum);
+                        }
+                    }
+                    acc
+                }
+            });
+        }
+        let mut grads = grads.expect("at least one micro-batch");
+        let mut sq = 0.0f64;
+        for (_, var) in &net.vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            }
+        }
+        let grad_norm = sq.sqrt();
+        if opts.clip_norm > 0.0 && grad_norm > opts.clip_norm {
+            let scale = opts.clip_norm / (grad_norm + 1e-6);
+            for (_, var) in &net.vars {
+                if let Some(g) = grads.get(var.as_tensor()) {
+                    let scaled = (g * scale)?;
+                    grads.insert(var.as_tensor(), scaled);
+                }
+            }
+        }
+        opt.step(&grads)?;
+        step += 1;
+        let eval_now = !validation.is_empty()
+            && ((opts.eval_every > 0 && step.is_multiple_of(opts.eval_every)) || step == opts.steps);
+        let validation_loss = if eval_now {
+            Some(evaluate(&net.model, validation, opts.micro_batch)?)
+        } else {
+            None
+        };
+        if step.is_multiple_of(opts.checkpoint_every.max(1)) || step == opts.steps {
+            save(&ck, &net, &opt, step, opts)?;
+        }
+        on_step(&StepReport {
+            step,
+            loss: loss_sum / counted.max(1) as f64,
+            lr,
+            grad_norm,
+            tokens: chosen.iter().map(|s| s.ids.len()).sum(),
+            seconds: started.elapsed().as_secs_f64(),
+            validation_loss,
+        });
+    }
+    Ok(net)
+}
+
+fn save(
+    path: &Path,
+    net: &Trainable,
+    opt: &AdamW,
+    step: u64,
+    opts: &FinetuneOptions,
+) -> Result<(), FinetuneError> {
+    let mut tensors = net.tensors();
+    tensors.extend(opt.state());
+    let meta = BTreeMap::from([
+        ("step".to_string(), step.to_string()),
+        ("seed".to_string(), opts.seed.to_string()),
+        (
+            "samples_per_step".to_string(),
+            (opts.micro_batch.max(1) * opts.grad_accum.max(1)).to_string(),
+        ),
+    ]);
+    Ok(save_checkpoint(path, &tensors, &meta)?)
+}
+
+fn resume(
+    path: &Path,
+    net: &Trainable,
+    opt: &mut AdamW,
+    opts: &FinetuneOptions,
+) -> Result<u64, FinetuneError> {
+    let bad = |reason: String| FinetuneError::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let (tensors, meta) = load_checkpoint(path, &Device::Cpu)?;
+    let get = |key: &str| meta.get(key).and_then(|v| v.parse::<u64>().ok());
+    let step = get("step").ok_or_else(|| bad("no step in its metadata".into()))?;
+    let per_step = (opts.micro_batch.max(1) * opts.grad_accum.max(1)) as u64;
+    if get("seed") != Some(opts.seed) || get("samples_per_step") != Some(per_step) {
+        return Err(bad(format!(
+            "was written with another seed or batch (seed {:?}, samples per step {:?}); use a new output folder",
+            meta.get("seed"),
+            meta.get("samples_per_step")
+        )));
+    }
+    for (name, var) in &net.vars {
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| bad(format!("lacks {name}")))?;
+        if t.dims() != var.dims() {
+            return Err(bad(format!(
+                "{name} is {:?}, the model's is {:?}",
+                t.dims(),
+                var.dims()
+            )));
+        }
+        var.set(t)?;
+    }
+    opt.load_state(&tensors, step)?;
+    Ok(step)
+}

@@ -1,0 +1,230 @@
+//! `llm-cxr train`: instruction fine-tuning on shards from `llm-cxr data build`, one stage or a
+//! pipeline of stages (each starting from the previous stage's model).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use cxr_instruct::build::read_shards;
+use cxr_instruct::finetune::{finetune, FinetuneOptions, StepReport, Trainable};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model to start from: an HF directory with LLM-CXR's image vocabulary (`llm-cxr lm init`,
+    /// or a previous run's OUT/model).
+    #[arg(long, required_unless_present = "pipeline")]
+    pub model: Option<PathBuf>,
+    /// Training shards (`llm-cxr data build --out`).
+    #[arg(long, required_unless_present = "pipeline")]
+    pub data: Option<PathBuf>,
+    /// Validation shards (built from the validate split); their loss is logged and plotted.
+    #[arg(long)]
+    pub validation: Option<PathBuf>,
+    /// A JSON pipeline instead of --model/--data: {"model": DIR, "stages": [{"name": "stage1",
+    /// "data": DIR, "validation": DIR, "steps": N, "lr": X}, ...]}; stage k starts from stage
+    /// k-1's model and writes OUT/<name>. Omitted stage fields take the flags' values.
+    #[arg(long, conflicts_with_all = ["model", "data", "validation"])]
+    pub pipeline: Option<PathBuf>,
+    /// Output folder: checkpoint.safetensors, train-log.csv, loss-curve.png, and model/ (an HF
+    /// directory) at the end. A killed run resumes from its checkpoint when started again.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 100)]
+    pub steps: u64,
+    /// Peak learning rate (the paper: 5e-6 for dolly-v2-3b).
+    #[arg(long, default_value_t = 5e-6)]
+    pub lr: f64,
+    /// Linear warmup steps, then the rate stays constant (the paper: 50).
+    #[arg(long, default_value_t = 50)]
+    pub warmup: u64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Samples per forward pass.
+    #[arg(long, default_value_t = 1)]
+    pub micro_batch: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Global gradient-norm clip (0: none).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: u64,
+    /// Validation loss every N steps (0: at the end only).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pipeline {
+    model: PathBuf,
+    stages: Vec<StageSpec>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageSpec {
+    name: String,
+    data: PathBuf,
+    validation: Option<PathBuf>,
+    steps: Option<u64>,
+    lr: Option<f64>,
+    warmup: Option<u64>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let stages = match &args.pipeline {
+        None => vec![(
+            args.model.clone().expect("clap requires --model"),
+            args.data.clone().expect("clap requires --data"),
+            args.validation.clone(),
+            args.out.clone(),
+            args.steps,
+            args.lr,
+            args.warmup,
+        )],
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let p: Pipeline = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a pipeline", path.display()))?;
+            anyhow::ensure!(!p.stages.is_empty(), "{}: no stages", path.display());
+            let mut model = p.model;
+            let mut out = Vec::new();
+            for s in p.stages {
+                let dir = args.out.join(&s.name);
+                out.push((
+                    model.clone(),
+                    s.data,
+                    s.validation,
+                    dir.clone(),
+                    s.steps.unwrap_or(args.steps),
+                    s.lr.unwrap_or(args.lr),
+                    s.warmup.unwrap_or(args.warmup),
+                ));
+                model = dir.join("model");
+            }
+            out
+        }
+    };
+    for (model, data, validation, out, steps, lr, warmup) in stages {
+        let opts = FinetuneOptions {
+            steps,
+            lr,
+            warmup_steps: warmup,
+            weight_decay: args.weight_decay,
+            micro_batch: args.micro_batch,
+            grad_accum: args.grad_accum,
+            clip_norm: args.clip,
+            seed: args.seed,
+            checkpoint_every: args.checkpoint_every,
+            eval_every: args.eval_every,
+            out,
+        };
+        stage(&model, &data, validation.as_deref(), &opts)?;
+    }
+    Ok(())
+}
+
+/// One stage: train, log, plot, save the model.
+fn stage(
+    model: &Path,
+    data: &Path,
+    validation: Option<&Path>,
+    opts: &FinetuneOptions,
+) -> anyhow::Result<()> {
+    let final_dir = opts.out.join("model");
+    if final_dir.join("model.safetensors").is_file() {
+        tracing::info!("{} exists: stage already done", final_dir.display());
+        return Ok(());
+    }
+    let (manifest, train) = read_shards(data)?;
+    let validation = match validation {
+        Some(v) => read_shards(v)?.1,
+        None => Vec::new(),
+    };
+    let (tokenizer, image_vocab) = cxr_lm::load_tokenizer(model)?;
+    anyhow::ensure!(
+        manifest.image_vocab.is_none() || manifest.image_vocab == image_vocab,
+        "{} was built for image vocabulary {:?}, but {} has {:?}",
+        data.display(),
+        manifest.image_vocab,
+        model.display(),
+        image_vocab
+    );
+    let net = Trainable::load(model)?;
+    tracing::info!(
+        "{}: {} training samples, {} validation samples, {} steps of {} samples",
+        model.display(),
+        train.len(),
+        validation.len(),
+        opts.steps,
+        opts.micro_batch * opts.grad_accum
+    );
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    let log_path = opts.out.join("train-log.csv");
+    let mut log = std::fs::read_to_string(&log_path)
+        .unwrap_or_else(|_| "step,loss,validation_loss,lr,grad_norm,tokens_per_s\n".into());
+    let bar = super::progress(opts.steps, "train");
+    let mut write_error = None;
+    let net = finetune(net, &train, &validation, opts, &mut |r: &StepReport| {
+        bar.set_position(r.step);
+        let tps = r.tokens as f64 / r.seconds.max(1e-9);
+        bar.set_message(format!("loss {:.3}, {tps:.0} tok/s", r.loss));
+        log += &format!(
+            "{},{:.6},{},{:.3e},{:.4},{tps:.1}\n",
+            r.step,
+            r.loss,
+            r.validation_loss
+                .map_or(String::new(), |v| format!("{v:.6}")),
+            r.lr,
+            r.grad_norm
+        );
+        if r.step.is_multiple_of(opts.checkpoint_every.max(1)) || r.step == opts.steps {
+            if let Err(e) = super::write_atomic(&log_path, log.as_bytes())
+                .and_then(|_| write_curve(&opts.out, &log))
+            {
+                write_error = Some(e);
+            }
+        }
+    })
+    .with_context(|| format!("training into {}", opts.out.display()))?;
+    bar.finish();
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    cxr_lm::save_hf(
+        &final_dir,
+        &net.config,
+        &net.tensors(),
+        &tokenizer,
+        image_vocab,
+    )?;
+    println!("model written to {}", final_dir.display());
+    Ok(())
+}
+
+/// loss-curve.png: training loss per step and the validation loss where measured.
+fn write_curve(out: &Path, log: &str) -> anyhow::Result<()> {
+    let column = |i: usize| -> Vec<(f64, f64)> {
+        log.lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                Some((f.first()?.parse().ok()?, f.get(i)?.parse().ok()?))
+            })
+            .collect()
+    };
+    let mut series = vec![("train", column(1))];
+    let val = column(2);
+    if !val.is_empty() {
+        series.push(("validation", val));
+    }
+    let png = crate::plot::line_chart("Instruction fine-tuning", "step", "loss", &series, true)?;
+    super::write_atomic(&out.join("loss-curve.png"), &png)
+}
