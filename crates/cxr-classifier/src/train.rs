@@ -267,6 +267,10 @@ pub fn train(
             save(step, &opt)?;
         }
     }
+    if !ck_path.is_file() {
+        // No step to take (`--steps 0`, e.g. to score `--init` weights): the start is the result.
+        save(step, &opt)?;
+    }
     Ok(model)
 }
 
