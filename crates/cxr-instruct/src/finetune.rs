@@ -283,7 +283,8 @@ pub fn finetune(
         opt.step(&grads)?;
         step += 1;
         let eval_now = !validation.is_empty()
-            && ((opts.eval_every > 0 && step.is_multiple_of(opts.eval_every)) || step == opts.steps);
+            && ((opts.eval_every > 0 && step.is_multiple_of(opts.eval_every))
+                || step == opts.steps);
         let validation_loss = if eval_now {
             Some(evaluate(&net.model, validation, opts.micro_batch)?)
         } else {
