@@ -64,6 +64,12 @@ enum Command {
     Data(commands::data::Command),
     /// Instruction fine-tuning (every weight) on built shards: one stage or a pipeline.
     Train(commands::train::Args),
+    /// Write reports for CXR images with a trained model (CXR -> report).
+    Report(commands::tasks::ReportArgs),
+    /// Draw CXR images for reports with a trained model (report -> CXR, through the VQ-GAN).
+    Draw(commands::tasks::DrawArgs),
+    /// Ask a trained model questions about a CXR image (VQA).
+    Ask(commands::tasks::AskArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -91,6 +97,9 @@ fn main() -> std::process::ExitCode {
         Command::Dataset(a) => commands::dataset::run(a),
         Command::Data(c) => commands::data::run(c),
         Command::Train(a) => commands::train::run(a),
+        Command::Report(a) => commands::tasks::report(a),
+        Command::Draw(a) => commands::tasks::draw(a),
+        Command::Ask(a) => commands::tasks::ask(a),
         Command::Label(a) => commands::label::run(a),
         Command::Eval(c) => commands::eval::run(c),
         Command::Classifier(c) => commands::classifier::run(c),

@@ -46,6 +46,11 @@ fn help_teaches_the_subcommands() {
         "dataset",
         "vqgan",
         "chat",
+        "data",
+        "train",
+        "report",
+        "draw",
+        "ask",
     ] {
         assert!(text.contains(sub), "--help lacks {sub}:\n{text}");
     }
@@ -872,4 +877,120 @@ fn data_build_then_train_resumes_after_sigkill() {
         std::fs::read(killed.join("model/model.safetensors")).unwrap(),
         "resumed weights equal the uninterrupted run's"
     );
+}
+
+/// `report`, `draw` and `ask` through an (untrained) tiny LLM-CXR model and a random VQ-GAN
+/// whose 64 codes match its image vocabulary: the plumbing, not the quality.
+#[test]
+fn report_draw_and_ask_run_through_both_models() {
+    use cxr_classifier::candle_core::{DType, Device};
+    use cxr_classifier::candle_nn::{VarBuilder, VarMap};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(model) = tiny_llm_cxr(dir.path()) else {
+        return;
+    };
+    let vq_config = |n_embed: usize| {
+        format!(
+            r#"{{"resolution": 16, "in_channels": 1, "out_ch": 1, "ch": 32, "ch_mult": [1, 1],
+                "num_res_blocks": 1, "attn_resolutions": [], "z_channels": 32, "n_embed": {n_embed},
+                "embed_dim": 8}}"#
+        )
+    };
+    let write_vqgan = |n_embed: usize, name: &str| {
+        let config_path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&config_path, vq_config(n_embed)).unwrap();
+        let config =
+            cxr_vqgan::VqganConfig::from_name_or_file(config_path.to_str().unwrap()).unwrap();
+        let varmap = VarMap::new();
+        cxr_vqgan::VqModel::new(
+            &config,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let weights = dir.path().join(format!("{name}.safetensors"));
+        varmap.save(&weights).unwrap();
+        (weights, config_path)
+    };
+    let (vqgan, config) = write_vqgan(64, "vq64");
+    let ph = dir.path().join("ph");
+    let o = llm_cxr(&[
+        "phantom",
+        "--n",
+        "3",
+        "--size",
+        "32",
+        "--out",
+        ph.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let images: Vec<String> = walk(&ph)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .map(|p| p.display().to_string())
+        .collect();
+    let models = |vq: &Path, cfg: &Path| -> Vec<String> {
+        [
+            "--model",
+            model.to_str().unwrap(),
+            "--vqgan",
+            vq.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--batch",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        llm_cxr(&refs)
+    };
+
+    let reports = dir.path().join("reports.csv");
+    let mut args = vec!["report".to_string()];
+    args.extend(images.iter().cloned());
+    args.extend(models(&vqgan, &config));
+    args.extend(["--max-new-tokens", "8", "--out", reports.to_str().unwrap()].map(String::from));
+    let o = run(args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<csv::StringRecord> = csv::Reader::from_path(&reports)
+        .unwrap()
+        .records()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(&rows[1][0], images[1].as_str());
+
+    let drawn = dir.path().join("drawn");
+    let mut args = vec!["draw".to_string(), "Small left pleural effusion.".into()];
+    args.extend(models(&vqgan, &config));
+    args.extend(["--n", "3", "--out", drawn.to_str().unwrap()].map(String::from));
+    let o = run(args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for k in 0..3 {
+        let img = image::open(drawn.join(format!("draw-0-{k}.png"))).unwrap();
+        assert_eq!((img.width(), img.height()), (16, 16));
+    }
+
+    let mut args = vec![
+        "ask".to_string(),
+        images[0].clone(),
+        "Is there an effusion?".into(),
+        "Which side?".into(),
+    ];
+    args.extend(models(&vqgan, &config));
+    args.extend(["--max-new-tokens", "4"].map(String::from));
+    let o = run(args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).matches("Q: ").count(), 2, "{}", stdout(&o));
+
+    // A VQ-GAN whose codebook does not match the model's image vocabulary is refused.
+    let (vq32, config32) = write_vqgan(32, "vq32");
+    let mut args = vec!["ask".to_string(), images[0].clone(), "Anything?".into()];
+    args.extend(models(&vq32, &config32));
+    let o = run(args);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("32 codes"), "{}", stderr(&o));
 }

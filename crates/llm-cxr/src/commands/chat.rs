@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use candle_core::quantized::GgmlDType;
 use candle_core::Device;
-use cxr_lm::image_vocab::{END_KEY, INSTRUCTION_KEY, INTRO, RESPONSE_KEY_NL};
+use cxr_lm::image_vocab::END_KEY;
 use cxr_lm::{
     ChatMessage, Constraint, GenerateOptions, LanguageModel, Sampling, TextStream, WeightMode,
 };
@@ -111,11 +111,6 @@ pub struct Args {
     pub sampling: SamplingArgs,
 }
 
-/// LLM-CXR's prompt for an instruction without input.
-pub fn alpaca_prompt(instruction: &str) -> String {
-    format!("{INTRO}\n\n{INSTRUCTION_KEY}\n{instruction}\n\n{RESPONSE_KEY_NL}")
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     let lm = args.model.load()?;
     let template = match args.template {
@@ -129,7 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 role: "user".into(),
                 content: text.to_string(),
             }])?,
-            Template::Alpaca | Template::Auto => alpaca_prompt(text),
+            Template::Alpaca | Template::Auto => cxr_instruct::prompt(text, None),
             Template::Raw => text.to_string(),
         })
     };

@@ -12,6 +12,7 @@ pub mod label;
 pub mod lm;
 pub mod phantom;
 pub mod preprocess;
+pub mod tasks;
 pub mod train;
 pub mod vqgan;
 

@@ -52,7 +52,7 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn load(&self) -> anyhow::Result<VqModel> {
+    pub fn load(&self) -> anyhow::Result<VqModel> {
         let config = self
             .config
             .as_deref()

@@ -1,0 +1,269 @@
+//! The three tasks for users of a trained model: `report` (CXR -> report), `draw` (report -> CXR)
+//! and `ask` (a question about a CXR). Each builds LLM-CXR's prompt, runs the model in batches
+//! (text mode never draws image ids; image mode draws exactly one image's ids) and goes through
+//! the VQ-GAN on the image side.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+
+use cxr_instruct::{prompt, Phrasings};
+use cxr_lm::image_vocab::{END_KEY, IMAGE_PLACEHOLDER};
+use cxr_lm::{generate, Constraint, GenerateOptions, ImageVocab, LanguageModel};
+use cxr_vqgan::VqModel;
+
+use super::chat::{ModelArgs, SamplingArgs};
+
+/// The model pair every task needs.
+#[derive(clap::Args)]
+pub struct Models {
+    #[command(flatten)]
+    pub lm: ModelArgs,
+    #[command(flatten)]
+    pub vqgan: super::vqgan::ModelArgs,
+    /// Prompts per forward batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+struct Loaded {
+    lm: LanguageModel,
+    vocab: ImageVocab,
+    vqgan: VqModel,
+}
+
+impl Models {
+    fn load(&self) -> anyhow::Result<Loaded> {
+        let lm = self.lm.load()?;
+        let vocab = lm.image_vocab.with_context(|| {
+            format!(
+                "{} has no image vocabulary: use a model trained by `llm-cxr train`",
+                self.lm.model.display()
+            )
+        })?;
+        let vqgan = self.vqgan.load()?;
+        anyhow::ensure!(
+            vqgan.config().n_embed as u32 == vocab.codes,
+            "the VQ-GAN has {} codes but the model's image vocabulary {}",
+            vqgan.config().n_embed,
+            vocab.codes
+        );
+        Ok(Loaded { lm, vocab, vqgan })
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// CXR images (DICOM, PNG, JPEG).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub models: Models,
+    /// Instruction; default: the first of our CXR -> report phrasings.
+    #[arg(long)]
+    pub instruction: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// CSV to write (`image`, `report`); default: print to stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct DrawArgs {
+    /// Report text(s) to draw.
+    #[arg(required = true)]
+    pub reports: Vec<String>,
+    #[command(flatten)]
+    pub models: Models,
+    /// Images per report (each from its own seeded stream).
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
+    /// Instruction; default: the first of our report -> CXR phrasings.
+    #[arg(long)]
+    pub instruction: Option<String>,
+    /// Folder for draw-<report>-<sample>.png.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct AskArgs {
+    /// The CXR image.
+    pub image: PathBuf,
+    /// Question(s) about it.
+    #[arg(required = true)]
+    pub questions: Vec<String>,
+    #[command(flatten)]
+    pub models: Models,
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+}
+
+fn stop_ids(lm: &LanguageModel) -> Vec<u32> {
+    [Some(END_KEY), lm.tokenizer.eos_token()]
+        .into_iter()
+        .flatten()
+        .filter_map(|t| lm.tokenizer.token_id(t))
+        .collect()
+}
+
+/// Encodes images to their codes through the VQ-GAN.
+fn encode_images(vqgan: &VqModel, paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u32>>> {
+    let inputs = paths
+        .iter()
+        .map(|p| {
+            let img = cxr_image::load_image(p)?;
+            Ok(cxr_vqgan::vqgan_input(&img, vqgan.config(), &Device::Cpu)?)
+        })
+        .collect::<anyhow::Result<Vec<Tensor>>>()?;
+    Ok(vqgan.encode(&Tensor::cat(&inputs, 0)?)?.to_vec2()?)
+}
+
+/// Text answers to prompts holding one image each, in batches with a progress bar.
+fn answer_text(
+    m: &Loaded,
+    prompts: &[(String, Vec<u32>)],
+    max_new_tokens: usize,
+    models: &Models,
+    what: &str,
+) -> anyhow::Result<Vec<String>> {
+    let options = GenerateOptions {
+        sampling: models.sampling.sampling(),
+        constraint: Constraint::Text {
+            image_ids: m.vocab.ids(),
+        },
+        max_new_tokens,
+        stop_ids: stop_ids(&m.lm),
+    };
+    let bar = super::progress(prompts.len() as u64, what);
+    let mut out = Vec::new();
+    for chunk in prompts.chunks(models.batch.max(1)) {
+        let ids = chunk
+            .iter()
+            .map(|(text, codes)| Ok(m.vocab.encode_with_image(&m.lm.tokenizer, text, codes)?))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for row in generate(&m.lm.model, &ids, &options, |_, _| {})? {
+            let text: Vec<u32> = row
+                .into_iter()
+                .filter(|i| !options.stop_ids.contains(i))
+                .collect();
+            out.push(m.lm.tokenizer.decode(&text, true)?.trim().to_string());
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+pub fn report(a: ReportArgs) -> anyhow::Result<()> {
+    let m = a.models.load()?;
+    let instruction = a
+        .instruction
+        .clone()
+        .unwrap_or_else(|| Phrasings::default().cxr_to_report[0].clone());
+    let text = prompt(&instruction, Some(IMAGE_PLACEHOLDER));
+    let mut prompts = Vec::new();
+    for chunk in a.images.chunks(a.models.batch.max(1)) {
+        for codes in encode_images(&m.vqgan, chunk)? {
+            prompts.push((text.clone(), codes));
+        }
+    }
+    let reports = answer_text(&m, &prompts, a.max_new_tokens, &a.models, "report")?;
+    match &a.out {
+        Some(path) => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.write_record(["image", "report"])?;
+            for (img, r) in a.images.iter().zip(&reports) {
+                w.write_record([img.display().to_string().as_str(), r.as_str()])?;
+            }
+            super::write_atomic(path, &w.into_inner()?)?;
+            println!("{} reports written to {}", reports.len(), path.display());
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            for (img, r) in a.images.iter().zip(&reports) {
+                writeln!(stdout, "### {}\n{r}\n", img.display())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn ask(a: AskArgs) -> anyhow::Result<()> {
+    let m = a.models.load()?;
+    let codes = encode_images(&m.vqgan, std::slice::from_ref(&a.image))?.remove(0);
+    let prompts: Vec<(String, Vec<u32>)> = a
+        .questions
+        .iter()
+        .map(|q| (prompt(q, Some(IMAGE_PLACEHOLDER)), codes.clone()))
+        .collect();
+    let answers = answer_text(&m, &prompts, a.max_new_tokens, &a.models, "ask")?;
+    let mut stdout = std::io::stdout().lock();
+    for (q, ans) in a.questions.iter().zip(&answers) {
+        writeln!(stdout, "Q: {q}\nA: {ans}\n")?;
+    }
+    Ok(())
+}
+
+pub fn draw(a: DrawArgs) -> anyhow::Result<()> {
+    let m = a.models.load()?;
+    let instruction = a
+        .instruction
+        .clone()
+        .unwrap_or_else(|| Phrasings::default().report_to_cxr[0].clone());
+    let count = m.vqgan.config().tokens_per_image();
+    let side = m.vqgan.config().grid_side();
+    let mut options = GenerateOptions {
+        sampling: a.models.sampling.sampling(),
+        constraint: Constraint::Image {
+            image_ids: m.vocab.ids(),
+            count,
+        },
+        max_new_tokens: count,
+        stop_ids: Vec::new(),
+    };
+    // Every (report, sample) pair is one row; rows draw from their own seeded streams.
+    let jobs: Vec<(usize, usize)> = (0..a.reports.len())
+        .flat_map(|r| (0..a.n.max(1)).map(move |k| (r, k)))
+        .collect();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let bar = super::progress(jobs.len() as u64, "draw");
+    for (batch_index, chunk) in jobs.chunks(a.models.batch.max(1)).enumerate() {
+        let ids = chunk
+            .iter()
+            .map(|&(r, _)| {
+                Ok(m.lm
+                    .tokenizer
+                    .encode(&prompt(&instruction, Some(&a.reports[r])))?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        options.sampling.seed = a.models.sampling.seed.wrapping_add(batch_index as u64);
+        let rows = generate(&m.lm.model, &ids, &options, |_, _| {})?;
+        for (&(r, k), row) in chunk.iter().zip(rows) {
+            let codes: Vec<u32> = row.iter().filter_map(|&id| m.vocab.code(id)).collect();
+            anyhow::ensure!(
+                codes.len() == count,
+                "row {r}/{k}: {} image ids, not {count}",
+                codes.len()
+            );
+            let idx = Tensor::from_vec(codes, (1, side * side), &Device::Cpu)?;
+            let img = cxr_vqgan::to_gray_images(&m.vqgan.decode(&idx)?)?.remove(0);
+            write_png(&a.out.join(format!("draw-{r}-{k}.png")), &img)?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    println!("{} images written to {}", jobs.len(), a.out.display());
+    Ok(())
+}
+
+fn write_png(path: &Path, img: &image::GrayImage) -> anyhow::Result<()> {
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    super::write_atomic(path, &png)
+}
