@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use cxr_lm::{CausalLm, LmConfig, WeightMode};
 use cxr_train::{batch_indices, load_checkpoint, save_checkpoint, AdamW, AdamWConfig};
 
@@ -82,6 +82,7 @@ pub struct StepReport {
     pub grad_norm: f64,
     /// Tokens fed (prompt and response, no padding).
     pub tokens: usize,
+    /// Forward, backward and update (validation and checkpoint writing excluded).
     pub seconds: f64,
     pub validation_loss: Option<f64>,
 }
@@ -135,8 +136,7 @@ pub fn response_nll(
     let (b, t, hidden) = h.dims3()?;
     let picked = h.reshape((b * t, hidden))?.index_select(&positions, 0)?;
     let logits = model.head().forward(&picked)?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let nll = logp.gather(&targets.unsqueeze(1)?, 1)?.sum_all()?.neg()?;
+    let nll = cxr_lm::loss::cross_entropy_rows(&logits, &targets)?.sum_all()?;
     Ok((nll, n))
 }
 
@@ -166,13 +166,27 @@ pub struct Trainable {
 impl Trainable {
     pub fn load(dir: &Path) -> Result<Self, FinetuneError> {
         let (model, config, weights) = CausalLm::load_hf(dir, WeightMode::Train, &Device::Cpu)?;
+        Ok(Self::assemble(model, config, &weights))
+    }
+
+    /// A model from tensors under HF names (benchmarks build random ones).
+    pub fn from_tensors(
+        config: &LmConfig,
+        tensors: std::collections::HashMap<String, cxr_lm::weights::Weight>,
+    ) -> Result<Self, FinetuneError> {
+        let weights = cxr_lm::Weights::new(tensors, "tensors", WeightMode::Train, &Device::Cpu);
+        let model = CausalLm::new(config, &weights)?;
+        Ok(Self::assemble(model, config.clone(), &weights))
+    }
+
+    fn assemble(model: CausalLm, config: LmConfig, weights: &cxr_lm::Weights) -> Self {
         let mut vars = weights.vars();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Trainable {
+        Trainable {
             model,
             config,
             vars,
-        })
+        }
     }
 
     /// The current weights under their HF names.
@@ -281,6 +295,7 @@ pub fn finetune(
             }
         }
         opt.step(&grads)?;
+        let seconds = started.elapsed().as_secs_f64();
         step += 1;
         let eval_now = !validation.is_empty()
             && ((opts.eval_every > 0 && step.is_multiple_of(opts.eval_every))
@@ -299,7 +314,7 @@ pub fn finetune(
             lr,
             grad_norm,
             tokens: chosen.iter().map(|s| s.ids.len()).sum(),
-            seconds: started.elapsed().as_secs_f64(),
+            seconds,
             validation_loss,
         });
     }

@@ -13,6 +13,7 @@ pub mod gpt_neox;
 pub mod image_vocab;
 pub mod linear;
 pub mod llama;
+pub mod loss;
 pub mod model;
 pub mod tokenizer;
 pub mod weights;

@@ -54,15 +54,78 @@ impl Default for AdamWConfig {
 struct Slot {
     name: String,
     var: Var,
-    m: Tensor,
-    v: Tensor,
+    /// First and second moments, element for element of the variable (contiguous order).
+    m: Vec<f32>,
+    v: Vec<f32>,
 }
 
-/// AdamW over named variables.
+/// AdamW over named variables. Each step updates a variable and its moments in place, in one
+/// pass over memory (no temporary tensors: the moments of a 50k-row embedding would otherwise
+/// cost several 100 MB of fresh allocations per step).
 pub struct AdamW {
     pub config: AdamWConfig,
     step: u64,
     slots: Vec<Slot>,
+}
+
+/// One AdamW update of a contiguous f32 variable from its gradient.
+struct Update<'a> {
+    moments: std::sync::Mutex<(&'a mut [f32], &'a mut [f32])>,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    decay: f32,
+    bc1: f32,
+    bc2: f32,
+}
+
+impl candle_core::InplaceOp2 for Update<'_> {
+    fn name(&self) -> &'static str {
+        "cxr-adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ps: &mut candle_core::CpuStorage,
+        pl: &candle_core::Layout,
+        gs: &candle_core::CpuStorage,
+        gl: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        use rayon::prelude::*;
+        let (candle_core::CpuStorage::F32(p), candle_core::CpuStorage::F32(g)) = (ps, gs) else {
+            candle_core::bail!("AdamW: f32 variables and gradients only");
+        };
+        let (Some((p0, p1)), Some((g0, g1))) = (pl.contiguous_offsets(), gl.contiguous_offsets())
+        else {
+            candle_core::bail!("AdamW: contiguous variables and gradients only");
+        };
+        let (p, g) = (&mut p[p0..p1], &g[g0..g1]);
+        let mut guard = self.moments.lock().expect("moments lock");
+        let (m, v) = &mut *guard;
+        if p.len() != g.len() || m.len() != p.len() || v.len() != p.len() {
+            candle_core::bail!(
+                "AdamW: {} values, {} gradients, {} moments",
+                p.len(),
+                g.len(),
+                m.len()
+            );
+        }
+        const CHUNK: usize = 1 << 14;
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+            .for_each(|((p, g), (m, v))| {
+                for i in 0..p.len() {
+                    let gi = g[i];
+                    m[i] = self.beta1 * m[i] + (1.0 - self.beta1) * gi;
+                    v[i] = self.beta2 * v[i] + (1.0 - self.beta2) * gi * gi;
+                    let update = (m[i] / self.bc1) / ((v[i] / self.bc2).sqrt() + self.eps);
+                    p[i] = p[i] * self.decay - self.lr * update;
+                }
+            });
+        Ok(())
+    }
 }
 
 impl AdamW {
@@ -72,15 +135,15 @@ impl AdamW {
         let slots = vars
             .into_iter()
             .map(|(name, var)| {
-                let zeros = var.as_tensor().zeros_like()?;
-                Ok(Slot {
+                let n = var.elem_count();
+                Slot {
                     name,
-                    m: zeros.clone(),
-                    v: zeros,
+                    m: vec![0.0; n],
+                    v: vec![0.0; n],
                     var,
-                })
+                }
             })
-            .collect::<candle_core::Result<_>>()?;
+            .collect();
         Ok(Self {
             config,
             step: 0,
@@ -103,15 +166,18 @@ impl AdamW {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
-            // Detached: otherwise each moment would keep the previous steps' graphs alive.
-            let g = g.detach();
-            let m = ((&slot.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
-            let v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
-            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
-            let decayed = (slot.var.as_tensor() * (1.0 - c.lr * c.weight_decay))?;
-            slot.var.set(&(decayed - (update * c.lr)?)?)?;
-            slot.m = m;
-            slot.v = v;
+            let g = g.detach().to_dtype(DType::F32)?.contiguous()?;
+            let op = Update {
+                moments: std::sync::Mutex::new((&mut slot.m, &mut slot.v)),
+                lr: c.lr as f32,
+                beta1: c.beta1 as f32,
+                beta2: c.beta2 as f32,
+                eps: c.eps as f32,
+                decay: (1.0 - c.lr * c.weight_decay) as f32,
+                bc1: bc1 as f32,
+                bc2: bc2 as f32,
+            };
+            slot.var.as_tensor().inplace_op2(&g, &op)?;
         }
         Ok(())
     }
@@ -121,11 +187,20 @@ impl AdamW {
         self.slots
             .iter()
             .flat_map(|s| {
+                let shape = s.var.shape().clone();
+                let dev = s.var.device();
                 [
-                    (format!("adamw.m.{}", s.name), s.m.clone()),
-                    (format!("adamw.v.{}", s.name), s.v.clone()),
+                    (
+                        format!("adamw.m.{}", s.name),
+                        Tensor::from_slice(&s.m, shape.clone(), dev),
+                    ),
+                    (
+                        format!("adamw.v.{}", s.name),
+                        Tensor::from_slice(&s.v, shape, dev),
+                    ),
                 ]
             })
+            .map(|(name, t)| (name, t.expect("moments match their variable")))
             .collect()
     }
 
@@ -141,7 +216,15 @@ impl AdamW {
                 let t = tensors
                     .get(&key)
                     .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {key}")))?;
-                *target = t.to_device(slot.var.device())?.to_dtype(slot.var.dtype())?;
+                let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                if values.len() != target.len() {
+                    candle_core::bail!(
+                        "{key}: {} values for {} weights",
+                        values.len(),
+                        target.len()
+                    );
+                }
+                *target = values;
             }
         }
         self.step = step;
