@@ -7,7 +7,9 @@
 
 use std::process::Command;
 
-use cxr_instruct::finetune::{finetune, FinetuneOptions, Trainable};
+use std::time::Instant;
+
+use cxr_instruct::finetune::{response_nll, Trainable};
 use cxr_instruct::{Task, Tokenized};
 use cxr_lm::{GptNeoxConfig, LmConfig};
 use serde_json::json;
@@ -45,7 +47,7 @@ fn phase(name: &str) -> serde_json::Value {
         .unwrap_or(3);
     let tensors =
         cxr_lm::weights::random_weights(&config, 0, None, &candle_core::Device::Cpu).unwrap();
-    let mut net = Trainable::from_tensors(&config, tensors).unwrap();
+    let net = Trainable::from_tensors(&config, tensors).unwrap();
     let sample = Tokenized {
         task: Task::Text,
         source: "random".into(),
@@ -54,29 +56,43 @@ fn phase(name: &str) -> serde_json::Value {
             .collect(),
         response_start: 1,
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut times = Vec::new();
-    // One step per call (a fresh folder, so no checkpoint to resume); the step's own time is
-    // reported, AdamW's moment allocation (at construction) excluded, as the peer's warm-up does.
-    for k in 0..repeats + 2 {
-        let opts = FinetuneOptions {
-            steps: 1,
+    let mut opt = cxr_train::AdamW::new(
+        net.vars.clone(),
+        cxr_train::AdamWConfig {
             lr: 1e-5,
-            warmup_steps: 0,
-            clip_norm: 0.0,
-            checkpoint_every: u64::MAX,
-            out: dir.path().join(format!("run{k}")),
+            weight_decay: 0.0,
             ..Default::default()
-        };
-        let mut step_s = 0.0;
-        net = finetune(net, std::slice::from_ref(&sample), &[], &opts, &mut |r| {
-            step_s = r.seconds
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
+    // The step of `finetune` taken apart (one micro-batch, no clipping), timed as the peer
+    // times its own: forward (to the loss), backward, optimizer.
+    let (mut times, mut parts) = (Vec::new(), Vec::new());
+    for k in 0..repeats + 2 {
+        let t0 = Instant::now();
+        let (nll, n) = response_nll(&net.model, &[&sample]).unwrap();
+        let loss = (nll / n as f64).unwrap();
+        let t1 = Instant::now();
+        let grads = loss.backward().unwrap();
+        let t2 = Instant::now();
+        opt.step(&grads).unwrap();
+        drop(grads);
+        let t3 = Instant::now();
         if k >= 2 {
-            times.push(step_s);
+            times.push((t3 - t0).as_secs_f64());
+            parts.push([
+                (t1 - t0).as_secs_f64(),
+                (t2 - t1).as_secs_f64(),
+                (t3 - t2).as_secs_f64(),
+            ]);
         }
     }
+    let part = |i: usize| {
+        let mut v: Vec<f64> = parts.iter().map(|p| p[i]).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (fwd, bwd, opt_s) = (part(0), part(1), part(2));
     times.sort_by(|a, b| a.total_cmp(b));
     json!({
         "shape": name,
@@ -84,6 +100,9 @@ fn phase(name: &str) -> serde_json::Value {
         "seq": SEQ,
         "step_s": times[times.len() / 2],
         "step_s_all": times,
+        "fwd_s": fwd,
+        "bwd_s": bwd,
+        "opt_s": opt_s,
         "peak_rss_mb": cxr_train::peak_rss_mb(),
     })
 }

@@ -277,24 +277,14 @@ pub fn finetune(
                 }
             });
         }
-        let mut grads = grads.expect("at least one micro-batch");
-        let mut sq = 0.0f64;
-        for (_, var) in &net.vars {
-            if let Some(g) = grads.get(var.as_tensor()) {
-                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-            }
-        }
-        let grad_norm = sq.sqrt();
-        if opts.clip_norm > 0.0 && grad_norm > opts.clip_norm {
-            let scale = opts.clip_norm / (grad_norm + 1e-6);
-            for (_, var) in &net.vars {
-                if let Some(g) = grads.get(var.as_tensor()) {
-                    let scaled = (g * scale)?;
-                    grads.insert(var.as_tensor(), scaled);
-                }
-            }
-        }
-        opt.step(&grads)?;
+        let grads = grads.expect("at least one micro-batch");
+        let grad_norm = opt.grad_norm(&grads)?;
+        let scale = if opts.clip_norm > 0.0 && grad_norm > opts.clip_norm {
+            opts.clip_norm / (grad_norm + 1e-6)
+        } else {
+            1.0
+        };
+        opt.step_scaled(&grads, scale)?;
         let seconds = started.elapsed().as_secs_f64();
         step += 1;
         let eval_now = !validation.is_empty()

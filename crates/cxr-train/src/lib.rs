@@ -78,6 +78,8 @@ struct Update<'a> {
     decay: f32,
     bc1: f32,
     bc2: f32,
+    /// Gradients are multiplied by this first (clipping).
+    grad_scale: f32,
 }
 
 impl candle_core::InplaceOp2 for Update<'_> {
@@ -117,7 +119,7 @@ impl candle_core::InplaceOp2 for Update<'_> {
             .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
             .for_each(|((p, g), (m, v))| {
                 for i in 0..p.len() {
-                    let gi = g[i];
+                    let gi = g[i] * self.grad_scale;
                     m[i] = self.beta1 * m[i] + (1.0 - self.beta1) * gi;
                     v[i] = self.beta2 * v[i] + (1.0 - self.beta2) * gi * gi;
                     let update = (m[i] / self.bc1) / ((v[i] / self.bc2).sqrt() + self.eps);
@@ -158,6 +160,22 @@ impl AdamW {
 
     /// One update from gradients; variables without a gradient are left alone.
     pub fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
+        self.step_scaled(grads, 1.0)
+    }
+
+    /// The global L2 norm of the gradients of this optimizer's variables.
+    pub fn grad_norm(&self, grads: &GradStore) -> candle_core::Result<f64> {
+        let mut sum = 0.0;
+        for slot in &self.slots {
+            if let Some(g) = grads.get(slot.var.as_tensor()) {
+                sum += sum_of_squares(g)?;
+            }
+        }
+        Ok(sum.sqrt())
+    }
+
+    /// One update from gradients multiplied by `grad_scale` (e.g. clip / norm).
+    pub fn step_scaled(&mut self, grads: &GradStore, grad_scale: f64) -> candle_core::Result<()> {
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
@@ -176,6 +194,7 @@ impl AdamW {
                 decay: (1.0 - c.lr * c.weight_decay) as f32,
                 bc1: bc1 as f32,
                 bc2: bc2 as f32,
+                grad_scale: grad_scale as f32,
             };
             slot.var.as_tensor().inplace_op2(&g, &op)?;
         }
@@ -230,6 +249,21 @@ impl AdamW {
         self.step = step;
         Ok(())
     }
+}
+
+/// The sum of the squares of a tensor's values, in f64, in one pass and without a temporary.
+pub fn sum_of_squares(t: &Tensor) -> candle_core::Result<f64> {
+    use rayon::prelude::*;
+    let t = t.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) = &*storage else {
+        candle_core::bail!("sum_of_squares: f32 CPU tensors only");
+    };
+    let (a, b) = layout.contiguous_offsets().expect("made contiguous above");
+    Ok(v[a..b]
+        .par_chunks(1 << 16)
+        .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+        .sum())
 }
 
 fn to_bytes(t: &Tensor) -> candle_core::Result<(safetensors::Dtype, Vec<u8>)> {
