@@ -27,21 +27,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn neox(hidden: usize, layers: usize, heads: usize, vocab: usize) -> LmConfig {
-    LmConfig::GptNeox(GptNeoxConfig {
-        vocab_size: vocab,
-        hidden_size: hidden,
-        num_hidden_layers: layers,
-        num_attention_heads: heads,
-        intermediate_size: 4 * hidden,
-        rotary_pct: 0.25,
-        rotary_emb_base: 10000.0,
-        max_position_embeddings: 2048,
-        layer_norm_eps: 1e-5,
-        use_parallel_residual: true,
-        hidden_act: "gelu".into(),
-        tie_word_embeddings: false,
-        attention_bias: true,
-    })
+    LmConfig::GptNeox(GptNeoxConfig::pythia_like(hidden, layers, heads, vocab))
 }
 
 fn random_model(config: &LmConfig, quantize: Option<GgmlDType>) -> CausalLm {

@@ -33,6 +33,28 @@ pub struct GptNeoxConfig {
     pub attention_bias: bool,
 }
 
+impl GptNeoxConfig {
+    /// A pythia-style shape (4x MLP, rotary on a quarter of each head, parallel residual, untied
+    /// head), as the peer benchmark builds them: for tests and benchmarks.
+    pub fn pythia_like(hidden: usize, layers: usize, heads: usize, vocab: usize) -> Self {
+        GptNeoxConfig {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            intermediate_size: 4 * hidden,
+            rotary_pct: 0.25,
+            rotary_emb_base: 10000.0,
+            max_position_embeddings: 2048,
+            layer_norm_eps: 1e-5,
+            use_parallel_residual: true,
+            hidden_act: "gelu".into(),
+            tie_word_embeddings: false,
+            attention_bias: true,
+        }
+    }
+}
+
 /// LLaMA and its relatives (SmolLM2, TinyLlama, Llama-2/3, Qwen2): RMSNorm, SwiGLU, grouped-query
 /// attention, rotary on the whole head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -280,22 +280,7 @@ fn llm_cxr_layout_generates_text_and_images_and_saves_as_hf() {
     };
     let mut tokenizer = dolly_base_tokenizer(&path);
     let vocab = cxr_lm::ImageVocab::extend(&mut tokenizer, 1024).unwrap();
-    let config = cxr_lm::LmConfig::GptNeox(cxr_lm::GptNeoxConfig {
-        vocab_size: 50280,
-        hidden_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        intermediate_size: 256,
-        rotary_pct: 0.25,
-        rotary_emb_base: 10000.0,
-        max_position_embeddings: 2048,
-        layer_norm_eps: 1e-5,
-        use_parallel_residual: true,
-        hidden_act: "gelu".into(),
-        tie_word_embeddings: false,
-        attention_bias: true,
-    });
-    let mut config = config;
+    let mut config = cxr_lm::LmConfig::GptNeox(cxr_lm::GptNeoxConfig::pythia_like(64, 2, 4, 50280));
     let mut tensors = cxr_lm::weights::random_weights(&config, 7, None, &Device::Cpu).unwrap();
     cxr_lm::image_vocab::resize_vocab(&mut tensors, &mut config, vocab.vocab_size(), 1).unwrap();
     assert_eq!(config.vocab_size(), 51305);

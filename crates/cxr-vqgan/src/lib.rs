@@ -18,8 +18,7 @@ pub mod train;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{Device, Tensor};
 
 pub use model::{Quantized, Quantizer, Reconstruction, VqModel};
 
@@ -142,7 +141,7 @@ impl VqModel {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
-        let vb = weights(path, device).map_err(err)?;
+        let vb = cxr_classifier::var_builder(path, device).map_err(err)?;
         Self::new(config, vb).map_err(err)
     }
 
@@ -186,22 +185,6 @@ pub fn stored_config(path: &Path) -> Result<VqganConfig, VqganError> {
         serde_json::from_str(json).map_err(|e| err(format!("stored config: {e}")))?;
     config.validate()?;
     Ok(config)
-}
-
-/// A `VarBuilder` over a weight file: safetensors (mmapped) or a PyTorch pickle, using its
-/// `state_dict` entry when it has one.
-pub fn weights<'a>(path: &Path, device: &Device) -> candle_core::Result<VarBuilder<'a>> {
-    if path.extension().is_some_and(|e| e == "safetensors") {
-        // SAFETY: the file is memory-mapped read-only; it must not change while mapped.
-        return unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) };
-    }
-    let lightning = candle_core::pickle::read_pth_tensor_info(path, false, Some("state_dict"))
-        .is_ok_and(|t| !t.is_empty());
-    if lightning {
-        VarBuilder::from_pth_with_state(path, DType::F32, "state_dict", device)
-    } else {
-        VarBuilder::from_pth(path, DType::F32, device)
-    }
 }
 
 /// A loaded CXR as the VQ-GAN's input: LLM-CXR's preprocessing (Lanczos short side, centre crop,

@@ -290,7 +290,7 @@ impl<'a> Trainer<'a> {
         let disc = Discriminator::new(config.out_ch, 64, 3, vb.pp("loss.discriminator"))?;
         initialise(&varmap, opts.seed)?;
         if let Some(init) = &opts.init {
-            let src = crate::weights(init, &device)?;
+            let src = cxr_classifier::var_builder(init, &device)?;
             for (name, var) in named_vars(&varmap, false) {
                 let t = src.get(var.shape().clone(), &name).map_err(|e| {
                     VqganTrainError::Checkpoint {
