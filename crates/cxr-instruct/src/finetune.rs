@@ -220,6 +220,13 @@ pub fn finetune(
             s.source
         )));
     }
+    if let Some(s) = train.iter().chain(validation).find(|s| s.ids.len() < 2) {
+        return Err(FinetuneError::Data(format!(
+            "sample {} has {} tokens; training needs at least two",
+            s.source,
+            s.ids.len()
+        )));
+    }
     let max_len = net.config.max_position_embeddings();
     if let Some(s) = train
         .iter()
