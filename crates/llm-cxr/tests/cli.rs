@@ -986,6 +986,53 @@ fn report_draw_and_ask_run_through_both_models() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).matches("Q: ").count(), 2, "{}", stdout(&o));
 
+    // A question file through `ask --from` into the CSV `eval vqa` scores.
+    let questions = dir.path().join("questions.csv");
+    let mut q = String::from("image,question,reference,type\n");
+    for (i, img) in images.iter().enumerate() {
+        q += &format!(
+            "{img},Is there an effusion?,{},presence\n",
+            if i % 2 == 0 { "Yes." } else { "No." }
+        );
+    }
+    std::fs::write(&questions, q).unwrap();
+    let answers = dir.path().join("answers.csv");
+    let mut args = vec![
+        "ask".to_string(),
+        "--from".into(),
+        questions.display().to_string(),
+    ];
+    args.extend(models(&vqgan, &config));
+    args.extend(["--max-new-tokens", "4", "--out", answers.to_str().unwrap()].map(String::from));
+    let o = run(args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<csv::StringRecord> = csv::Reader::from_path(&answers)
+        .unwrap()
+        .records()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!((&rows[1][3], &rows[1][4]), ("No.", "presence"));
+    if let Some(phrases) = chexpert_phrases() {
+        let out = dir.path().join("vqa-eval");
+        let o = llm_cxr(&[
+            "eval",
+            "vqa",
+            answers.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--phrases",
+            phrases.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("vqa-metrics.json")).unwrap()).unwrap();
+        assert_eq!(v["overall"]["closed"], 3);
+        assert!(std::fs::read_to_string(out.join("index.html"))
+            .unwrap()
+            .contains("<img"));
+    }
+
     // A VQ-GAN whose codebook does not match the model's image vocabulary is refused.
     let (vq32, config32) = write_vqgan(32, "vq32");
     let mut args = vec!["ask".to_string(), images[0].clone(), "Anything?".into()];

@@ -93,15 +93,65 @@ pub struct DrawArgs {
 
 #[derive(clap::Args)]
 pub struct AskArgs {
-    /// The CXR image.
-    pub image: PathBuf,
+    /// The CXR image (or give --from).
+    #[arg(required_unless_present = "from")]
+    pub image: Option<PathBuf>,
     /// Question(s) about it.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "from")]
     pub questions: Vec<String>,
+    /// A CSV of questions instead: `image` and `question` columns, optional `reference` and
+    /// `type`, which are passed through; with --out the result is what `llm-cxr eval vqa` reads.
+    #[arg(long, conflicts_with_all = ["image", "questions"])]
+    pub from: Option<PathBuf>,
+    /// CSV to write (`image`, `question`, `answer`, `reference`, `type`); default: stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     #[command(flatten)]
     pub models: Models,
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
+}
+
+/// One question of `ask`.
+struct Question {
+    image: PathBuf,
+    question: String,
+    reference: String,
+    kind: String,
+}
+
+/// Reads `ask --from`: image paths relative to the CSV's folder.
+fn read_questions(path: &Path) -> anyhow::Result<Vec<Question>> {
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let header = reader.headers()?.clone();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h.trim().eq_ignore_ascii_case(name))
+    };
+    let (Some(image), Some(question)) = (col("image"), col("question")) else {
+        anyhow::bail!(
+            "{}: needs `image` and `question` columns (has: {})",
+            path.display(),
+            header.iter().collect::<Vec<_>>().join(", ")
+        );
+    };
+    let (reference, kind) = (col("reference"), col("type"));
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for (i, row) in reader.records().enumerate() {
+        let row = row.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
+        let cell = |c: Option<usize>| c.and_then(|c| row.get(c)).unwrap_or("").to_string();
+        out.push(Question {
+            image: base.join(cell(Some(image))),
+            question: cell(Some(question)),
+            reference: cell(reference),
+            kind: cell(kind),
+        });
+    }
+    anyhow::ensure!(!out.is_empty(), "{}: no questions", path.display());
+    Ok(out)
 }
 
 fn stop_ids(lm: &LanguageModel) -> Vec<u32> {
@@ -195,17 +245,58 @@ pub fn report(a: ReportArgs) -> anyhow::Result<()> {
 }
 
 pub fn ask(a: AskArgs) -> anyhow::Result<()> {
+    let questions = match (&a.from, &a.image) {
+        (Some(path), _) => read_questions(path)?,
+        (None, Some(image)) => a
+            .questions
+            .iter()
+            .map(|q| Question {
+                image: image.clone(),
+                question: q.clone(),
+                reference: String::new(),
+                kind: String::new(),
+            })
+            .collect(),
+        (None, None) => anyhow::bail!("give an image and questions, or --from"),
+    };
     let m = a.models.load()?;
-    let codes = encode_images(&m.vqgan, std::slice::from_ref(&a.image))?.remove(0);
-    let prompts: Vec<(String, Vec<u32>)> = a
-        .questions
+    // Each image is encoded once, however many questions it has.
+    let mut codes: std::collections::HashMap<PathBuf, Vec<u32>> = Default::default();
+    let mut distinct: Vec<PathBuf> = questions.iter().map(|q| q.image.clone()).collect();
+    distinct.sort();
+    distinct.dedup();
+    for chunk in distinct.chunks(a.models.batch.max(1)) {
+        for (path, c) in chunk.iter().zip(encode_images(&m.vqgan, chunk)?) {
+            codes.insert(path.clone(), c);
+        }
+    }
+    let prompts: Vec<(String, Vec<u32>)> = questions
         .iter()
-        .map(|q| (prompt(q, Some(IMAGE_PLACEHOLDER)), codes.clone()))
+        .map(|q| {
+            (
+                prompt(&q.question, Some(IMAGE_PLACEHOLDER)),
+                codes[&q.image].clone(),
+            )
+        })
         .collect();
     let answers = answer_text(&m, &prompts, a.max_new_tokens, &a.models, "ask")?;
-    let mut stdout = std::io::stdout().lock();
-    for (q, ans) in a.questions.iter().zip(&answers) {
-        writeln!(stdout, "Q: {q}\nA: {ans}\n")?;
+    match &a.out {
+        Some(path) => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.write_record(["image", "question", "answer", "reference", "type"])?;
+            for (q, ans) in questions.iter().zip(&answers) {
+                let image = q.image.display().to_string();
+                w.write_record([image.as_str(), &q.question, ans, &q.reference, &q.kind])?;
+            }
+            super::write_atomic(path, &w.into_inner()?)?;
+            println!("{} answers written to {}", answers.len(), path.display());
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            for (q, ans) in questions.iter().zip(&answers) {
+                writeln!(stdout, "Q: {}\nA: {ans}\n", q.question)?;
+            }
+        }
     }
     Ok(())
 }
