@@ -6,8 +6,9 @@
 //!   records carry no study date), impression only.
 //! - Pairs as the reference: image ids sorted, even index -> CXR-to-report, odd -> report-to-CXR,
 //!   so each image is used once. Images whose report has no usable section are dropped.
-//! - VQA: up to `vqa_per_image` questions per image, from its structured findings when the
-//!   dataset has them (phantoms), else from its CheXpert labels.
+//! - VQA: up to `vqa_per_image` questions per image: model-written ones when given
+//!   (`llm_vqa`), else from its structured findings when the dataset has them (phantoms), else
+//!   from its CheXpert labels.
 //! - Text: `text_fraction` of the final mix (reference 0.2), the text set cycled when too small
 //!   (as `interleave_datasets(..., "all_exhausted")` oversamples dolly).
 //! - Samples longer than `max_tokens` are dropped (the reference drops 2048+).
@@ -186,6 +187,8 @@ pub struct BuildInputs<'a> {
     /// Folder of token files (`cxr_vqgan::tokens::file_name` of each image id).
     pub tokens: &'a Path,
     pub findings: Option<&'a HashMap<String, Vec<Finding>>>,
+    /// Model-written VQA by image id (`llm_vqa`); used instead of synthetic questions.
+    pub llm_vqa: &'a HashMap<String, Vec<synth_vqa::QaPair>>,
     pub phrasings: &'a Phrasings,
     pub text: &'a [Sample],
     pub tokenizer: &'a TextTokenizer,
@@ -242,9 +245,13 @@ pub fn samples(
         };
         paired += 1;
         out.push(sample);
-        let qa = match inputs.findings.and_then(|f| f.get(&r.image_id)) {
-            Some(findings) => synth_vqa::from_findings(findings),
-            None => r
+        let qa = match (
+            inputs.llm_vqa.get(&r.image_id),
+            inputs.findings.and_then(|f| f.get(&r.image_id)),
+        ) {
+            (Some(pairs), _) => pairs.clone(),
+            (None, Some(findings)) => synth_vqa::from_findings(findings),
+            (None, None) => r
                 .labels
                 .as_ref()
                 .map(synth_vqa::from_labels)

@@ -5,6 +5,7 @@
 
 pub mod build;
 pub mod finetune;
+pub mod llm_vqa;
 pub mod synth_vqa;
 pub mod template;
 pub mod text;

@@ -123,10 +123,19 @@ fn builder_follows_the_stage_rules_and_is_deterministic() {
     let phrasings = Phrasings::default();
     let text = cxr_instruct::text::embedded();
     let tokens = dir.path().join("tokens");
+    // One image has model-written questions; they replace its synthetic ones.
+    let llm_image = records[0].image_id.clone();
+    let llm_pair = cxr_instruct::synth_vqa::QaPair {
+        kind: "llm".into(),
+        question: "What does the report say about the lungs?".into(),
+        answer: "They are clear.".into(),
+    };
+    let llm_vqa = std::collections::HashMap::from([(llm_image.clone(), vec![llm_pair.clone()])]);
     let inputs = BuildInputs {
         records: &records,
         tokens: &tokens,
         findings: Some(&findings),
+        llm_vqa: &llm_vqa,
         phrasings: &phrasings,
         text: &text,
         tokenizer: &tok,
@@ -144,8 +153,20 @@ fn builder_follows_the_stage_rules_and_is_deterministic() {
     let paired = 40 - manifest.images_without_report;
     assert_eq!(count(Task::CxrToReport), paired.div_ceil(2));
     assert_eq!(count(Task::ReportToCxr), paired / 2);
-    assert_eq!(count(Task::Vqa), 3 * paired);
-    let cxr = 4 * paired;
+    // Three questions per image, but one for the image with model-written ones.
+    let llm_used = samples
+        .iter()
+        .any(|s| s.source == llm_image && s.task != Task::Text);
+    assert_eq!(count(Task::Vqa), 3 * paired - if llm_used { 2 } else { 0 });
+    if llm_used {
+        let vqa: Vec<_> = samples
+            .iter()
+            .filter(|s| s.task == Task::Vqa && s.source == llm_image)
+            .collect();
+        assert_eq!(vqa.len(), 1);
+        assert_eq!(vqa[0].instruction, llm_pair.question);
+    }
+    let cxr = count(Task::CxrToReport) + count(Task::ReportToCxr) + count(Task::Vqa);
     assert_eq!(count(Task::Text), (cxr as f64 * 0.25).round() as usize);
     // Each image is used in one direction only.
     let mut directed: Vec<&str> = samples
@@ -237,6 +258,7 @@ fn missing_token_files_are_counted_and_none_is_an_error() {
         records: &records,
         tokens: &empty,
         findings: None,
+        llm_vqa: &Default::default(),
         phrasings: &phrasings,
         text: &[],
         tokenizer: &tok,

@@ -1041,3 +1041,61 @@ fn report_draw_and_ask_run_through_both_models() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("32 codes"), "{}", stderr(&o));
 }
+
+/// `data vqa` with the (untrained) tiny model: every report gets a line and the run resumes
+/// where it stopped (the builder's use of the file is tested in cxr-instruct).
+#[test]
+fn data_vqa_resumes_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (Some(model), Some(phrases)) = (tiny_llm_cxr(dir.path()), chexpert_phrases()) else {
+        return;
+    };
+    let ph = dir.path().join("ph");
+    let o = llm_cxr(&[
+        "phantom",
+        "--n",
+        "8",
+        "--size",
+        "32",
+        "--out",
+        ph.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = dir.path().join("vqa.jsonl");
+    let run = |limit: &str| {
+        llm_cxr(&[
+            "data",
+            "vqa",
+            "--data",
+            ph.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--phrases",
+            phrases.to_str().unwrap(),
+            "--all-reports",
+            "--limit",
+            limit,
+            "--max-new-tokens",
+            "8",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let o = run("2");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(first.lines().count(), 2);
+    assert!(stdout(&o).contains("2 reports:"), "{}", stdout(&o));
+    let o = run("3");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let second = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(second.lines().count(), 3);
+    assert!(
+        second.starts_with(&first),
+        "done reports are kept, not redone"
+    );
+    for line in second.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["image_id"].is_string() && v["pairs"].is_array());
+    }
+}

@@ -15,6 +15,43 @@ pub enum Command {
     /// report -> CXR, VQA, text) with the reference's stage rules, tokenize them with the
     /// model's tokenizer and image vocabulary, and write shuffled shards and a manifest.
     Build(BuildArgs),
+    /// Have a language model write VQA pairs from each report, as the paper did with
+    /// Llama-2-13b-chat: JSON question/answer lists, each pair checked against the report's
+    /// CheXpert labels (disagreeing pairs dropped and counted). Resumable: reports already in
+    /// --out are skipped. `data build --vqa-file` uses the result.
+    Vqa(VqaArgs),
+}
+
+#[derive(clap::Args)]
+pub struct VqaArgs {
+    /// Dataset folder or file.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, value_enum, default_value = "mimic")]
+    pub kind: super::dataset::Kind,
+    #[arg(long, value_enum, default_value = "train")]
+    pub split: SplitArg,
+    #[command(flatten)]
+    pub model: super::chat::ModelArgs,
+    /// JSONL output, one report per line ({image_id, pairs, dropped, unreadable}).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Pairs asked for per report.
+    #[arg(long, default_value_t = 5)]
+    pub pairs: usize,
+    /// Also reports without a positive finding (the paper used only reports with one).
+    #[arg(long)]
+    pub all_reports: bool,
+    /// Stop after this many reports in all (done ones included).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Reports per generation batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 384)]
+    pub max_new_tokens: usize,
+    #[arg(long, env = "LLMCXR_CHEXPERT_PHRASES")]
+    pub phrases: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -70,6 +107,10 @@ pub struct BuildArgs {
     /// Synthetic questions per image.
     #[arg(long, default_value_t = 3)]
     pub vqa_per_image: usize,
+    /// Model-written VQA from `llm-cxr data vqa`: images with pairs there use them instead of
+    /// the synthetic ones.
+    #[arg(long)]
+    pub vqa_file: Option<PathBuf>,
     /// Samples longer than this many tokens are dropped.
     #[arg(long, default_value_t = 1024)]
     pub max_tokens: usize,
@@ -80,14 +121,19 @@ pub struct BuildArgs {
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
-    let Command::Build(a) = cmd;
-    anyhow::ensure!(
-        (0.0..1.0).contains(&a.text_fraction),
-        "--text-fraction must be in [0, 1), got {}",
-        a.text_fraction
-    );
-    let ds = open_dataset(a.kind.into(), &a.data)?;
-    let split = match a.split {
+    match cmd {
+        Command::Build(a) => build_data(a),
+        Command::Vqa(a) => write_vqa(a),
+    }
+}
+
+fn split_records(
+    data: &std::path::Path,
+    kind: super::dataset::Kind,
+    split: SplitArg,
+) -> anyhow::Result<Vec<cxr_data::CxrRecord>> {
+    let ds = open_dataset(kind.into(), data)?;
+    let split = match split {
         SplitArg::Train => Split::Train,
         SplitArg::Validate => Split::Validate,
         SplitArg::Test => Split::Test,
@@ -101,8 +147,122 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     anyhow::ensure!(
         !records.is_empty(),
         "{}: no images in that split",
-        a.data.display()
+        data.display()
     );
+    Ok(records)
+}
+
+/// Reads a `data vqa` file (a missing file is an empty one).
+fn read_vqa_file(path: &std::path::Path) -> anyhow::Result<Vec<cxr_instruct::llm_vqa::ReportVqa>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(Vec::new());
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{}: line {}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+fn write_vqa(a: VqaArgs) -> anyhow::Result<()> {
+    use cxr_instruct::llm_vqa::{check_reply, prompt};
+    use cxr_lm::{generate, Constraint, GenerateOptions, Sampling};
+    let labeler =
+        cxr_eval::ReportLabeler::from_dir(&super::label::phrases_dir(a.phrases.clone())?)?;
+    let mut done = read_vqa_file(&a.out)?;
+    let seen: std::collections::HashSet<String> = done.iter().map(|r| r.image_id.clone()).collect();
+    let mut todo: Vec<(String, String, cxr_data::ChexpertLabels)> = Vec::new();
+    for r in split_records(&a.data, a.kind, a.split)? {
+        let Some(text) = r.sections().and_then(|s| s.stage1_text()) else {
+            continue;
+        };
+        let labels = labeler.label(&text);
+        let positive = cxr_data::Observation::ALL.into_iter().any(|o| {
+            o != cxr_data::Observation::NoFinding
+                && labels.get(o) == Some(cxr_data::Label::Positive)
+        });
+        if (positive || a.all_reports) && !seen.contains(&r.image_id) {
+            todo.push((r.image_id.clone(), text, labels));
+        }
+    }
+    if let Some(limit) = a.limit {
+        todo.truncate(limit.saturating_sub(done.len()));
+    }
+    let lm = a.model.load()?;
+    let stop_ids: Vec<u32> = [
+        Some(cxr_lm::image_vocab::END_KEY),
+        lm.tokenizer.eos_token(),
+        Some("<|im_end|>"),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|t| lm.tokenizer.token_id(t))
+    .collect();
+    let options = GenerateOptions {
+        sampling: Sampling::greedy(),
+        constraint: match lm.image_vocab {
+            Some(v) => Constraint::Text { image_ids: v.ids() },
+            None => Constraint::Free,
+        },
+        max_new_tokens: a.max_new_tokens,
+        stop_ids: stop_ids.clone(),
+    };
+    let render = |text: &str| -> anyhow::Result<String> {
+        Ok(if lm.tokenizer.chat_template().is_some() {
+            lm.tokenizer.render_chat(&[cxr_lm::ChatMessage {
+                role: "user".into(),
+                content: text.to_string(),
+            }])?
+        } else {
+            cxr_instruct::prompt(text, None)
+        })
+    };
+    let write = |done: &[cxr_instruct::llm_vqa::ReportVqa]| -> anyhow::Result<()> {
+        let mut text = String::new();
+        for r in done {
+            text += &serde_json::to_string(r)?;
+            text.push('\n');
+        }
+        super::write_atomic(&a.out, text.as_bytes())
+    };
+    let bar = super::progress(todo.len() as u64, "vqa");
+    for chunk in todo.chunks(a.batch.max(1)) {
+        let ids = chunk
+            .iter()
+            .map(|(_, text, _)| Ok(lm.tokenizer.encode(&render(&prompt(text, a.pairs))?)?))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let rows = generate(&lm.model, &ids, &options, |_, _| {})?;
+        for ((id, _, labels), row) in chunk.iter().zip(rows) {
+            let row: Vec<u32> = row.into_iter().filter(|i| !stop_ids.contains(i)).collect();
+            let reply = lm.tokenizer.decode(&row, true)?;
+            done.push(check_reply(id, &reply, labels, &|t| labeler.label(t)));
+        }
+        // The whole file, atomically, after every batch: a killed run loses one batch at most.
+        write(&done)?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    write(&done)?;
+    let kept: usize = done.iter().map(|r| r.pairs.len()).sum();
+    let dropped: usize = done.iter().map(|r| r.dropped).sum();
+    let unreadable = done.iter().filter(|r| r.unreadable.is_some()).count();
+    println!(
+        "{} reports: {kept} pairs kept, {dropped} dropped for disagreeing with the report, {unreadable} replies without a readable JSON list; written to {}",
+        done.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn build_data(a: BuildArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..1.0).contains(&a.text_fraction),
+        "--text-fraction must be in [0, 1), got {}",
+        a.text_fraction
+    );
+    let records = split_records(&a.data, a.kind, a.split)?;
     let (tokenizer, image_vocab) = cxr_lm::load_tokenizer(&a.model)?;
     let image_vocab = image_vocab.with_context(|| {
         format!(
@@ -126,8 +286,21 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Some(p) => cxr_instruct::text::load(p)?,
         None => cxr_instruct::text::embedded(),
     };
+    let llm_vqa: std::collections::HashMap<String, Vec<cxr_instruct::synth_vqa::QaPair>> =
+        match &a.vqa_file {
+            Some(p) => {
+                anyhow::ensure!(p.is_file(), "{}: no such VQA file", p.display());
+                read_vqa_file(p)?
+                    .into_iter()
+                    .filter(|r| !r.pairs.is_empty())
+                    .map(|r| (r.image_id, r.pairs))
+                    .collect()
+            }
+            None => Default::default(),
+        };
     let inputs = BuildInputs {
         records: &records,
+        llm_vqa: &llm_vqa,
         tokens: &a.tokens,
         findings: findings.as_ref(),
         phrasings: &phrasings,
