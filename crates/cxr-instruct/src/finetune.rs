@@ -156,17 +156,44 @@ pub fn evaluate(
     Ok(total / count.max(1) as f64)
 }
 
-/// A model loaded for training: the network, its config, and its variables by name.
+/// A model loaded for training: the network, its config, and its variables by name (every
+/// weight, or with LoRA only the adapters).
 pub struct Trainable {
     pub model: CausalLm,
     pub config: LmConfig,
     pub vars: Vec<(String, candle_core::Var)>,
+    /// With LoRA: the base model directory (whose weights stay frozen) and the adapters' config.
+    pub lora: Option<(PathBuf, cxr_lm::LoraConfig)>,
 }
 
 impl Trainable {
+    /// Every weight trained.
     pub fn load(dir: &Path) -> Result<Self, FinetuneError> {
         let (model, config, weights) = CausalLm::load_hf(dir, WeightMode::Train, &Device::Cpu)?;
-        Ok(Self::assemble(model, config, &weights))
+        Ok(Self::assemble(model, config, &weights, None))
+    }
+
+    /// LoRA: the base weights frozen (float inference layout), adapters on `lora.targets`.
+    pub fn load_lora(dir: &Path, lora: cxr_lm::LoraConfig) -> Result<Self, FinetuneError> {
+        let config_path = dir.join("config.json");
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| FinetuneError::Checkpoint {
+                path: config_path.clone(),
+                reason: e.to_string(),
+            })?;
+        let config = LmConfig::from_json(&text, &config_path.display().to_string())?;
+        let weights = cxr_lm::Weights::read_hf(dir, WeightMode::Inference, &Device::Cpu)?
+            .with_lora(lora.clone())?;
+        let model = CausalLm::new(&config, &weights)?;
+        let net = Self::assemble(model, config, &weights, Some((dir.to_path_buf(), lora)));
+        if net.vars.is_empty() {
+            return Err(FinetuneError::Data(format!(
+                "no linear layer of {} is named {:?}",
+                dir.display(),
+                net.lora.as_ref().map(|l| &l.1.targets)
+            )));
+        }
+        Ok(net)
     }
 
     /// A model from tensors under HF names (benchmarks build random ones).
@@ -176,25 +203,61 @@ impl Trainable {
     ) -> Result<Self, FinetuneError> {
         let weights = cxr_lm::Weights::new(tensors, "tensors", WeightMode::Train, &Device::Cpu);
         let model = CausalLm::new(config, &weights)?;
-        Ok(Self::assemble(model, config.clone(), &weights))
+        Ok(Self::assemble(model, config.clone(), &weights, None))
     }
 
-    fn assemble(model: CausalLm, config: LmConfig, weights: &cxr_lm::Weights) -> Self {
+    fn assemble(
+        model: CausalLm,
+        config: LmConfig,
+        weights: &cxr_lm::Weights,
+        lora: Option<(PathBuf, cxr_lm::LoraConfig)>,
+    ) -> Self {
         let mut vars = weights.vars();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         Trainable {
             model,
             config,
             vars,
+            lora,
         }
     }
 
-    /// The current weights under their HF names.
+    /// The trained variables under their names (what a checkpoint holds).
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
         self.vars
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
             .collect()
+    }
+
+    /// Every weight of the model under its HF name; with LoRA, the base weights with the
+    /// adapters merged in (W + alpha/rank · B·A), so the result loads without adapter code.
+    pub fn model_tensors(&self) -> Result<Vec<(String, Tensor)>, FinetuneError> {
+        let Some((base, cfg)) = &self.lora else {
+            return Ok(self.tensors());
+        };
+        let mut tensors = cxr_lm::weights::read_hf_tensors(base, &Device::Cpu)?;
+        let vars: std::collections::HashMap<&str, &candle_core::Var> =
+            self.vars.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        let scale = cfg.alpha / cfg.rank as f64;
+        for (name, a) in &vars {
+            let Some(module) = name.strip_suffix(".lora_A.weight") else {
+                continue;
+            };
+            let b = vars[format!("{module}.lora_B.weight").as_str()];
+            let key = format!("{module}.weight");
+            let w = tensors.get(&key).ok_or_else(|| {
+                FinetuneError::Data(format!(
+                    "{}: no {key} to merge the adapter into",
+                    base.display()
+                ))
+            })?;
+            let merged = (w + (b.as_tensor().matmul(a.as_tensor())? * scale)?)?;
+            tensors.insert(key, merged);
+        }
+        let mut out: Vec<(String, Tensor)> = tensors.into_iter().collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 }
 

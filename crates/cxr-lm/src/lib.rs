@@ -27,7 +27,7 @@ pub use generate::{generate, Constraint, GenerateOptions, Sampling};
 pub use image_vocab::ImageVocab;
 pub use model::{Cache, CausalLm};
 pub use tokenizer::{ChatMessage, TextStream, TextTokenizer};
-pub use weights::{WeightMode, Weights};
+pub use weights::{LoraConfig, WeightMode, Weights};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LmError {

@@ -23,6 +23,16 @@ enum Weight {
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
+    lora: Option<Lora>,
+}
+
+/// A low-rank update beside a frozen weight (LoRA, Hu et al. 2021): `y += scale · x·Aᵀ·Bᵀ`, with
+/// A (rank, in) and B (out, rank).
+#[derive(Clone, Debug)]
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
 }
 
 /// Up to this many rows a float layer uses the GEMV kernel (decode steps of small batches).
@@ -34,6 +44,7 @@ impl Linear {
         Linear {
             weight: Weight::Rows(weight),
             bias,
+            lora: None,
         }
     }
 
@@ -42,6 +53,7 @@ impl Linear {
         Ok(Linear {
             weight: Weight::Columns(weight.t()?.contiguous()?),
             bias,
+            lora: None,
         })
     }
 
@@ -49,6 +61,7 @@ impl Linear {
         Linear {
             weight: Weight::Quantized(q),
             bias,
+            lora: None,
         }
     }
 
@@ -63,6 +76,12 @@ impl Linear {
 
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
+    }
+
+    /// The layer with a low-rank update added to its output.
+    pub fn with_lora(mut self, lora: Lora) -> Self {
+        self.lora = Some(lora);
+        self
     }
 
     pub fn is_quantized(&self) -> bool {
@@ -86,7 +105,11 @@ impl Linear {
                     .contiguous()?,
             ),
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear {
+            weight,
+            bias,
+            lora: None,
+        })
     }
 
     /// Rows of the weight (an embedding lookup): ids of any shape -> (..., in).
@@ -106,6 +129,18 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.forward_frozen(x)?;
+        let Some(l) = &self.lora else {
+            return Ok(y);
+        };
+        let in_dim = x.dim(D::Minus1)?;
+        let x2 = x.reshape((x.elem_count() / in_dim.max(1), in_dim))?;
+        let delta = (x2.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?;
+        let delta = delta.reshape(y.shape())?;
+        y + delta
+    }
+
+    fn forward_frozen(&self, x: &Tensor) -> Result<Tensor> {
         let in_dim = x.dim(D::Minus1)?;
         let rows = x.elem_count() / in_dim.max(1);
         let y = match &self.weight {

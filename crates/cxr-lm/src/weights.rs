@@ -55,6 +55,28 @@ struct Store {
     mode: WeightMode,
     device: Device,
     vars: Mutex<Vec<(String, Var)>>,
+    lora: Option<LoraConfig>,
+}
+
+/// Low-rank adapters on the linear layers named in `targets` (their last name component, e.g.
+/// `query_key_value`, `q_proj`): A starts uniform in ±1/sqrt(in) (PEFT's default), B at zero, so
+/// the model starts exactly as the base; the update is scaled by alpha / rank.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub targets: Vec<String>,
+    pub seed: u64,
+}
+
+impl LoraConfig {
+    /// PEFT's default targets for an architecture.
+    pub fn default_targets(config: &crate::LmConfig) -> Vec<String> {
+        match config {
+            crate::LmConfig::GptNeox(_) => vec!["query_key_value".into()],
+            crate::LmConfig::Llama(_) => vec!["q_proj".into(), "v_proj".into()],
+        }
+    }
 }
 
 /// A view of the weight store under a name prefix (cheap to clone).
@@ -78,38 +100,31 @@ impl Weights {
                 mode,
                 device: device.clone(),
                 vars: Mutex::new(Vec::new()),
+                lora: None,
             }),
             prefix: String::new(),
         }
     }
 
+    /// Adds LoRA adapters (as `Var`s, the only ones) to the matching linear layers built from
+    /// this store from now on; the base weights stay as the mode loads them. Call before the
+    /// model is built, on the store's only handle.
+    pub fn with_lora(mut self, lora: LoraConfig) -> Result<Self, LmError> {
+        let origin = self.store.origin.clone();
+        let store = Arc::get_mut(&mut self.store).ok_or(LmError::Io {
+            path: origin.into(),
+            reason: "LoRA must be set before the weights are shared".into(),
+        })?;
+        store.lora = Some(lora);
+        Ok(self)
+    }
+
     /// Reads every weight file of a Hugging Face model directory (or one weight file).
     pub fn read_hf(path: &Path, mode: WeightMode, device: &Device) -> Result<Self, LmError> {
-        let files = weight_files(path)?;
-        let mut tensors = HashMap::new();
-        for file in &files {
-            let io = |e: candle_core::Error| LmError::Weights {
-                path: file.clone(),
-                reason: e.to_string(),
-            };
-            let is_safetensors = file.extension().is_some_and(|e| e == "safetensors");
-            let loaded: Vec<(String, Tensor)> = if is_safetensors {
-                candle_core::safetensors::load(file, device)
-                    .map_err(io)?
-                    .into_iter()
-                    .collect()
-            } else {
-                candle_core::pickle::read_all_with_key(file, None).map_err(io)?
-            };
-            for (name, t) in loaded {
-                let t = if t.dtype() == DType::F32 {
-                    t
-                } else {
-                    t.to_dtype(DType::F32).map_err(io)?
-                };
-                tensors.insert(name, Weight::Float(t));
-            }
-        }
+        let tensors = read_hf_tensors(path, device)?
+            .into_iter()
+            .map(|(name, t)| (name, Weight::Float(t)))
+            .collect();
         Ok(Weights::new(
             tensors,
             &path.display().to_string(),
@@ -220,7 +235,7 @@ impl Weights {
         } else {
             None
         };
-        Ok(match (self.store.mode, weight) {
+        let linear = match (self.store.mode, weight) {
             (WeightMode::Train, w) => {
                 let t = w.to_f32(&self.store.device).map_err(err)?;
                 Linear::from_weight(self.maybe_var(full.clone(), t)?, bias)
@@ -230,7 +245,52 @@ impl Weights {
             }
             (_, Weight::Float(t)) => Linear::for_inference(&t, bias).map_err(err)?,
             (_, Weight::Quantized(q)) => Linear::quantized(q, bias),
-        })
+        };
+        match &self.store.lora {
+            Some(cfg)
+                if cfg
+                    .targets
+                    .iter()
+                    .any(|t| Some(t.as_str()) == name.rsplit('.').next()) =>
+            {
+                let module = full.trim_end_matches(".weight").to_string();
+                let lora = self.lora_pair(&module, cfg, (out_dim, in_dim))?;
+                Ok(linear.with_lora(lora))
+            }
+            _ => Ok(linear),
+        }
+    }
+
+    /// Fresh adapter variables for one layer, registered as `<module>.lora_A.weight` and
+    /// `<module>.lora_B.weight`.
+    fn lora_pair(
+        &self,
+        module: &str,
+        cfg: &LoraConfig,
+        (out_dim, in_dim): (usize, usize),
+    ) -> Result<crate::linear::Lora, LmError> {
+        use rand::{Rng, SeedableRng};
+        let err = |e: candle_core::Error| self.error(module, e.to_string());
+        let hash = module.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
+        });
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ hash);
+        let bound = 1.0 / (in_dim as f32).sqrt();
+        let a: Vec<f32> = (0..cfg.rank * in_dim)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
+        let a = Var::from_vec(a, (cfg.rank, in_dim), &self.store.device).map_err(err)?;
+        let b = Var::zeros((out_dim, cfg.rank), DType::F32, &self.store.device).map_err(err)?;
+        let out = crate::linear::Lora {
+            a: a.as_tensor().clone(),
+            b: b.as_tensor().clone(),
+            scale: cfg.alpha / cfg.rank as f64,
+        };
+        if let Ok(mut vars) = self.store.vars.lock() {
+            vars.push((format!("{module}.lora_A.weight"), a));
+            vars.push((format!("{module}.lora_B.weight"), b));
+        }
+        Ok(out)
     }
 
     /// An embedding table (vocab, dim), as a [`Linear`] so that a tied head can share it; quantized
@@ -307,6 +367,35 @@ pub fn random_weights(
         out.insert(name, w);
     }
     Ok(out)
+}
+
+/// Every tensor of a Hugging Face model directory (or one weight file) as f32, by name.
+pub fn read_hf_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>, LmError> {
+    let mut tensors = HashMap::new();
+    for file in weight_files(path)? {
+        let io = |e: candle_core::Error| LmError::Weights {
+            path: file.clone(),
+            reason: e.to_string(),
+        };
+        let is_safetensors = file.extension().is_some_and(|e| e == "safetensors");
+        let loaded: Vec<(String, Tensor)> = if is_safetensors {
+            candle_core::safetensors::load(&file, device)
+                .map_err(io)?
+                .into_iter()
+                .collect()
+        } else {
+            candle_core::pickle::read_all_with_key(&file, None).map_err(io)?
+        };
+        for (name, t) in loaded {
+            let t = if t.dtype() == DType::F32 {
+                t
+            } else {
+                t.to_dtype(DType::F32).map_err(io)?
+            };
+            tensors.insert(name, t);
+        }
+    }
+    Ok(tensors)
 }
 
 /// The weight files of a model directory, in load order; a file path is returned as is.

@@ -877,6 +877,32 @@ fn data_build_then_train_resumes_after_sigkill() {
         std::fs::read(killed.join("model/model.safetensors")).unwrap(),
         "resumed weights equal the uninterrupted run's"
     );
+
+    // LoRA: only the adapters are checkpointed; the saved model has them merged in.
+    let lora = dir.path().join("lora");
+    let mut c = train(&lora);
+    c.args(["--lora-rank", "4"]);
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let full_ck = std::fs::metadata(clean.join("checkpoint.safetensors"))
+        .unwrap()
+        .len();
+    let lora_ck = std::fs::metadata(lora.join("checkpoint.safetensors"))
+        .unwrap()
+        .len();
+    assert!(
+        lora_ck * 20 < full_ck,
+        "LoRA checkpoint {lora_ck} B vs full {full_ck} B"
+    );
+    assert_eq!(
+        std::fs::metadata(lora.join("model/model.safetensors"))
+            .unwrap()
+            .len(),
+        std::fs::metadata(clean.join("model/model.safetensors"))
+            .unwrap()
+            .len(),
+        "the merged model has every weight"
+    );
 }
 
 /// `report`, `draw` and `ask` through an (untrained) tiny LLM-CXR model and a random VQ-GAN

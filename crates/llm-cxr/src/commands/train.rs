@@ -56,6 +56,17 @@ pub struct Args {
     /// Validation loss every N steps (0: at the end only).
     #[arg(long, default_value_t = 0)]
     pub eval_every: u64,
+    /// LoRA rank: train low-rank adapters on frozen weights instead of every weight (0: full
+    /// fine-tuning). The saved model has the adapters merged in.
+    #[arg(long, default_value_t = 0)]
+    pub lora_rank: usize,
+    /// LoRA scale numerator: the update is scaled by alpha / rank.
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    /// Linear layers that get adapters, by their last name component; default: PEFT's for the
+    /// architecture (GPT-NeoX query_key_value; LLaMA q_proj, v_proj).
+    #[arg(long, value_delimiter = ',')]
+    pub lora_targets: Vec<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -125,7 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             eval_every: args.eval_every,
             out,
         };
-        stage(&model, &data, validation.as_deref(), &opts)?;
+        stage(&model, &data, validation.as_deref(), &opts, &args)?;
     }
     Ok(())
 }
@@ -136,6 +147,7 @@ fn stage(
     data: &Path,
     validation: Option<&Path>,
     opts: &FinetuneOptions,
+    args: &Args,
 ) -> anyhow::Result<()> {
     let final_dir = opts.out.join("model");
     if final_dir.join("model.safetensors").is_file() {
@@ -156,7 +168,30 @@ fn stage(
         model.display(),
         image_vocab
     );
-    let net = Trainable::load(model)?;
+    let net = if args.lora_rank == 0 {
+        Trainable::load(model)?
+    } else {
+        let config_path = model.join("config.json");
+        let config = cxr_lm::LmConfig::from_json(
+            &std::fs::read_to_string(&config_path)
+                .with_context(|| format!("reading {}", config_path.display()))?,
+            &config_path.display().to_string(),
+        )?;
+        let targets = if args.lora_targets.is_empty() {
+            cxr_lm::LoraConfig::default_targets(&config)
+        } else {
+            args.lora_targets.clone()
+        };
+        Trainable::load_lora(
+            model,
+            cxr_lm::LoraConfig {
+                rank: args.lora_rank,
+                alpha: args.lora_alpha,
+                targets,
+                seed: args.seed,
+            },
+        )?
+    };
     tracing::info!(
         "{}: {} training samples, {} validation samples, {} steps of {} samples",
         model.display(),
@@ -201,7 +236,7 @@ fn stage(
     cxr_lm::save_hf(
         &final_dir,
         &net.config,
-        &net.tensors(),
+        &net.model_tensors()?,
         &tokenizer,
         image_vocab,
     )?;
