@@ -115,13 +115,8 @@ impl Manifest {
     }
 }
 
-/// Structured findings of phantoms, by image id, from a dataset's `phantom-findings.jsonl`.
-pub fn read_phantom_findings(path: &Path) -> Result<HashMap<String, Vec<Finding>>, InstructError> {
-    #[derive(serde::Deserialize)]
-    struct Line {
-        dicom_id: String,
-        findings: Vec<Finding>,
-    }
+/// One JSON value per non-empty line; errors name the file and the line.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, InstructError> {
     let bad = |reason: String| InstructError::File {
         path: path.to_path_buf(),
         reason,
@@ -130,12 +125,21 @@ pub fn read_phantom_findings(path: &Path) -> Result<HashMap<String, Vec<Finding>
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            let line: Line =
-                serde_json::from_str(l).map_err(|e| bad(format!("line {}: {e}", i + 1)))?;
-            Ok((line.dicom_id, line.findings))
-        })
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| bad(format!("line {}: {e}", i + 1))))
         .collect()
+}
+
+/// Structured findings of phantoms, by image id, from a dataset's `phantom-findings.jsonl`.
+pub fn read_phantom_findings(path: &Path) -> Result<HashMap<String, Vec<Finding>>, InstructError> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        dicom_id: String,
+        findings: Vec<Finding>,
+    }
+    Ok(read_jsonl::<Line>(path)?
+        .into_iter()
+        .map(|l| (l.dicom_id, l.findings))
+        .collect())
 }
 
 /// The images a stage uses, sorted by image id.
@@ -362,18 +366,14 @@ pub fn read_shards(dir: &Path) -> Result<(Manifest, Vec<Tokenized>), InstructErr
     let mut samples = Vec::new();
     for name in &manifest.shards {
         let path = dir.join(name);
-        let text = std::fs::read_to_string(&path).map_err(|e| bad(&path, e.to_string()))?;
-        for (i, line) in text.lines().enumerate() {
-            let t: Tokenized = serde_json::from_str(line)
-                .map_err(|e| bad(&path, format!("line {}: {e}", i + 1)))?;
-            if t.response_start > t.ids.len() {
-                return Err(bad(
-                    &path,
-                    format!("line {}: response_start past the end", i + 1),
-                ));
-            }
-            samples.push(t);
+        let shard: Vec<Tokenized> = read_jsonl(&path)?;
+        if let Some(t) = shard.iter().find(|t| t.response_start > t.ids.len()) {
+            return Err(bad(
+                &path,
+                format!("sample {}: response_start past the end", t.source),
+            ));
         }
+        samples.extend(shard);
     }
     Ok((manifest, samples))
 }

@@ -261,6 +261,24 @@ impl Trainable {
     }
 }
 
+/// Refuses a sample this model cannot train on, naming it.
+fn check_sample(s: &Tokenized, config: &LmConfig) -> Result<(), FinetuneError> {
+    let (vocab, max_len) = (config.vocab_size() as u32, config.max_position_embeddings());
+    let reason = if s.ids.len() < 2 {
+        format!("has {} tokens; training needs at least two", s.ids.len())
+    } else if s.ids.len() > max_len {
+        format!(
+            "has {} tokens, more than the model's {max_len} positions (build with a lower --max-tokens)",
+            s.ids.len()
+        )
+    } else if s.ids.iter().any(|&i| i >= vocab) {
+        format!("has a token id outside the model's {vocab} rows (built for another model?)")
+    } else {
+        return Ok(());
+    };
+    Err(FinetuneError::Data(format!("sample {} {reason}", s.source)))
+}
+
 /// Trains (or resumes from `opts.out/checkpoint.safetensors`) and returns the trained model.
 pub fn finetune(
     net: Trainable,
@@ -272,35 +290,8 @@ pub fn finetune(
     if train.is_empty() {
         return Err(FinetuneError::Data("no training samples".into()));
     }
-    let vocab = net.config.vocab_size() as u32;
-    if let Some(s) = train
-        .iter()
-        .chain(validation)
-        .find(|s| s.ids.iter().any(|&i| i >= vocab))
-    {
-        return Err(FinetuneError::Data(format!(
-            "sample {} has a token id outside the model's {vocab} rows (built for another model?)",
-            s.source
-        )));
-    }
-    if let Some(s) = train.iter().chain(validation).find(|s| s.ids.len() < 2) {
-        return Err(FinetuneError::Data(format!(
-            "sample {} has {} tokens; training needs at least two",
-            s.source,
-            s.ids.len()
-        )));
-    }
-    let max_len = net.config.max_position_embeddings();
-    if let Some(s) = train
-        .iter()
-        .chain(validation)
-        .find(|s| s.ids.len() > max_len)
-    {
-        return Err(FinetuneError::Data(format!(
-            "sample {} has {} tokens, more than the model's {max_len} positions (build with a lower --max-tokens)",
-            s.source,
-            s.ids.len()
-        )));
+    for s in train.iter().chain(validation) {
+        check_sample(s, &net.config)?;
     }
     let mut opt = AdamW::new(
         net.vars.clone(),

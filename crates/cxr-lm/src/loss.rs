@@ -8,15 +8,21 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-fn rows<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<(&'a [f32], usize, usize)> {
+/// The values of a contiguous f32 storage.
+fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("cross-entropy: {what} must be f32");
     };
     let Some((a, b)) = l.contiguous_offsets() else {
         candle_core::bail!("cross-entropy: {what} must be contiguous");
     };
+    Ok(&v[a..b])
+}
+
+/// Logits as rows: values, rows, vocabulary.
+fn rows<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize, usize)> {
     let (n, vocab) = l.shape().dims2()?;
-    Ok((&v[a..b], n, vocab))
+    Ok((f32s(s, l, "logits")?, n, vocab))
 }
 
 fn targets<'a>(s: &'a CpuStorage, l: &Layout, n: usize, vocab: usize) -> Result<&'a [u32]> {
@@ -57,7 +63,7 @@ impl CustomOp2 for CrossEntropy {
         ts: &CpuStorage,
         tl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (logits, n, vocab) = rows(ls, ll, "logits")?;
+        let (logits, n, vocab) = rows(ls, ll)?;
         let t = targets(ts, tl, n, vocab)?;
         let nll: Vec<f32> = logits
             .par_chunks(vocab)
@@ -103,15 +109,9 @@ impl CustomOp3 for CrossEntropyGrad {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (logits, n, vocab) = rows(ls, ll, "logits")?;
+        let (logits, n, vocab) = rows(ls, ll)?;
         let t = targets(ts, tl, n, vocab)?;
-        let CpuStorage::F32(g) = gs else {
-            candle_core::bail!("cross-entropy: gradient must be f32");
-        };
-        let Some((ga, gb)) = gl.contiguous_offsets() else {
-            candle_core::bail!("cross-entropy: gradient must be contiguous");
-        };
-        let g = &g[ga..gb];
+        let g = f32s(gs, gl, "gradient")?;
         let mut out = vec![0f32; n * vocab];
         out.par_chunks_mut(vocab)
             .zip(logits.par_chunks(vocab))

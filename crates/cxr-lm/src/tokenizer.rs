@@ -147,6 +147,24 @@ impl TextTokenizer {
             .ok_or_else(|| bad(format!("{token:?} was added but has no id")))
     }
 
+    /// The ids a generation stops at: LLM-CXR's `### End`, the tokenizer's eos, and the usual
+    /// chat end markers, those the vocabulary has.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = [
+            Some(crate::image_vocab::END_KEY),
+            self.eos_token(),
+            Some("<|im_end|>"),
+            Some("<|endoftext|>"),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|t| self.token_id(t))
+        .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     pub fn eos_token(&self) -> Option<&str> {
         self.eos_token.as_deref()
     }

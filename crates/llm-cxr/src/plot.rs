@@ -34,6 +34,18 @@ impl DrawTarget for Canvas {
     }
 }
 
+/// The chart's title, centred at the top.
+fn draw_title(c: &mut Canvas, title: &str, width: i32) -> anyhow::Result<()> {
+    Text::with_alignment(
+        title,
+        Point::new(width / 2, 22),
+        MonoTextStyle::new(&FONT_9X15_BOLD, Rgb888::BLACK),
+        Alignment::Center,
+    )
+    .draw(c)?;
+    Ok(())
+}
+
 /// Colour-blind-safe palette (Okabe-Ito).
 const PALETTE: [Rgb888; 7] = [
     Rgb888::new(0, 114, 178),
@@ -89,13 +101,7 @@ pub fn line_chart(
         .collect();
     let black = Rgb888::BLACK;
     let text = MonoTextStyle::new(&FONT_6X10, black);
-    Text::with_alignment(
-        title,
-        Point::new(w / 2, 22),
-        MonoTextStyle::new(&FONT_9X15_BOLD, black),
-        Alignment::Center,
-    )
-    .draw(&mut c)?;
+    draw_title(&mut c, title, w)?;
     let (x0, x1, y0, y1) = points.iter().fold(
         (f64::MAX, f64::MIN, f64::MAX, f64::MIN),
         |(a, b, cc, d), &(x, y)| (a.min(x), b.max(x), cc.min(ty(y)), d.max(ty(y))),
@@ -194,13 +200,7 @@ pub fn roc_grid(title: &str, panels: &[RocPanel]) -> anyhow::Result<Vec<u8>> {
     ));
     let black = Rgb888::BLACK;
     let text = MonoTextStyle::new(&FONT_6X10, black);
-    Text::with_alignment(
-        title,
-        Point::new(w / 2, 22),
-        MonoTextStyle::new(&FONT_9X15_BOLD, black),
-        Alignment::Center,
-    )
-    .draw(&mut c)?;
+    draw_title(&mut c, title, w)?;
     for (
         i,
         RocPanel {

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use candle_core::quantized::GgmlDType;
 use candle_core::Device;
-use cxr_lm::image_vocab::END_KEY;
 use cxr_lm::{
     ChatMessage, Constraint, GenerateOptions, LanguageModel, Sampling, TextStream, WeightMode,
 };
@@ -111,34 +110,28 @@ pub struct Args {
     pub sampling: SamplingArgs,
 }
 
+/// An instruction as `template` renders it for `tokenizer` (Auto: its chat template when it
+/// has one, else LLM-CXR's Alpaca prompt).
+pub fn render_prompt(
+    tokenizer: &cxr_lm::TextTokenizer,
+    template: Template,
+    text: &str,
+) -> anyhow::Result<String> {
+    Ok(match template {
+        Template::Auto if tokenizer.chat_template().is_none() => cxr_instruct::prompt(text, None),
+        Template::Chat | Template::Auto => tokenizer.render_chat(&[ChatMessage {
+            role: "user".into(),
+            content: text.to_string(),
+        }])?,
+        Template::Alpaca => cxr_instruct::prompt(text, None),
+        Template::Raw => text.to_string(),
+    })
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let lm = args.model.load()?;
-    let template = match args.template {
-        Template::Auto if lm.tokenizer.chat_template().is_some() => Template::Chat,
-        Template::Auto => Template::Alpaca,
-        t => t,
-    };
-    let render = |text: &str| -> anyhow::Result<String> {
-        Ok(match template {
-            Template::Chat => lm.tokenizer.render_chat(&[ChatMessage {
-                role: "user".into(),
-                content: text.to_string(),
-            }])?,
-            Template::Alpaca | Template::Auto => cxr_instruct::prompt(text, None),
-            Template::Raw => text.to_string(),
-        })
-    };
-    let mut stop_ids: Vec<u32> = [
-        Some(END_KEY),
-        lm.tokenizer.eos_token(),
-        Some("<|im_end|>"),
-        Some("<|endoftext|>"),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(|t| lm.tokenizer.token_id(t))
-    .collect();
-    stop_ids.dedup();
+    let render = |text: &str| render_prompt(&lm.tokenizer, args.template, text);
+    let stop_ids = lm.tokenizer.stop_ids();
     let constraint = match lm.image_vocab {
         Some(v) => Constraint::Text { image_ids: v.ids() },
         None => Constraint::Free,

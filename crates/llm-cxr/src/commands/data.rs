@@ -154,16 +154,10 @@ fn split_records(
 
 /// Reads a `data vqa` file (a missing file is an empty one).
 fn read_vqa_file(path: &std::path::Path) -> anyhow::Result<Vec<cxr_instruct::llm_vqa::ReportVqa>> {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    if !path.exists() {
         return Ok(Vec::new());
-    };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).with_context(|| format!("{}: line {}", path.display(), i + 1))
-        })
-        .collect()
+    }
+    Ok(cxr_instruct::build::read_jsonl(path)?)
 }
 
 fn write_vqa(a: VqaArgs) -> anyhow::Result<()> {
@@ -191,15 +185,7 @@ fn write_vqa(a: VqaArgs) -> anyhow::Result<()> {
         todo.truncate(limit.saturating_sub(done.len()));
     }
     let lm = a.model.load()?;
-    let stop_ids: Vec<u32> = [
-        Some(cxr_lm::image_vocab::END_KEY),
-        lm.tokenizer.eos_token(),
-        Some("<|im_end|>"),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(|t| lm.tokenizer.token_id(t))
-    .collect();
+    let stop_ids = lm.tokenizer.stop_ids();
     let options = GenerateOptions {
         sampling: Sampling::greedy(),
         constraint: match lm.image_vocab {
@@ -209,16 +195,8 @@ fn write_vqa(a: VqaArgs) -> anyhow::Result<()> {
         max_new_tokens: a.max_new_tokens,
         stop_ids: stop_ids.clone(),
     };
-    let render = |text: &str| -> anyhow::Result<String> {
-        Ok(if lm.tokenizer.chat_template().is_some() {
-            lm.tokenizer.render_chat(&[cxr_lm::ChatMessage {
-                role: "user".into(),
-                content: text.to_string(),
-            }])?
-        } else {
-            cxr_instruct::prompt(text, None)
-        })
-    };
+    let render =
+        |text: &str| super::chat::render_prompt(&lm.tokenizer, super::chat::Template::Auto, text);
     let write = |done: &[cxr_instruct::llm_vqa::ReportVqa]| -> anyhow::Result<()> {
         let mut text = String::new();
         for r in done {

@@ -9,6 +9,8 @@ use cxr_eval::nlg::{self, Candidate};
 use cxr_eval::report_metrics::{report_metrics, AurocScore, ReportMetricOptions, UncertainPolicy};
 use cxr_eval::ReportLabeler;
 
+use cxr_classifier::candle_core::{Device, Tensor};
+
 use crate::html::{Cell, Page};
 
 #[derive(clap::Subcommand)]
@@ -303,26 +305,39 @@ fn read_required(path: &std::path::Path, names: &[&str]) -> anyhow::Result<Vec<V
 /// Per image: the 18 probabilities, and the 1024-d features2.
 type Classified = (Vec<[f32; 18]>, Vec<Vec<f32>>);
 
-/// Classifier probabilities and features2 of every image, in order, with a progress bar.
+/// Feeds every image to `run` in batches (loaded in parallel, turned into a network input by
+/// `input`), in order, with a progress bar.
+fn over_images(
+    paths: &[String],
+    batch: usize,
+    what: &str,
+    input: &(dyn Fn(&cxr_image::GrayImage) -> cxr_classifier::candle_core::Result<Tensor> + Sync),
+    mut run: impl FnMut(&Tensor) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let bar = super::progress(paths.len() as u64, what);
+    for chunk in paths.chunks(batch.max(1)) {
+        let inputs = chunk
+            .par_iter()
+            .map(|p| Ok(input(&cxr_image::load_image(std::path::Path::new(p))?)?))
+            .collect::<anyhow::Result<Vec<Tensor>>>()?;
+        run(&Tensor::cat(&inputs, 0)?)?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Classifier probabilities and features2 of every image, in order.
 fn classify(
     model: &cxr_classifier::DenseNet,
     paths: &[String],
     batch: usize,
     what: &str,
 ) -> anyhow::Result<Classified> {
-    use cxr_classifier::candle_core::{Device, Tensor};
-    let bar = super::progress(paths.len() as u64, what);
     let (mut probs, mut feats) = (Vec::new(), Vec::new());
-    for chunk in paths.chunks(batch.max(1)) {
-        let inputs = chunk
-            .par_iter()
-            .map(|p| {
-                let img = cxr_image::load_image(std::path::Path::new(p))?;
-                Ok(cxr_classifier::txv_input(&img, 224, &Device::Cpu)?)
-            })
-            .collect::<anyhow::Result<Vec<Tensor>>>()?;
-        let x = Tensor::cat(&inputs, 0)?;
-        let f = model.features2(&x, false)?;
+    let input = |img: &cxr_image::GrayImage| cxr_classifier::txv_input(img, 224, &Device::Cpu);
+    over_images(paths, batch, what, &input, |x| {
+        let f = model.features2(x, false)?;
         let p = cxr_classifier::candle_nn::ops::sigmoid(&model.classify(&f)?)?;
         for row in p.to_vec2::<f32>()? {
             let mut a = [0f32; 18];
@@ -330,35 +345,25 @@ fn classify(
             probs.push(a);
         }
         feats.extend(f.to_vec2::<f32>()?);
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
+        Ok(())
+    })?;
     Ok((probs, feats))
 }
 
-/// pytorch-fid's pool3 features of every image, in order, with a progress bar.
+/// pytorch-fid's pool3 features of every image, in order.
 fn inception_features(
     net: &cxr_classifier::inception::InceptionV3,
     paths: &[String],
     batch: usize,
     what: &str,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
-    use cxr_classifier::candle_core::{Device, Tensor};
-    use cxr_classifier::inception::inception_input;
-    let bar = super::progress(paths.len() as u64, what);
     let mut feats = Vec::new();
-    for chunk in paths.chunks(batch.max(1)) {
-        let inputs = chunk
-            .par_iter()
-            .map(|p| {
-                let img = cxr_image::load_image(std::path::Path::new(p))?;
-                Ok(inception_input(&img, &Device::Cpu)?)
-            })
-            .collect::<anyhow::Result<Vec<Tensor>>>()?;
-        feats.extend(net.features(&Tensor::cat(&inputs, 0)?)?.to_vec2::<f32>()?);
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
+    let input =
+        |img: &cxr_image::GrayImage| cxr_classifier::inception::inception_input(img, &Device::Cpu);
+    over_images(paths, batch, what, &input, |x| {
+        feats.extend(net.features(x)?.to_vec2::<f32>()?);
+        Ok(())
+    })?;
     Ok(feats)
 }
 
@@ -374,11 +379,7 @@ fn image(
         .context("the image evaluation needs --classifier (DenseNet-121 weights)")?;
     let labeler = ReportLabeler::from_dir(&super::label::phrases_dir(common.phrases.clone())?)?;
     let config = cxr_classifier::DenseNetConfig::densenet121_txv();
-    let model = cxr_classifier::DenseNet::load(
-        &config,
-        classifier,
-        &cxr_classifier::candle_core::Device::Cpu,
-    )?;
+    let model = cxr_classifier::DenseNet::load(&config, classifier, &Device::Cpu)?;
     let rows = read_required(generated, &["image", "report"])?;
     let paths: Vec<String> = rows.iter().map(|r| r[0].clone()).collect();
     let labels: Vec<_> = rows.par_iter().map(|r| labeler.label(&r[1])).collect();
@@ -406,10 +407,7 @@ fn image(
     };
     let fid_inception = match (&opts.inception, &real_paths) {
         (Some(weights), Some(real_paths)) => {
-            let net = cxr_classifier::inception::InceptionV3::load(
-                weights,
-                &cxr_classifier::candle_core::Device::Cpu,
-            )?;
+            let net = cxr_classifier::inception::InceptionV3::load(weights, &Device::Cpu)?;
             let generated = inception_features(&net, &paths, opts.batch, "inception gen")?;
             let real = inception_features(&net, real_paths, opts.batch, "inception real")?;
             Some(frechet_distance(&generated, &real))

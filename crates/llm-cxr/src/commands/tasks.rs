@@ -10,7 +10,7 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 
 use cxr_instruct::{prompt, Phrasings};
-use cxr_lm::image_vocab::{END_KEY, IMAGE_PLACEHOLDER};
+use cxr_lm::image_vocab::IMAGE_PLACEHOLDER;
 use cxr_lm::{generate, Constraint, GenerateOptions, ImageVocab, LanguageModel};
 use cxr_vqgan::VqModel;
 
@@ -154,24 +154,10 @@ fn read_questions(path: &Path) -> anyhow::Result<Vec<Question>> {
     Ok(out)
 }
 
-fn stop_ids(lm: &LanguageModel) -> Vec<u32> {
-    [Some(END_KEY), lm.tokenizer.eos_token()]
-        .into_iter()
-        .flatten()
-        .filter_map(|t| lm.tokenizer.token_id(t))
-        .collect()
-}
-
 /// Encodes images to their codes through the VQ-GAN.
 fn encode_images(vqgan: &VqModel, paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u32>>> {
-    let inputs = paths
-        .iter()
-        .map(|p| {
-            let img = cxr_image::load_image(p)?;
-            Ok(cxr_vqgan::vqgan_input(&img, vqgan.config(), &Device::Cpu)?)
-        })
-        .collect::<anyhow::Result<Vec<Tensor>>>()?;
-    Ok(vqgan.encode(&Tensor::cat(&inputs, 0)?)?.to_vec2()?)
+    let x = super::vqgan::load_inputs(paths, vqgan.config())?;
+    Ok(vqgan.encode(&x)?.to_vec2()?)
 }
 
 /// Text answers to prompts holding one image each, in batches with a progress bar.
@@ -188,7 +174,7 @@ fn answer_text(
             image_ids: m.vocab.ids(),
         },
         max_new_tokens,
-        stop_ids: stop_ids(&m.lm),
+        stop_ids: m.lm.tokenizer.stop_ids(),
     };
     let bar = super::progress(prompts.len() as u64, what);
     let mut out = Vec::new();

@@ -211,16 +211,26 @@ fn load_classifier(path: &Path) -> anyhow::Result<DenseNet> {
     )?)
 }
 
-fn load_inputs(records: &[CxrRecord], config: &VqganConfig) -> anyhow::Result<Tensor> {
-    let xs = records
+/// Images as one VQ-GAN input batch (loaded in parallel).
+pub fn load_inputs<P: AsRef<Path> + Sync>(
+    paths: &[P],
+    config: &VqganConfig,
+) -> anyhow::Result<Tensor> {
+    let xs = paths
         .par_iter()
-        .map(|r| {
-            let img = cxr_image::load_image(&r.image_path)
-                .with_context(|| format!("loading {}", r.image_path.display()))?;
+        .map(|p| {
+            let p = p.as_ref();
+            let img =
+                cxr_image::load_image(p).with_context(|| format!("loading {}", p.display()))?;
             Ok(vqgan_input(&img, config, &Device::Cpu)?)
         })
         .collect::<anyhow::Result<Vec<Tensor>>>()?;
     Ok(Tensor::cat(&xs, 0)?)
+}
+
+/// The image paths of records.
+fn paths(records: &[CxrRecord]) -> Vec<&Path> {
+    records.iter().map(|r| r.image_path.as_path()).collect()
 }
 
 fn train(a: TrainArgs) -> anyhow::Result<()> {
@@ -245,7 +255,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         shown = records.to_vec();
     }
     shown.truncate(8);
-    let shown_x = load_inputs(&shown, &config)?;
+    let shown_x = load_inputs(&paths(&shown), &config)?;
 
     let classifier = a.classifier.as_deref().map(load_classifier).transpose()?;
     if classifier.is_none() && a.cip_weight > 0.0 {
@@ -359,7 +369,9 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let bar = super::progress(records.len() as u64, "encode");
     for chunk in records.chunks(a.batch.max(1)) {
-        let codes: Vec<Vec<u32>> = model.encode(&load_inputs(chunk, &config)?)?.to_vec2()?;
+        let codes: Vec<Vec<u32>> = model
+            .encode(&load_inputs(&paths(chunk), &config)?)?
+            .to_vec2()?;
         for (r, c) in chunk.iter().zip(codes) {
             let c: Vec<u16> = c.into_iter().map(|v| v as u16).collect();
             let path = a.out.join(tokens::file_name(&r.image_id));
@@ -433,7 +445,7 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<VqganEval> {
     let side = config.resolution;
     let bar = super::progress(records.len() as u64, "eval");
     for chunk in records.chunks(a.batch.max(1)) {
-        let x = load_inputs(chunk, &config)?;
+        let x = load_inputs(&paths(chunk), &config)?;
         let idx = model.encode(&x)?;
         let rec = model.decode(&idx)?;
         codes.extend(
