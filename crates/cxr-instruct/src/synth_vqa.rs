@@ -254,13 +254,26 @@ pub fn from_findings(findings: &[Finding]) -> Vec<QaPair> {
 }
 
 /// Up to `n` of `pairs`, drawn without replacement, keeping every question type represented
-/// where possible (one of each type first, then the rest at random).
+/// where possible, closed questions answered yes and no counting as two types (one of each
+/// first, then the rest at random). Without that, a phantom's thirteen presence questions,
+/// nearly all answered no, would teach and test little more than "No.".
 pub fn choose(mut pairs: Vec<QaPair>, n: usize, rng: &mut impl Rng) -> Vec<QaPair> {
     pairs.shuffle(rng);
+    let variety = |p: &QaPair| {
+        let answer = p.answer.trim_start().to_ascii_lowercase();
+        let polarity = if answer.starts_with("yes") {
+            1
+        } else if answer.starts_with("no") {
+            2
+        } else {
+            0
+        };
+        (p.kind.clone(), polarity)
+    };
     let mut chosen: Vec<QaPair> = Vec::new();
     let mut rest = Vec::new();
     for p in pairs {
-        if chosen.len() < n && !chosen.iter().any(|c| c.kind == p.kind) {
+        if chosen.len() < n && !chosen.iter().any(|c| variety(c) == variety(&p)) {
             chosen.push(p);
         } else {
             rest.push(p);
@@ -365,5 +378,25 @@ mod tests {
         let mut kinds: Vec<&str> = chosen.iter().map(|p| p.kind.as_str()).collect();
         kinds.sort();
         assert_eq!(kinds, ["presence", "severity", "side"]);
+    }
+
+    #[test]
+    fn choose_asks_closed_questions_both_ways() {
+        use rand::SeedableRng;
+        let mut pairs: Vec<QaPair> = (0..12)
+            .map(|i| qa("presence", format!("q{i}"), "No, there is no x.".into()))
+            .collect();
+        pairs.push(qa("presence", "q12".into(), "Yes, there is y.".into()));
+        pairs.push(qa("side", "q13".into(), "On the left.".into()));
+        for seed in 0..20 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let chosen = choose(pairs.clone(), 3, &mut rng);
+            let answers: Vec<&str> = chosen.iter().map(|p| &p.answer[..2]).collect();
+            assert!(
+                answers.contains(&"Ye") && answers.contains(&"No"),
+                "{answers:?}"
+            );
+            assert!(answers.contains(&"On"), "{answers:?}");
+        }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod findings;
 pub mod gallery;
+pub mod judge;
 mod render;
 mod report;
 pub mod tree;

@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand};
 ///
 /// A CXR becomes 256 discrete codes through a VQ-GAN; the codes join the LLM's vocabulary and
 /// the model is finetuned on CXR -> report, report -> CXR, visual questions and plain text.
-/// Start with `llm-cxr demo`, which runs everything that exists on the embedded phantom
-/// dataset, with no data or weights of your own.
+/// Start with `llm-cxr demo`, which runs the whole job on the embedded phantom dataset, with no
+/// data or weights of your own.
 #[derive(Parser)]
 #[command(name = "llm-cxr", version, propagate_version = true)]
 struct Cli {
@@ -25,8 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The main job, end to end on the embedded default: phantoms -> dataset loader -> image
-    /// loader and preprocessing -> statistics and a gallery.
+    /// The main job, end to end on the embedded default: phantoms -> classifier and VQ-GAN ->
+    /// SmolLM2 fine-tuned on the four tasks -> held-out evaluation -> one HTML report (cached,
+    /// resumable stages; --quick for the short CI profile).
     Demo(commands::demo::Args),
     /// Generate a synthetic CXR dataset with reports and ground truth, in the MIMIC-CXR-JPG
     /// layout (files/pXX/pSUBJECT/sSTUDY/IMAGE.jpg, sSTUDY.txt, CheXpert/split/metadata CSVs).
@@ -72,23 +73,8 @@ enum Command {
     Ask(commands::tasks::AskArgs),
 }
 
-fn main() -> std::process::ExitCode {
-    cxr_lm::tune_cpu_runtime();
-    let cli = Cli::parse();
-    let default = match cli.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let result = match cli.command {
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Demo(a) => commands::demo::run(a),
         Command::Phantom(a) => commands::phantom::run(a),
         Command::Gallery(a) => commands::gallery::run(a),
@@ -106,7 +92,35 @@ fn main() -> std::process::ExitCode {
         Command::Vqgan(c) => commands::vqgan::run(c),
         Command::Chat(a) => commands::chat::run(a),
         Command::Lm(c) => commands::lm::run(c),
+    }
+}
+
+/// Runs one command line (`llm-cxr` and its arguments) in this process: how `demo` runs its
+/// stages, so that each stage is a command a user can copy and run alone.
+pub fn run_command_line(args: &[String]) -> anyhow::Result<()> {
+    let cli =
+        Cli::try_parse_from(std::iter::once("llm-cxr".to_string()).chain(args.iter().cloned()))
+            .map_err(|e| anyhow::anyhow!("llm-cxr {}: {e}", args.join(" ")))?;
+    dispatch(cli.command)
+}
+
+fn main() -> std::process::ExitCode {
+    cxr_lm::tune_cpu_runtime();
+    let cli = Cli::parse();
+    let default = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
     };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let result = dispatch(cli.command);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

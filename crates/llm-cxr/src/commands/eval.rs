@@ -144,7 +144,7 @@ pub enum Score {
 }
 
 /// What one evaluation shows on the HTML page.
-struct Section {
+pub struct Section {
     /// The markdown it also wrote to its .md file.
     markdown: String,
     figures: Vec<(Vec<u8>, String)>,
@@ -167,24 +167,39 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             (a.common, vec![section])
         }
         Command::All(a) => {
-            anyhow::ensure!(
-                a.reports.is_some() || a.images.is_some() || a.vqa.is_some(),
-                "nothing to evaluate: give --reports, --images and/or --vqa"
-            );
-            let mut sections = Vec::new();
-            if let Some(p) = &a.reports {
-                sections.push(report(p, &a.report, &a.common)?);
-            }
-            if let Some(p) = &a.images {
-                sections.push(image(p, &a.image, &a.common)?);
-            }
-            if let Some(p) = &a.vqa {
-                sections.push(vqa(p, &a.common)?);
-            }
+            let sections = all(&a)?;
             (a.common, sections)
         }
     };
     let mut page = Page::new(&format!("Evaluation: {}", common.model));
+    add_sections(&mut page, &sections);
+    let index = common.out.join("index.html");
+    super::write_atomic(&index, page.finish().as_bytes())?;
+    eprintln!("wrote {}", index.display());
+    Ok(())
+}
+
+/// `eval all`: every evaluation whose input is given (each writes its files under --out).
+pub fn all(a: &AllArgs) -> anyhow::Result<Vec<Section>> {
+    anyhow::ensure!(
+        a.reports.is_some() || a.images.is_some() || a.vqa.is_some(),
+        "nothing to evaluate: give --reports, --images and/or --vqa"
+    );
+    let mut sections = Vec::new();
+    if let Some(p) = &a.reports {
+        sections.push(report(p, &a.report, &a.common)?);
+    }
+    if let Some(p) = &a.images {
+        sections.push(image(p, &a.image, &a.common)?);
+    }
+    if let Some(p) = &a.vqa {
+        sections.push(vqa(p, &a.common)?);
+    }
+    Ok(sections)
+}
+
+/// Tables, figures and sample cases of evaluations, in order.
+pub fn add_sections(page: &mut Page, sections: &[Section]) {
     for s in sections {
         page.markdown(&s.markdown);
         for (png, caption) in &s.figures {
@@ -195,10 +210,6 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             page.table(&s.case_header, &s.cases);
         }
     }
-    let index = common.out.join("index.html");
-    super::write_atomic(&index, page.finish().as_bytes())?;
-    eprintln!("wrote {}", index.display());
-    Ok(())
 }
 
 /// The findings of a label set, positive ones plain and uncertain ones with "?".

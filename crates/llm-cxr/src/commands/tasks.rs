@@ -86,7 +86,8 @@ pub struct DrawArgs {
     /// Instruction; default: the first of our report -> CXR phrasings.
     #[arg(long)]
     pub instruction: Option<String>,
-    /// Folder for draw-<report>-<sample>.png.
+    /// Folder for draw-<report>-<sample>.png, and draws.csv (`image`, `report`) listing them for
+    /// `llm-cxr eval image`.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -287,6 +288,9 @@ pub fn ask(a: AskArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The CSV `draw` writes beside its images.
+pub const DRAWS_CSV: &str = "draws.csv";
+
 pub fn draw(a: DrawArgs) -> anyhow::Result<()> {
     let m = a.models.load()?;
     let instruction = a
@@ -335,7 +339,18 @@ pub fn draw(a: DrawArgs) -> anyhow::Result<()> {
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    println!("{} images written to {}", jobs.len(), a.out.display());
+    // What `llm-cxr eval image` reads: each image beside the report it was drawn from.
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["image", "report"])?;
+    for &(r, k) in &jobs {
+        w.write_record([format!("draw-{r}-{k}.png").as_str(), a.reports[r].as_str()])?;
+    }
+    super::write_atomic(&a.out.join(DRAWS_CSV), &w.into_inner()?)?;
+    println!(
+        "{} images written to {} (listed in {DRAWS_CSV})",
+        jobs.len(),
+        a.out.display()
+    );
     Ok(())
 }
 

@@ -141,6 +141,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Written beside the saved model: `{"global_step": N}`, as transformers' Trainer names it.
+pub const TRAINER_STATE: &str = "trainer_state.json";
+
 /// One stage: train, log, plot, save the model.
 fn stage(
     model: &Path,
@@ -150,8 +153,19 @@ fn stage(
     args: &Args,
 ) -> anyhow::Result<()> {
     let final_dir = opts.out.join("model");
-    if final_dir.join("model.safetensors").is_file() {
-        tracing::info!("{} exists: stage already done", final_dir.display());
+    // A finished stage records its step count; asked for more steps, it continues from its
+    // checkpoint (the learning-rate schedule and data order depend on the step alone).
+    let state_path = final_dir.join(TRAINER_STATE);
+    let trained = std::fs::read_to_string(&state_path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["global_step"].as_u64());
+    if trained.is_some_and(|t| t >= opts.steps) {
+        tracing::info!(
+            "{} holds {} steps: stage already done",
+            final_dir.display(),
+            trained.unwrap_or_default()
+        );
         return Ok(());
     }
     let (manifest, train) = read_shards(data)?;
@@ -239,6 +253,12 @@ fn stage(
         &net.model_tensors()?,
         &tokenizer,
         image_vocab,
+    )?;
+    super::write_atomic(
+        &state_path,
+        serde_json::json!({"global_step": opts.steps})
+            .to_string()
+            .as_bytes(),
     )?;
     println!("model written to {}", final_dir.display());
     Ok(())
