@@ -24,6 +24,21 @@ fn chexpert_phrases() -> Option<std::path::PathBuf> {
     }
 }
 
+/// SmolLM2-135M-Instruct where scripts/setup.sh puts it, or None (with a message) when absent.
+fn smollm2() -> Option<std::path::PathBuf> {
+    let gguf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if gguf.is_file() {
+        Some(gguf)
+    } else {
+        eprintln!(
+            "SKIP: {} is absent (scripts/setup.sh fetches it)",
+            gguf.display()
+        );
+        None
+    }
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -65,29 +80,31 @@ fn demo_quick_runs_end_to_end_and_skips_finished_stages() {
     let Some(phrases) = chexpert_phrases() else {
         return;
     };
-    let gguf =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !gguf.is_file() {
-        eprintln!(
-            "SKIP: {} is absent (scripts/setup.sh fetches it)",
-            gguf.display()
-        );
+    let Some(gguf) = smollm2() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let demo = || {
-        llm_cxr(&[
-            "demo",
-            "--quick",
-            "--out",
-            out.to_str().unwrap(),
-            "--base",
-            gguf.to_str().unwrap(),
-            "--phrases",
-            phrases.to_str().unwrap(),
-        ])
+    // Run from the temporary folder with a relative --out, as a user runs the README's command.
+    let demo_with = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_llm-cxr"))
+            .current_dir(dir.path())
+            .args([
+                "demo",
+                "--quick",
+                "--out",
+                "demo",
+                "--base",
+                gguf.to_str().unwrap(),
+                "--phrases",
+                phrases.to_str().unwrap(),
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run llm-cxr")
     };
+    let demo = || demo_with(&[]);
     let o = demo();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("report micro-F1"), "{}", stdout(&o));
@@ -134,6 +151,7 @@ fn demo_quick_runs_end_to_end_and_skips_finished_stages() {
     for part in [
         "Targets",
         "Plain instructions",
+        "Held-out cases",
         "llm-cxr vqgan train",
         "Report evaluation",
         "Image evaluation",
@@ -158,21 +176,10 @@ fn demo_quick_runs_end_to_end_and_skips_finished_stages() {
     assert_eq!(curve[0]["report_f1"], last["report_f1"]);
 
     // Other settings into the same folder would mix two runs: refused, naming the folder.
-    let o = llm_cxr(&[
-        "demo",
-        "--quick",
-        "--out",
-        out.to_str().unwrap(),
-        "--base",
-        gguf.to_str().unwrap(),
-        "--phrases",
-        phrases.to_str().unwrap(),
-        "--seed",
-        "2",
-    ]);
+    let o = demo_with(&["--seed", "2"]);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("other settings") && stderr(&o).contains(out.to_str().unwrap()),
+        stderr(&o).contains("demo was made with other settings"),
         "{}",
         stderr(&o)
     );
@@ -699,15 +706,9 @@ fn chat_answers_streams_batches_and_rejects_bad_models() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("broken.gguf"), "{}", stderr(&o));
 
-    let gguf =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !gguf.is_file() {
-        eprintln!(
-            "SKIP: {} is absent (bash scripts/fetch-smollm2.sh)",
-            gguf.display()
-        );
+    let Some(gguf) = smollm2() else {
         return;
-    }
+    };
     let g = gguf.to_str().unwrap();
     let o = llm_cxr(&[
         "chat",
@@ -749,15 +750,9 @@ fn chat_answers_streams_batches_and_rejects_bad_models() {
 /// loads and still answers.
 #[test]
 fn lm_init_extends_a_base_model_into_an_hf_directory() {
-    let gguf =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !gguf.is_file() {
-        eprintln!(
-            "SKIP: {} is absent (bash scripts/fetch-smollm2.sh)",
-            gguf.display()
-        );
+    let Some(gguf) = smollm2() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("smol-cxr");
     let o = llm_cxr(&[

@@ -11,6 +11,9 @@ use cxr_lm::{
     ChatMessage, Constraint, GenerateOptions, LanguageModel, Sampling, TextStream, WeightMode,
 };
 
+/// Where `scripts/setup.sh` puts SmolLM2-135M-Instruct: the default model of every command.
+pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
 /// Which model to load and how.
 #[derive(clap::Args, Clone)]
 pub struct ModelArgs {
@@ -19,7 +22,7 @@ pub struct ModelArgs {
     #[arg(
         long,
         env = "LLMCXR_MODEL",
-        default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        default_value = DEFAULT_MODEL
     )]
     pub model: PathBuf,
     /// Quantize float linear layers on load: q8_0, q4_0, q4_1, q4k (GGUF weights stay as stored).

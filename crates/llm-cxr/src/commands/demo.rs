@@ -30,12 +30,17 @@ pub struct Args {
     #[arg(
         long,
         env = "LLMCXR_MODEL",
-        default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        default_value = super::chat::DEFAULT_MODEL
     )]
     pub base: PathBuf,
-    /// Fine-tuning steps (default: the profile's).
+    /// Fine-tuning steps (default: the profile's). A finished run given more continues where it
+    /// stopped, evaluating at the same points.
     #[arg(long)]
     pub lm_steps: Option<u64>,
+    /// Evaluate on the held-out phantoms every this many fine-tuning steps, and at the end
+    /// (default: the profile's).
+    #[arg(long)]
+    pub eval_every: Option<u64>,
     /// The CheXpert phrase lists the evaluation's labeler reads (see `llm-cxr label --help`).
     #[arg(long, env = "LLMCXR_CHEXPERT_PHRASES")]
     pub phrases: Option<PathBuf>,
@@ -51,8 +56,10 @@ struct Profile {
     vqgan_steps: u64,
     lm_steps: u64,
     lm_lr: f64,
-    /// Held-out evaluations along the fine-tuning (the last one at its end).
-    eval_points: u64,
+    lm_warmup: u64,
+    /// Held-out evaluation every this many fine-tuning steps, and at the end. The warmup is
+    /// fixed too, so that a run given more `--lm-steps` later continues the same curve.
+    eval_every: u64,
     /// Held-out images per evaluation: each gets a report, a drawing from its report and
     /// `QUESTIONS_PER_IMAGE` questions.
     eval_images: usize,
@@ -63,9 +70,10 @@ const FULL: Profile = Profile {
     phantoms: 2000,
     classifier_steps: 300,
     vqgan_steps: 1200,
-    lm_steps: 300,
+    lm_steps: 240,
     lm_lr: 2e-4,
-    eval_points: 3,
+    lm_warmup: 30,
+    eval_every: 120,
     eval_images: 16,
 };
 
@@ -76,7 +84,8 @@ const QUICK: Profile = Profile {
     vqgan_steps: 150,
     lm_steps: 24,
     lm_lr: 1e-4,
-    eval_points: 1,
+    lm_warmup: 2,
+    eval_every: 24,
     eval_images: 6,
 };
 
@@ -213,6 +222,7 @@ fn args(parts: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<String> {
 /// The held-out test cases: images, their report text (findings + impression, as trained) and
 /// questions from their structured findings.
 struct TestSet {
+    image_ids: Vec<String>,
     images: Vec<PathBuf>,
     reports: Vec<String>,
     /// The structured findings and view of each image (the phantom's ground truth).
@@ -234,6 +244,7 @@ fn test_set(data: &Path, out: &Path, n: usize, seed: u64) -> anyhow::Result<Test
         cxr_instruct::build::read_phantom_findings(&data.join("phantom-findings.jsonl"))?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut set = TestSet {
+        image_ids: Vec::new(),
         images: Vec::new(),
         reports: Vec::new(),
         findings: Vec::new(),
@@ -252,11 +263,13 @@ fn test_set(data: &Path, out: &Path, n: usize, seed: u64) -> anyhow::Result<Test
         ) else {
             continue;
         };
-        let image = r.image_path.display().to_string();
+        // Absolute: `ask --from` reads relative paths against the CSV's own folder.
+        let image = std::path::absolute(&r.image_path)?.display().to_string();
         let pairs = cxr_instruct::synth_vqa::from_findings(found);
         for q in cxr_instruct::synth_vqa::choose(pairs, QUESTIONS_PER_IMAGE, &mut rng) {
             csv.write_record([image.as_str(), &q.question, &q.answer, &q.kind])?;
         }
+        set.image_ids.push(r.image_id.clone());
         set.images.push(r.image_path.clone());
         set.reports.push(report);
         set.findings.push(found.clone());
@@ -286,7 +299,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let profile = if a.quick { QUICK } else { FULL };
     let lm_steps = a.lm_steps.unwrap_or(profile.lm_steps);
-    anyhow::ensure!(lm_steps > 0, "--lm-steps must be at least 1");
+    let eval_every = a.eval_every.unwrap_or(profile.eval_every);
+    anyhow::ensure!(
+        lm_steps > 0 && eval_every > 0,
+        "--lm-steps and --eval-every must be at least 1"
+    );
     anyhow::ensure!(
         a.base.exists(),
         "{}: no base model; run `bash scripts/setup.sh` (it fetches SmolLM2-135M-Instruct from \
@@ -422,6 +439,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
     let eval_root = out.join("eval");
     let test = test_set(&phantoms, &eval_root, profile.eval_images, a.seed)?;
+    let reconstructions = eval_root.join("reconstructions");
+    let mut decode = vec!["vqgan".to_string(), "decode".into()];
+    decode.extend(test.image_ids.iter().map(|id| {
+        tokens
+            .join(cxr_vqgan::tokens::file_name(id))
+            .display()
+            .to_string()
+    }));
+    decode.extend(args(&[&"--vqgan", &vqgan, &"--out", &reconstructions]));
+    stages.run("reconstruct", decode)?;
     let lm_dir = out.join("lm");
     let model = lm_dir.join("model");
     let models = |extra: &[&dyn AsRef<std::ffi::OsStr>]| {
@@ -431,10 +458,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let mut curve: Vec<CurvePoint> = Vec::new();
     let mut train_seconds = 0.0;
-    let points = profile.eval_points.clamp(1, lm_steps);
+    let mut points: Vec<u64> = (1..=lm_steps / eval_every)
+        .map(|k| k * eval_every)
+        .collect();
+    if points.last() != Some(&lm_steps) {
+        points.push(lm_steps);
+    }
     let mut last_eval = PathBuf::new();
-    for k in 1..=points {
-        let step = lm_steps * k / points;
+    for step in points {
         train_seconds += stages.run(
             &format!("train-{step}"),
             args(&[
@@ -448,7 +479,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 &"--lr",
                 &profile.lm_lr.to_string(),
                 &"--warmup",
-                &(lm_steps / 10).max(1).to_string(),
+                &profile.lm_warmup.to_string(),
                 &"--checkpoint-every",
                 &"20",
                 &"--seed",
@@ -565,6 +596,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         curve: &curve,
         stages: &stages.done,
         plain: &plain,
+        test: &test,
+        reconstructions: &reconstructions,
         judge_check: &judge_check,
         vqgan_eval: &vqgan_eval,
         last_eval: &last_eval,
@@ -575,12 +608,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     super::write_atomic(&index, page.as_bytes())?;
     let last = curve.last().expect("at least one point");
     println!(
-        "demo ({} profile) finished in {:.1} min: report micro-F1 {}, image micro-AUROC {}, VQA yes/no accuracy {}; open {}",
+        "demo ({} profile): {:.1} min in this run, {:.1} min of stages in all; at step {}: report micro-F1 {}, image micro-AUROC {}, VQA yes/no accuracy {}, side and severity {}; open {}",
         profile.name,
         started.elapsed().as_secs_f64() / 60.0,
+        stages.done.iter().map(|(_, r, _)| r.seconds).sum::<f64>() / 60.0,
+        last.step,
         fmt3(last.report_f1),
         fmt3(last.image_auroc),
         fmt3(last.vqa_accuracy),
+        fmt3(last.side_severity),
         index.display()
     );
     Ok(())
@@ -590,14 +626,19 @@ fn fmt3(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.3}"))
 }
 
-/// `eval report`'s input: each generated report beside the truth of its image.
-fn write_pairs(reports_csv: &Path, truth: &[String], out: &Path) -> anyhow::Result<()> {
+/// The `report` column of what `llm-cxr report --out` wrote, in order.
+fn read_generated_reports(reports_csv: &Path) -> anyhow::Result<Vec<String>> {
     let mut reader = csv::Reader::from_path(reports_csv)
         .with_context(|| format!("reading {}", reports_csv.display()))?;
-    let generated: Vec<String> = reader
+    reader
         .records()
         .map(|r| Ok(r?.get(1).unwrap_or("").to_string()))
-        .collect::<anyhow::Result<_>>()?;
+        .collect()
+}
+
+/// `eval report`'s input: each generated report beside the truth of its image.
+fn write_pairs(reports_csv: &Path, truth: &[String], out: &Path) -> anyhow::Result<()> {
+    let generated = read_generated_reports(reports_csv)?;
     anyhow::ensure!(
         generated.len() == truth.len(),
         "{}: {} reports for {} images",
@@ -695,6 +736,8 @@ struct Report<'a> {
     curve: &'a [CurvePoint],
     stages: &'a [(String, StageRecord, bool)],
     plain: &'a [(String, String, String)],
+    test: &'a TestSet,
+    reconstructions: &'a Path,
     judge_check: &'a Judged,
     vqgan_eval: &'a Path,
     last_eval: &'a Path,
@@ -801,6 +844,40 @@ fn page(r: &Report) -> anyhow::Result<String> {
             fmt3(v["label_agreement"].as_f64())
         ));
     }
+
+    page.markdown(&format!(
+        "## Held-out cases at step {}\n\nEach test image beside its VQ-GAN reconstruction and the \
+         image drawn from its report; the report written for the image beside the truth.",
+        last.step
+    ));
+    let generated = read_generated_reports(&r.last_eval.join("reports.csv")).unwrap_or_default();
+    let thumb = |path: &Path| match crate::html::thumbnail(path, 128) {
+        Ok(bytes) => Cell::Png { bytes, width: 128 },
+        Err(e) => Cell::Text(format!("{}: {e}", path.display())),
+    };
+    let rows: Vec<Vec<Cell>> = (0..r.test.images.len().min(8))
+        .map(|i| {
+            let stem = cxr_vqgan::tokens::file_name(&r.test.image_ids[i]);
+            let stem = stem.trim_end_matches(".npy");
+            vec![
+                thumb(&r.test.images[i]),
+                thumb(&r.reconstructions.join(format!("{stem}.png"))),
+                thumb(&r.last_eval.join("draws").join(format!("draw-{i}-0.png"))),
+                Cell::Text(r.test.reports[i].clone()),
+                Cell::Text(generated.get(i).cloned().unwrap_or_default()),
+            ]
+        })
+        .collect();
+    page.table(
+        &[
+            "image",
+            "reconstruction",
+            "drawn from its report",
+            "true report",
+            "generated report",
+        ],
+        &rows,
+    );
 
     page.markdown("## Plain instructions, before and after fine-tuning");
     let rows: Vec<Vec<Cell>> = r

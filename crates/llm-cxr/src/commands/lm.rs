@@ -22,7 +22,7 @@ pub struct InitArgs {
     #[arg(
         long,
         env = "LLMCXR_MODEL",
-        default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        default_value = super::chat::DEFAULT_MODEL
     )]
     pub base: PathBuf,
     /// Number of image codes (the VQ-GAN's codebook size: 1024 for the paper preset, 512 for demo).
