@@ -221,33 +221,27 @@ fn training_learns_and_resumes_exactly() {
 #[test]
 fn out_of_vocabulary_samples_are_refused() {
     let dir = tempfile::tempdir().unwrap();
+    let refusal = |data: &[Tokenized]| {
+        finetune(
+            Trainable::load(&fixture("gpt_neox_tiny")).unwrap(),
+            data,
+            &[],
+            &opts(dir.path()),
+            &mut |_| {},
+        )
+        .err()
+        .unwrap()
+        .to_string()
+    };
     let mut data = samples(2);
     data[1].ids[3] = 5000;
-    let err = finetune(
-        Trainable::load(&fixture("gpt_neox_tiny")).unwrap(),
-        &data,
-        &[],
-        &opts(dir.path()),
-        &mut |_| {},
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = refusal(&data);
     assert!(err.contains("sample s1") && err.contains("384"), "{err}");
 
     let mut data = samples(2);
     data[0].ids.clear();
     data[0].response_start = 0;
-    let err = finetune(
-        Trainable::load(&fixture("gpt_neox_tiny")).unwrap(),
-        &data,
-        &[],
-        &opts(dir.path()),
-        &mut |_| {},
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = refusal(&data);
     assert!(
         err.contains("sample s0") && err.contains("0 tokens"),
         "{err}"

@@ -39,6 +39,22 @@ fn smollm2() -> Option<std::path::PathBuf> {
     }
 }
 
+/// `llm-cxr phantom --n N --size SIZE` into DIR/ph, which it returns.
+fn phantoms(dir: &Path, n: u32, size: u32) -> std::path::PathBuf {
+    let ph = dir.join("ph");
+    let o = llm_cxr(&[
+        "phantom",
+        "--n",
+        &n.to_string(),
+        "--size",
+        &size.to_string(),
+        "--out",
+        ph.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    ph
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -416,17 +432,7 @@ fn eval_image_runs_the_classifier_and_fid() {
     let inception = dir.path().join("inception.safetensors");
     varmap.save(&inception).unwrap();
 
-    let ph = dir.path().join("ph");
-    let o = llm_cxr(&[
-        "phantom",
-        "--n",
-        "6",
-        "--size",
-        "64",
-        "--out",
-        ph.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let ph = phantoms(dir.path(), 6, 64);
     let jpgs: Vec<_> = walk(&ph)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
@@ -559,17 +565,7 @@ fn vqgan_train_encode_decode_eval() {
             "embed_dim": 16}"#,
     )
     .unwrap();
-    let ph = dir.path().join("ph");
-    let o = llm_cxr(&[
-        "phantom",
-        "--n",
-        "8",
-        "--size",
-        "48",
-        "--out",
-        ph.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let ph = phantoms(dir.path(), 8, 48);
     let run = dir.path().join("run");
     let train = |steps: &str| {
         llm_cxr(&[
@@ -848,17 +844,7 @@ fn data_build_then_train_resumes_after_sigkill() {
     let Some(model) = tiny_llm_cxr(dir.path()) else {
         return;
     };
-    let ph = dir.path().join("ph");
-    let o = llm_cxr(&[
-        "phantom",
-        "--n",
-        "12",
-        "--size",
-        "32",
-        "--out",
-        ph.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let ph = phantoms(dir.path(), 12, 32);
     let tokens = dir.path().join("tokens");
     std::fs::create_dir_all(&tokens).unwrap();
     let meta = std::fs::read_to_string(ph.join("mimic-cxr-2.0.0-metadata.csv")).unwrap();
@@ -1042,17 +1028,7 @@ fn report_draw_and_ask_run_through_both_models() {
         (weights, config_path)
     };
     let (vqgan, config) = write_vqgan(64, "vq64");
-    let ph = dir.path().join("ph");
-    let o = llm_cxr(&[
-        "phantom",
-        "--n",
-        "3",
-        "--size",
-        "32",
-        "--out",
-        ph.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let ph = phantoms(dir.path(), 3, 32);
     let images: Vec<String> = walk(&ph)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
@@ -1189,17 +1165,7 @@ fn data_vqa_resumes_and_counts() {
     let (Some(model), Some(phrases)) = (tiny_llm_cxr(dir.path()), chexpert_phrases()) else {
         return;
     };
-    let ph = dir.path().join("ph");
-    let o = llm_cxr(&[
-        "phantom",
-        "--n",
-        "8",
-        "--size",
-        "32",
-        "--out",
-        ph.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let ph = phantoms(dir.path(), 8, 32);
     let out = dir.path().join("vqa.jsonl");
     let run = |limit: &str| {
         llm_cxr(&[
