@@ -62,6 +62,9 @@ impl Rotary {
                 Some(x.narrow(D::Minus1, self.dims, head_dim - self.dims)?),
             )
         };
+        if x.track_op() && cos.rank() == 2 {
+            return crate::fused::rope(x, &cos, &sin);
+        }
         let rotated = if x.track_op() {
             rope_differentiable(&rot, &cos, &sin)?
         } else {
@@ -220,19 +223,25 @@ impl LayerCache {
 
 /// One layer's self-attention after the projections: appends k, v (b, kv_heads, t, d) to the
 /// layer's cache when there is one, attends with q (b, heads, t, d) and merges the heads into
-/// (b, t, heads·d), ready for the output projection.
+/// (b, t, heads·d), ready for the output projection. `mask` is `span`'s.
 pub fn self_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     cache: Option<&mut LayerCache>,
+    span: &Span,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (b, _, t, _) = q.dims4()?;
+    let whole_causal = span.offset == 0 && !span.padded() && t > 1;
     let (k, v) = match cache {
         Some(c) => c.append(k, v)?,
+        None if whole_causal => return crate::fused::causal_attention(q, k, v),
         None => (k.contiguous()?, v.contiguous()?),
     };
+    if whole_causal {
+        return crate::fused::causal_attention(q, &k, &v);
+    }
     attend(&q.contiguous()?, &k, &v, mask)?
         .transpose(1, 2)?
         .reshape((b, t, ()))
@@ -268,7 +277,7 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
 
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     if x.track_op() || weight.track_op() {
-        candle_nn::ops::layer_norm_slow(x, weight, bias, eps as f32)
+        crate::fused::layer_norm(x, weight, bias, eps)
     } else {
         candle_nn::ops::layer_norm(&x.contiguous()?, weight, bias, eps as f32)
     }
@@ -276,7 +285,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if x.track_op() || weight.track_op() {
-        candle_nn::ops::rms_norm_slow(x, weight, eps as f32)
+        crate::fused::rms_norm(x, weight, eps)
     } else {
         candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
     }

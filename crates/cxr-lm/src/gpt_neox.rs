@@ -133,7 +133,7 @@ impl GptNeox {
                 .apply(&qkv.narrow(D::Minus1, head_dim, head_dim)?, &positions)?;
             let v = qkv.narrow(D::Minus1, 2 * head_dim, head_dim)?;
             let layer_cache = cache.as_deref_mut().map(|c| &mut c[n]);
-            let attn = self_attention(&q, &k, &v, layer_cache, mask.as_ref())?;
+            let attn = self_attention(&q, &k, &v, layer_cache, span, mask.as_ref())?;
             let attn = layer.dense.forward(&attn)?;
             x = if self.config.use_parallel_residual {
                 let m = self.mlp(layer, &layer.post_attention_layernorm.forward(&x)?)?;
@@ -150,8 +150,7 @@ impl GptNeox {
     fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
         let h = layer.dense_h_to_4h.forward(x)?;
         let h = match self.config.hidden_act.as_str() {
-            "gelu" if h.track_op() => h.gelu_erf()?,
-            "gelu" => h.contiguous()?.apply_op1_no_bwd(&GeluErf)?,
+            "gelu" => crate::fused::gelu_erf(&h)?,
             _ => h.gelu()?,
         };
         layer.dense_4h_to_h.forward(&h)
@@ -163,72 +162,5 @@ impl GptNeox {
 
     pub fn embeddings(&self) -> &Linear {
         &self.embed_in
-    }
-}
-
-/// Exact (erf) GELU for inference: candle's calls libm's scalar `erff` per element, which was
-/// a tenth of a prefill. erf from Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7), vectorized
-/// and split across threads.
-struct GeluErf;
-
-impl candle_core::CustomOp1 for GeluErf {
-    fn name(&self) -> &'static str {
-        "cxr-lm-gelu-erf"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use rayon::prelude::*;
-        let (candle_core::CpuStorage::F32(data), Some((a, b))) =
-            (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("gelu needs a contiguous f32 tensor")
-        };
-        let x = &data[a..b];
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(1 << 14)
-            .zip(x.par_chunks(1 << 14))
-            .for_each(|(y, x)| gelu_erf(x, y));
-        Ok((candle_core::CpuStorage::F32(y), layout.shape().clone()))
-    }
-}
-
-#[inline(always)]
-fn gelu_erf_generic(x: &[f32], y: &mut [f32]) {
-    const P: f32 = 0.327_591_1;
-    const A: [f32; 5] = [
-        0.254_829_6,
-        -0.284_496_74,
-        1.421_413_7,
-        -1.453_152,
-        1.061_405_4,
-    ];
-    for (o, &v) in y.iter_mut().zip(x) {
-        let z = v * std::f32::consts::FRAC_1_SQRT_2;
-        let az = z.abs();
-        let t = 1.0 / (1.0 + P * az);
-        let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-        let erf_abs = 1.0 - poly * cxr_train::group_norm::exp_fast(-az * az);
-        let erf = if z < 0.0 { -erf_abs } else { erf_abs };
-        *o = 0.5 * v * (1.0 + erf);
-    }
-}
-
-cxr_train::dispatch_simd!(gelu_erf_generic, gelu_erf, (x: &[f32], y: &mut [f32]));
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fast_gelu_matches_candles_exact_gelu() {
-        let x = Tensor::randn(0f32, 3.0, 100_000, &candle_core::Device::Cpu).unwrap();
-        let want = x.gelu_erf().unwrap();
-        let got = x.apply_op1_no_bwd(&GeluErf).unwrap();
-        let d = cxr_train::max_abs_diff(&want, &got).unwrap();
-        assert!(d < 2e-6, "{d}");
     }
 }

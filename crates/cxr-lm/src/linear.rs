@@ -158,6 +158,13 @@ impl Linear {
                 w.matmul(&xt)?.t()?.contiguous()?.reshape(dims)?
             }
             Weight::Quantized(q) => QMatMul::QTensor(q.clone()).forward(&x.contiguous()?)?,
+            Weight::Rows(w) if (x.track_op() || w.track_op()) && x.dtype() == DType::F32 => {
+                let mut dims = x.dims().to_vec();
+                if let Some(last) = dims.last_mut() {
+                    *last = w.dim(0)?;
+                }
+                crate::fused::linear(&x.reshape((rows, in_dim))?, w)?.reshape(dims)?
+            }
             Weight::Rows(w) => QMatMul::Tensor(w.clone()).forward(x)?,
             Weight::Columns(wt) => {
                 let out_dim = wt.dim(1)?;

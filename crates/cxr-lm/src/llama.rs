@@ -122,7 +122,7 @@ impl Llama {
                 .apply(&split(&layer.k_proj, kv_heads)?, &positions)?;
             let v = split(&layer.v_proj, kv_heads)?;
             let layer_cache = cache.as_deref_mut().map(|c| &mut c[n]);
-            let attn = self_attention(&q, &k, &v, layer_cache, mask.as_ref())?;
+            let attn = self_attention(&q, &k, &v, layer_cache, span, mask.as_ref())?;
             let attn = layer.o_proj.forward(&attn)?;
             x = (x + attn)?;
             let m = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
