@@ -53,8 +53,9 @@ fn phase(name: &str) -> serde_json::Value {
     .unwrap();
     // The step of `finetune` taken apart (one micro-batch, no clipping), timed as the peer
     // times its own: forward (to the loss), backward, optimizer.
-    let (mut times, mut parts) = (Vec::new(), Vec::new());
+    let (mut times, mut parts, mut faults) = (Vec::new(), Vec::new(), Vec::new());
     for k in 0..repeats + 2 {
+        let faults0 = minor_faults();
         let t0 = Instant::now();
         let (nll, n) = response_nll(&net.model, &[&sample]).unwrap();
         let loss = (nll / n as f64).unwrap();
@@ -65,6 +66,7 @@ fn phase(name: &str) -> serde_json::Value {
         drop(grads);
         let t3 = Instant::now();
         if k >= 2 {
+            faults.push(minor_faults() - faults0);
             times.push((t3 - t0).as_secs_f64());
             parts.push([
                 (t1 - t0).as_secs_f64(),
@@ -90,7 +92,18 @@ fn phase(name: &str) -> serde_json::Value {
         "bwd_s": bwd,
         "opt_s": opt_s,
         "peak_rss_mb": cxr_train::peak_rss_mb(),
+        "page_faults_per_step": faults,
     })
+}
+
+/// Minor page faults of this process so far (each a page the kernel zeroed or copied).
+fn minor_faults() -> i64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes the struct it is given.
+    unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init().ru_minflt
+    }
 }
 
 fn main() {

@@ -731,32 +731,35 @@ impl CustomOp3 for Rope {
 // ---------------------------------------------------------------------------------------------
 // The dense layer
 
-/// `x (rows, in) · wᵀ` for a weight w (out, in), differentiable in both. The weight gradient
-/// `dyᵀ·x` comes out in w's own layout (candle's matmul of a transposed weight yields it
-/// transposed, then copies it into the gradient store).
-pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op2_arc(&w.contiguous()?, std::sync::Arc::new(Box::new(LinearOp)))
+/// `x (rows, in) · wᵀ (+ bias)` for a weight w (out, in), differentiable in all. The weight
+/// gradient `dyᵀ·x` comes out in w's own layout (candle's matmul of a transposed weight yields it
+/// transposed, then copies it), and the bias is added in the same op (a broadcast add is one more
+/// node, with its own gradient buffers, per layer).
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match bias {
+        Some(b) => x.apply_op3_arc(
+            &w,
+            &b.contiguous()?,
+            std::sync::Arc::new(Box::new(LinearOp)),
+        ),
+        None => x.apply_op2_arc(&w, std::sync::Arc::new(Box::new(LinearOp))),
+    }
 }
 
 struct LinearOp;
 
-impl CustomOp2 for LinearOp {
-    fn name(&self) -> &'static str {
-        "cxr-lm-linear"
-    }
-
-    fn cpu_fwd(
+impl LinearOp {
+    fn forward(
         &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
+        (xs, xl): (&CpuStorage, &Layout),
+        (ws, wl): (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
+        let name = "cxr-lm-linear";
         let (rows, inp) = xl.shape().dims2()?;
         let (out, w_in) = wl.shape().dims2()?;
-        if w_in != inp {
+        if w_in != inp || bias.is_some_and(|(_, bl)| bl.dims() != [out]) {
             candle_core::bail!(
                 "linear: weight {:?} does not fit input {:?}",
                 wl.dims(),
@@ -765,30 +768,36 @@ impl CustomOp2 for LinearOp {
         }
         let (x, w) = (contiguous(xs, xl, name)?, contiguous(ws, wl, name)?);
         let mut y = vec![0f32; rows * out];
+        if let Some((bs, bl)) = bias {
+            let b = contiguous(bs, bl, name)?;
+            y.chunks_mut(out).for_each(|row| row.copy_from_slice(b));
+        }
         let threads = rayon::current_num_threads();
+        let (x, wt) = (Mat::rows(x, inp), Mat::transposed(w, inp));
         gemm(
             (rows, out, inp),
             &mut y,
             out,
-            false,
-            Mat::rows(x, inp),
-            Mat::transposed(w, inp),
+            bias.is_some(),
+            x,
+            wt,
             1.0,
             threads,
         );
         Ok((CpuStorage::F32(y), Shape::from((rows, out))))
     }
 
-    fn bwd(
+    /// dx = dy·w, dw = dyᵀ·x and, when asked, dbias = the column sums of dy.
+    fn backward(
         &self,
         x: &Tensor,
         w: &Tensor,
-        _out: &Tensor,
         dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        bias: bool,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let (rows, inp) = x.dims2()?;
         let out = w.dim(0)?;
-        read!(self.name(), xv = x, wv = w, dyv = dy);
+        read!("cxr-lm-linear", xv = x, wv = w, dyv = dy);
         let threads = rayon::current_num_threads();
         let mut dx = vec![0f32; rows * inp];
         gemm(
@@ -802,20 +811,87 @@ impl CustomOp2 for LinearOp {
             threads,
         );
         let mut dw = vec![0f32; out * inp];
+        let dyt = Mat::transposed(dyv, out);
         gemm(
             (out, inp, rows),
             &mut dw,
             inp,
             false,
-            Mat::transposed(dyv, out),
+            dyt,
             Mat::rows(xv, inp),
             1.0,
             threads,
         );
+        let db = bias.then(|| {
+            let mut db = vec![0f32; out];
+            for row in dyv.chunks(out) {
+                db.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            }
+            db
+        });
+        let dev = x.device();
         Ok((
-            Some(Tensor::from_vec(dx, (rows, inp), x.device())?),
-            Some(Tensor::from_vec(dw, (out, inp), w.device())?),
+            Tensor::from_vec(dx, (rows, inp), dev)?,
+            Tensor::from_vec(dw, (out, inp), dev)?,
+            db.map(|db| Tensor::from_vec(db, out, dev)).transpose()?,
         ))
+    }
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "cxr-lm-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward((xs, xl), (ws, wl), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _out: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = self.backward(x, w, dy, false)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "cxr-lm-linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward((xs, xl), (ws, wl), Some((bs, bl)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _out: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = self.backward(x, w, dy, true)?;
+        Ok((Some(dx), Some(dw), db))
     }
 }
 
@@ -971,8 +1047,14 @@ mod tests {
     fn linear_matches_a_matmul_by_the_transposed_weight() {
         assert_same(
             &[randn(&[13, 24]), randn(&[40, 24])],
-            |t| linear(&t[0], &t[1]),
+            |t| linear(&t[0], &t[1], None),
             |t| t[0].matmul(&t[1].t()?),
+            1e-4,
+        );
+        assert_same(
+            &[randn(&[13, 24]), randn(&[40, 24]), randn(&[40])],
+            |t| linear(&t[0], &t[1], Some(&t[2])),
+            |t| t[0].matmul(&t[1].t()?)?.broadcast_add(&t[2]),
             1e-4,
         );
     }

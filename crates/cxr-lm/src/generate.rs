@@ -76,6 +76,20 @@ pub fn generate(
     options: &GenerateOptions,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Vec<u32>>, LmError> {
+    generate_until(model, prompts, options, |row, id| {
+        on_token(row, id);
+        true
+    })
+}
+
+/// [`generate`], where `on_token(row, id)` returning false ends that row there (a client gone,
+/// a deadline passed); the batch stops when every row has ended.
+pub fn generate_until(
+    model: &CausalLm,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+    mut on_token: impl FnMut(usize, u32) -> bool,
+) -> Result<Vec<Vec<u32>>, LmError> {
     let err = |e: candle_core::Error| LmError::Candle(e.to_string());
     let device = Device::Cpu;
     if prompts.is_empty() {
@@ -164,9 +178,10 @@ pub fn generate(
             }
             let id = sample(&mut l, &options.sampling, &mut rngs[row]) as u32 + offset;
             outputs[row].push(id);
-            on_token(row, id);
+            let keep = on_token(row, id);
             let is_image = matches!(options.constraint, Constraint::Image { .. });
-            if (!is_image && options.stop_ids.contains(&id)) || outputs[row].len() >= limit {
+            if !keep || (!is_image && options.stop_ids.contains(&id)) || outputs[row].len() >= limit
+            {
                 done[row] = true;
             }
             next.push(id);

@@ -163,7 +163,9 @@ impl Linear {
                 if let Some(last) = dims.last_mut() {
                     *last = w.dim(0)?;
                 }
-                crate::fused::linear(&x.reshape((rows, in_dim))?, w)?.reshape(dims)?
+                // The bias is added inside the op.
+                return crate::fused::linear(&x.reshape((rows, in_dim))?, w, self.bias.as_ref())?
+                    .reshape(dims);
             }
             Weight::Rows(w) => QMatMul::Tensor(w.clone()).forward(x)?,
             Weight::Columns(wt) => {
