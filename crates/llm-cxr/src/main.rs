@@ -4,6 +4,7 @@
 mod commands;
 mod html;
 mod plot;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -71,6 +72,9 @@ enum Command {
     Draw(commands::tasks::DrawArgs),
     /// Ask a trained model questions about a CXR image (VQA).
     Ask(commands::tasks::AskArgs),
+    /// Serve a trained model over HTTP: report, draw, ask and OpenAI-compatible chat, streamed
+    /// by server-sent events, batched, with a web page at / and metrics at /metrics.
+    Serve(serve::Args),
 }
 
 fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -86,6 +90,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Report(a) => commands::tasks::report(a),
         Command::Draw(a) => commands::tasks::draw(a),
         Command::Ask(a) => commands::tasks::ask(a),
+        Command::Serve(a) => serve::run(a),
         Command::Label(a) => commands::label::run(a),
         Command::Eval(c) => commands::eval::run(c),
         Command::Classifier(c) => commands::classifier::run(c),

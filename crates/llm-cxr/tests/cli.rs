@@ -4,13 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn llm_cxr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llm-cxr"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run llm-cxr")
-}
+mod common;
+use common::{llm_cxr, random_vqgan, stderr, tiny_llm_cxr};
 
 /// The CheXpert phrase lists from ../shared/data, or None (with a message) when absent.
 fn chexpert_phrases() -> Option<std::path::PathBuf> {
@@ -57,10 +52,6 @@ fn phantoms(dir: &Path, n: u32, size: u32) -> std::path::PathBuf {
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
@@ -797,45 +788,6 @@ fn lm_init_extends_a_base_model_into_an_hf_directory() {
     );
 }
 
-/// An LLM-CXR starting point from the tiny GPT-NeoX fixture and dolly's tokenizer, through
-/// `lm init` (64 image codes); None when the shared tokenizer is absent.
-fn tiny_llm_cxr(dir: &Path) -> Option<std::path::PathBuf> {
-    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/tokenizers/gpt-neox-20b-tokenizer.json");
-    if !tokenizer.is_file() {
-        eprintln!("SKIP: {} is absent", tokenizer.display());
-        return None;
-    }
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../cxr-lm/tests/fixtures/gpt_neox_tiny");
-    let base = dir.join("base");
-    std::fs::create_dir_all(&base).unwrap();
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture.join("config.json")).unwrap()).unwrap();
-    // Room for a report and a 4 x 4 image; the weights do not depend on it.
-    config["max_position_embeddings"] = 512.into();
-    std::fs::write(base.join("config.json"), config.to_string()).unwrap();
-    std::fs::copy(
-        fixture.join("model.safetensors"),
-        base.join("model.safetensors"),
-    )
-    .unwrap();
-    std::fs::copy(&tokenizer, base.join("tokenizer.json")).unwrap();
-    let model = dir.join("llm-cxr-tiny");
-    let o = llm_cxr(&[
-        "lm",
-        "init",
-        "--base",
-        base.to_str().unwrap(),
-        "--codes",
-        "64",
-        "--out",
-        model.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    Some(model)
-}
-
 /// `data build` on phantoms with 4 x 4 token files, then `train`: a run killed with SIGKILL and
 /// started again ends with the same weights as one never killed.
 #[test]
@@ -999,35 +951,11 @@ fn data_build_then_train_resumes_after_sigkill() {
 /// whose 64 codes match its image vocabulary: the plumbing, not the quality.
 #[test]
 fn report_draw_and_ask_run_through_both_models() {
-    use cxr_classifier::candle_core::{DType, Device};
-    use cxr_classifier::candle_nn::{VarBuilder, VarMap};
     let dir = tempfile::tempdir().unwrap();
     let Some(model) = tiny_llm_cxr(dir.path()) else {
         return;
     };
-    let vq_config = |n_embed: usize| {
-        format!(
-            r#"{{"resolution": 16, "in_channels": 1, "out_ch": 1, "ch": 32, "ch_mult": [1, 1],
-                "num_res_blocks": 1, "attn_resolutions": [], "z_channels": 32, "n_embed": {n_embed},
-                "embed_dim": 8}}"#
-        )
-    };
-    let write_vqgan = |n_embed: usize, name: &str| {
-        let config_path = dir.path().join(format!("{name}.json"));
-        std::fs::write(&config_path, vq_config(n_embed)).unwrap();
-        let config =
-            cxr_vqgan::VqganConfig::from_name_or_file(config_path.to_str().unwrap()).unwrap();
-        let varmap = VarMap::new();
-        cxr_vqgan::VqModel::new(
-            &config,
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        )
-        .unwrap();
-        let weights = dir.path().join(format!("{name}.safetensors"));
-        varmap.save(&weights).unwrap();
-        (weights, config_path)
-    };
-    let (vqgan, config) = write_vqgan(64, "vq64");
+    let (vqgan, config) = random_vqgan(dir.path(), 64, "vq64");
     let ph = phantoms(dir.path(), 3, 32);
     let images: Vec<String> = walk(&ph)
         .into_iter()
@@ -1149,7 +1077,7 @@ fn report_draw_and_ask_run_through_both_models() {
     }
 
     // A VQ-GAN whose codebook does not match the model's image vocabulary is refused.
-    let (vq32, config32) = write_vqgan(32, "vq32");
+    let (vq32, config32) = random_vqgan(dir.path(), 32, "vq32");
     let mut args = vec!["ask".to_string(), images[0].clone(), "Anything?".into()];
     args.extend(models(&vq32, &config32));
     let o = run(args);

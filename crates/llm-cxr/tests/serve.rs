@@ -1,0 +1,471 @@
+//! `llm-cxr serve` over real sockets, with an (untrained) tiny LLM-CXR model and a random
+//! VQ-GAN: every route, streaming, the OpenAI-compatible endpoint, errors, the queue's 429,
+//! cancellation on disconnect, and no DICOM patient tag in any response or log line.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{random_vqgan, tiny_llm_cxr};
+
+/// A running server, killed when dropped; its log (stderr) is collected by a thread.
+struct Server {
+    child: Child,
+    addr: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(model: &Path, vqgan: &Path, config: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_llm-cxr"))
+            .args(["serve", "--model"])
+            .arg(model)
+            .arg("--vqgan")
+            .arg(vqgan)
+            .arg("--config")
+            .arg(config)
+            .args(["--port", "0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start llm-cxr serve");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (err, sink) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("llm-cxr serving on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}: {}", log.lock().unwrap()))
+            .to_string();
+        Server { child, addr, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Opens a connection and sends one HTTP/1.0 request (the answer then ends with the
+    /// connection: no chunked encoding to undo).
+    fn send(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> TcpStream {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        // A server may answer (413) and close before it has read a large body.
+        let _ = s.write_all(body);
+        s
+    }
+
+    fn request(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Reply {
+        let mut s = self.send(method, path, content_type, body);
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        Reply::parse(&raw)
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, "text/plain", b"")
+    }
+
+    fn json(&self, path: &str, body: serde_json::Value) -> Reply {
+        self.request(
+            "POST",
+            path,
+            "application/json",
+            body.to_string().as_bytes(),
+        )
+    }
+
+    fn form(&self, path: &str, fields: &[(&str, &[u8])]) -> Reply {
+        let (ct, body) = multipart(fields);
+        self.request("POST", path, &ct, &body)
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let m = self.get("/metrics").text();
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in\n{m}"))
+    }
+}
+
+struct Reply {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn parse(raw: &[u8]) -> Reply {
+        let cut = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(raw)));
+        let head = String::from_utf8_lossy(&raw[..cut]).to_lowercase();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        Reply {
+            status,
+            head,
+            body: raw[cut + 4..].to_vec(),
+        }
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {} {}", self.status, self.text()))
+    }
+    /// The `data:` payloads of a server-sent event stream, with their event names.
+    fn events(&self) -> Vec<(String, String)> {
+        self.text()
+            .split("\n\n")
+            .filter_map(|block| {
+                let mut event = "message".to_string();
+                let mut data = None;
+                for line in block.lines() {
+                    if let Some(e) = line.strip_prefix("event:") {
+                        event = e.trim().to_string();
+                    }
+                    if let Some(d) = line.strip_prefix("data:") {
+                        data = Some(d.trim().to_string());
+                    }
+                }
+                Some((event, data?))
+            })
+            .collect()
+    }
+}
+
+fn multipart(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "llmcxrtestboundary7MA4YWxk";
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        let file = if *name == "image" {
+            "; filename=\"upload\"\r\nContent-Type: application/octet-stream"
+        } else {
+            ""
+        };
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"{file}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(value);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// A phantom CXR as PNG bytes, and a DICOM of it carrying synthetic patient tags.
+fn images() -> (Vec<u8>, Vec<u8>) {
+    let spec = cxr_phantom::PhantomSpec::sample(3, 0);
+    let img = spec.render(64);
+    let mut png = Vec::new();
+    img.to_luma8()
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let dicom = cxr_image::dicom::encode_dicom(
+        &img,
+        &cxr_image::dicom::DicomWriteOptions {
+            patient: Some(("SECRETSURNAME^GIVEN".into(), "SECRETID4711".into())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (png, dicom)
+}
+
+fn models(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let model = tiny_llm_cxr(dir)?;
+    let (vqgan, config) = random_vqgan(dir, 64, "vq64");
+    Some((model, vqgan, config))
+}
+
+#[test]
+fn every_route_answers_and_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((model, vqgan, config)) = models(dir.path()) else {
+        return;
+    };
+    let server = Server::start(
+        &model,
+        &vqgan,
+        &config,
+        &["--max-tokens", "12", "--max-body-mib", "1"],
+    );
+    let (png, dicom) = images();
+
+    let health = server.get("/health");
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["status"], "ok");
+    let page = server.get("/");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("/v1/report") && page.text().contains("<title>llm-cxr"));
+    let spec = server.get("/openapi.json").json();
+    assert_eq!(spec["openapi"], "3.1.0");
+    for route in [
+        "/v1/report",
+        "/v1/ask",
+        "/v1/draw",
+        "/v1/chat/completions",
+        "/metrics",
+    ] {
+        assert!(
+            spec["paths"][route].is_object(),
+            "{route} missing from the OpenAPI document"
+        );
+    }
+    let examples = server.get("/v1/examples").json();
+    let first = &examples["examples"][0];
+    assert!(first["report"].as_str().unwrap().contains("IMPRESSION"));
+    assert!(first["png_base64"].as_str().unwrap().len() > 1000);
+
+    // CXR -> report, whole and streamed; a PNG and a DICOM upload.
+    for upload in [&png, &dicom] {
+        let r = server.form("/v1/report", &[("image", upload), ("temperature", b"0")]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let tokens = v["usage"]["completion_tokens"].as_u64().unwrap();
+        assert!((1..=12).contains(&tokens), "{v}");
+        assert!(v["text"].is_string());
+        assert!(!r.text().contains("SECRET"));
+    }
+    let streamed = server.form(
+        "/v1/report",
+        &[("image", &png), ("temperature", b"0"), ("stream", b"true")],
+    );
+    assert_eq!(streamed.status, 200);
+    assert!(streamed.head.contains("text/event-stream"));
+    let events = streamed.events();
+    let done = events
+        .iter()
+        .find(|(e, _)| e == "done")
+        .expect("a done event");
+    let whole: serde_json::Value = serde_json::from_str(&done.1).unwrap();
+    let deltas: String = events
+        .iter()
+        .filter(|(e, _)| e == "token")
+        .map(|(_, d)| {
+            serde_json::from_str::<serde_json::Value>(d).unwrap()["delta"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        deltas.trim(),
+        whole["text"].as_str().unwrap(),
+        "the deltas add up to the answer"
+    );
+    // Greedy is deterministic: the streamed answer equals the whole one.
+    let plain = server.form("/v1/report", &[("image", &png), ("temperature", b"0")]);
+    assert_eq!(plain.json()["text"], whole["text"]);
+
+    let ask = server.form(
+        "/v1/ask",
+        &[("image", &png), ("question", b"Is there pleural effusion?")],
+    );
+    assert_eq!(ask.status, 200, "{}", ask.text());
+    assert!(ask.json()["text"].is_string());
+
+    // Report -> CXR: exactly one image's codes, and a PNG of the VQ-GAN's size.
+    let draw = server.json(
+        "/v1/draw",
+        serde_json::json!({"report": "Small left pleural effusion.", "seed": 3}),
+    );
+    assert_eq!(draw.status, 200, "{}", draw.text());
+    let v = draw.json();
+    assert_eq!(v["codes"].as_array().unwrap().len(), 64);
+    assert!(v["codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c.as_u64().unwrap() < 64));
+    use base64::Engine as _;
+    let png_out = base64::engine::general_purpose::STANDARD
+        .decode(v["png_base64"].as_str().unwrap())
+        .unwrap();
+    let drawn = image::load_from_memory(&png_out).unwrap();
+    assert_eq!((drawn.width(), drawn.height()), (16, 16));
+
+    // OpenAI-compatible chat, whole and streamed.
+    let body = serde_json::json!({"model": "tiny", "messages": [{"role": "user", "content": "Name a bone."}],
+        "max_tokens": 5, "temperature": 0});
+    let chat = server.json("/v1/chat/completions", body.clone());
+    assert_eq!(chat.status, 200, "{}", chat.text());
+    let v = chat.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 5);
+    let mut body = body;
+    body["stream"] = true.into();
+    let events = server.json("/v1/chat/completions", body).events();
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let chunk: serde_json::Value = serde_json::from_str(&events[0].1).unwrap();
+    assert_eq!(chunk["object"], "chat.completion.chunk");
+    let content: String = events[..events.len() - 1]
+        .iter()
+        .filter_map(|(_, d)| {
+            serde_json::from_str::<serde_json::Value>(d).unwrap()["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(
+        content.trim(),
+        v["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+
+    // Errors: a status and a message that says what is wrong.
+    let error = |r: &Reply, status: u16, needle: &str| {
+        assert_eq!(r.status, status, "{}", r.text());
+        let m = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(m.contains(needle), "{m:?} lacks {needle:?}");
+    };
+    error(
+        &server.form("/v1/report", &[("temperature", b"0")]),
+        400,
+        "no `image`",
+    );
+    error(
+        &server.form("/v1/report", &[("image", b"not an image")]),
+        400,
+        "could not be read",
+    );
+    error(
+        &server.form("/v1/ask", &[("image", &png)]),
+        400,
+        "no `question`",
+    );
+    error(
+        &server.form("/v1/report", &[("image", &png), ("max_tokens", b"13")]),
+        400,
+        "limit of 12",
+    );
+    error(
+        &server.form("/v1/report", &[("image", &png), ("colour", b"red")]),
+        400,
+        "unknown form field",
+    );
+    error(
+        &server.json("/v1/draw", serde_json::json!({"report": " "})),
+        400,
+        "empty",
+    );
+    error(
+        &server.request("POST", "/v1/draw", "application/json", b"{not json"),
+        400,
+        "",
+    );
+    error(
+        &server.json("/v1/chat/completions", serde_json::json!({"messages": []})),
+        400,
+        "no user message",
+    );
+    let big = vec![0u8; 2 << 20];
+    assert_eq!(server.form("/v1/report", &[("image", &big)]).status, 413);
+
+    let metrics = server.get("/metrics");
+    assert!(metrics.head.contains("text/plain"));
+    assert!(server.metric("llmcxr_requests_total{route=\"/v1/report\",status=\"200\"}") >= 4.0);
+    assert!(server.metric("llmcxr_generated_tokens_total") > 0.0);
+    // Logs name routes and statuses, never a patient tag read from the DICOM.
+    let log = server.log();
+    assert!(log.contains("POST /v1/report -> 200"), "{log}");
+    assert!(!log.contains("SECRET"), "{log}");
+}
+
+#[test]
+fn a_full_queue_answers_429_and_a_gone_client_stops_its_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((model, vqgan, config)) = models(dir.path()) else {
+        return;
+    };
+    let server = Server::start(
+        &model,
+        &vqgan,
+        &config,
+        &["--queue", "1", "--batch", "1", "--max-tokens", "400"],
+    );
+    let (png, _) = images();
+
+    // A stream that runs long; the client reads its first token and hangs up.
+    let (ct, body) = multipart(&[("image", &png), ("stream", b"true"), ("max_tokens", b"400")]);
+    let mut s = server.send("POST", "/v1/report", &ct, &body);
+    let mut first = [0u8; 256];
+    let n = s.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.0 200"));
+    drop(s);
+    let t0 = Instant::now();
+    while server.metric("llmcxr_cancelled_total") < 1.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the generation was not cancelled"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let generated = server.metric("llmcxr_generated_tokens_total");
+    assert!(
+        generated < 400.0,
+        "{generated} tokens: the row ran to its limit"
+    );
+
+    // Many clients at once against a queue of one: some wait, the rest are told when to retry.
+    let statuses: Vec<(u16, bool)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..24)
+            .map(|_| {
+                scope.spawn(|| {
+                    let r = server.form(
+                        "/v1/report",
+                        &[
+                            ("image", &png),
+                            ("max_tokens", b"200"),
+                            ("temperature", b"0"),
+                        ],
+                    );
+                    (r.status, r.head.contains("retry-after"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        statuses.iter().all(|(s, _)| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(statuses.iter().any(|(s, _)| *s == 200), "{statuses:?}");
+    assert!(
+        statuses.iter().any(|&(s, retry)| s == 429 && retry),
+        "no 429 with Retry-After: {statuses:?}"
+    );
+    assert_eq!(server.get("/health").status, 200);
+}
