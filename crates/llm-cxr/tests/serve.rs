@@ -469,3 +469,202 @@ fn a_full_queue_answers_429_and_a_gone_client_stops_its_generation() {
     );
     assert_eq!(server.get("/health").status, 200);
 }
+
+/// The server's resident memory in MiB (Linux).
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// 64 clients for a bounded time, mixing every route with malformed and oversized requests: no
+/// crash, no 5xx but the designed 503, bounded memory; prints throughput and latency (JSON, also
+/// written to $LLMCXR_LOAD_OUT). `LLMCXR_LOAD_SECONDS` (default 8), `LLMCXR_LOAD_CLIENTS`
+/// (64) and `LLMCXR_LOAD_MODEL` / `_VQGAN` / `_CONFIG` (a real model instead of the tiny one)
+/// size it for the figures in docs/serving.md.
+#[test]
+fn under_load_every_answer_is_designed_and_memory_stays_bounded() {
+    let env = |k: &str| std::env::var(k).ok();
+    let seconds: f64 = env("LLMCXR_LOAD_SECONDS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8.0);
+    let clients: usize = env("LLMCXR_LOAD_CLIENTS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let dir = tempfile::tempdir().unwrap();
+    let (model, vqgan, config) = match (
+        env("LLMCXR_LOAD_MODEL"),
+        env("LLMCXR_LOAD_VQGAN"),
+        env("LLMCXR_LOAD_CONFIG"),
+    ) {
+        (Some(m), Some(v), Some(c)) => (m.into(), v.into(), c.into()),
+        _ => match models(dir.path()) {
+            Some(m) => m,
+            None => return,
+        },
+    };
+    let server = Server::start(
+        &model,
+        &vqgan,
+        &config,
+        &[
+            "--queue",
+            "16",
+            "--batch",
+            "8",
+            "--max-tokens",
+            "32",
+            "--timeout",
+            "20",
+            "--max-body-mib",
+            "1",
+        ],
+    );
+    let pid = server.child.id();
+    let (png, _) = images();
+    let big = vec![7u8; 3 << 19];
+
+    // One client alone first: the figures to compare with.
+    let single: Vec<f64> = (0..4)
+        .map(|_| {
+            let t = Instant::now();
+            let r = server.form("/v1/report", &[("image", &png), ("max_tokens", b"32")]);
+            assert_eq!(r.status, 200, "{}", r.text());
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    let rss_start = rss_mib(pid);
+
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Kind {
+        Report,
+        Ask,
+        Draw,
+        Chat,
+        Malformed,
+        Oversized,
+        Garbage,
+    }
+    let kinds = [
+        Kind::Report,
+        Kind::Ask,
+        Kind::Draw,
+        Kind::Chat,
+        Kind::Report,
+        Kind::Malformed,
+        Kind::Oversized,
+        Kind::Garbage,
+    ];
+    let stop = Instant::now() + Duration::from_secs_f64(seconds);
+    let peak_rss = std::sync::Mutex::new(rss_start);
+    let results: Vec<(Kind, u16, f64)> = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while Instant::now() < stop {
+                let r = rss_mib(pid);
+                let mut p = peak_rss.lock().unwrap();
+                *p = p.max(r);
+                drop(p);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let (server, png, big) = (&server, &png, &big);
+                scope.spawn(move || {
+                    let mut out = Vec::new();
+                    let mut n = c;
+                    while Instant::now() < stop {
+                        let kind = kinds[n % kinds.len()];
+                        n += 1;
+                        let t = Instant::now();
+                        let status = match kind {
+                            Kind::Report => server.form("/v1/report", &[("image", png)]).status,
+                            Kind::Ask => {
+                                server.form("/v1/ask", &[("image", png), ("question", b"Is the heart enlarged?")]).status
+                            }
+                            Kind::Draw => server.json("/v1/draw", serde_json::json!({"report": "No acute process."})).status,
+                            Kind::Chat => server
+                                .json("/v1/chat/completions", serde_json::json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}))
+                                .status,
+                            Kind::Malformed => server.form("/v1/report", &[("image", b"GIF89a-not-a-cxr")]).status,
+                            Kind::Oversized => server.form("/v1/report", &[("image", big)]).status,
+                            Kind::Garbage => {
+                                let mut s = TcpStream::connect(&server.addr).unwrap();
+                                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                                let _ = s.write_all(b"\x16\x03\x01 this is not HTTP\r\n\r\n");
+                                let mut raw = Vec::new();
+                                let _ = s.read_to_end(&mut raw);
+                                if raw.is_empty() { 400 } else { Reply::parse(&raw).status }
+                            }
+                        };
+                        out.push((kind, status, t.elapsed().as_secs_f64()));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+
+    for &(kind, status, _) in &results {
+        let designed = match kind {
+            Kind::Malformed | Kind::Garbage => status == 400,
+            Kind::Oversized => status == 413,
+            _ => matches!(status, 200 | 429 | 503),
+        };
+        assert!(designed, "{kind:?} answered {status}");
+    }
+    assert_eq!(server.get("/health").status, 200, "the server survived");
+    let peak = *peak_rss.lock().unwrap();
+    assert!(
+        peak < rss_start + 512.0,
+        "memory grew from {rss_start:.0} to {peak:.0} MiB"
+    );
+    let mut ok: Vec<f64> = results
+        .iter()
+        .filter(|(k, s, _)| {
+            *s == 200 && matches!(k, Kind::Report | Kind::Ask | Kind::Draw | Kind::Chat)
+        })
+        .map(|r| r.2)
+        .collect();
+    ok.sort_by(f64::total_cmp);
+    assert!(!ok.is_empty(), "no request succeeded under load");
+    let count = |f: &dyn Fn(u16) -> bool| results.iter().filter(|r| f(r.1)).count();
+    let mut single = single;
+    single.sort_by(f64::total_cmp);
+    let summary = serde_json::json!({
+        "clients": clients,
+        "seconds": seconds,
+        "requests": results.len(),
+        "answered_200": ok.len(),
+        "throughput_rps": ok.len() as f64 / seconds,
+        "p50_s": percentile(&ok, 0.5),
+        "p99_s": percentile(&ok, 0.99),
+        "status_429": count(&|s| s == 429),
+        "status_503": count(&|s| s == 503),
+        "status_4xx_designed": count(&|s| s == 400 || s == 413),
+        "single_client_report_p50_s": percentile(&single, 0.5),
+        "rss_mib_start": rss_start,
+        "rss_mib_peak": peak,
+        "generated_tokens": server.metric("llmcxr_generated_tokens_total"),
+        "batches": server.metric("llmcxr_batches_total"),
+        "batch_rows": server.metric("llmcxr_batch_rows_total"),
+    });
+    println!("{summary}");
+    if let Some(path) = env("LLMCXR_LOAD_OUT") {
+        std::fs::write(path, summary.to_string()).unwrap();
+    }
+}
