@@ -405,7 +405,7 @@ fn every_route_answers_and_errors_are_clear() {
 }
 
 #[test]
-fn a_full_queue_answers_429_and_a_gone_client_stops_its_generation() {
+fn a_full_queue_answers_429_a_gone_client_stops_and_a_deadline_answers_503() {
     let dir = tempfile::tempdir().unwrap();
     let Some((model, vqgan, config)) = models(dir.path()) else {
         return;
@@ -468,6 +468,44 @@ fn a_full_queue_answers_429_and_a_gone_client_stops_its_generation() {
         "no 429 with Retry-After: {statuses:?}"
     );
     assert_eq!(server.get("/health").status, 200);
+    drop(server);
+
+    // A deadline of one second against work that takes longer: 503 with Retry-After, counted.
+    let server = Server::start(
+        &model,
+        &vqgan,
+        &config,
+        &[
+            "--queue",
+            "16",
+            "--batch",
+            "1",
+            "--max-tokens",
+            "400",
+            "--timeout",
+            "1",
+        ],
+    );
+    let statuses: Vec<(u16, bool)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| {
+                scope.spawn(|| {
+                    let r = server.form("/v1/report", &[("image", &png), ("max_tokens", b"400")]);
+                    (r.status, r.head.contains("retry-after"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        statuses.iter().all(|(s, _)| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().any(|&(s, retry)| s == 503 && retry),
+        "no 503 with Retry-After: {statuses:?}"
+    );
+    assert!(server.metric("llmcxr_timed_out_total") >= 1.0);
 }
 
 /// The server's resident memory in MiB (Linux).
