@@ -646,6 +646,11 @@ fn under_load_every_answer_is_designed_and_memory_stays_bounded() {
                             }
                         };
                         out.push((kind, status, t.elapsed().as_secs_f64()));
+                        // Clients as deployed ones behave: back off when told to, pause
+                        // briefly otherwise (a tight loop of 429s would only starve the model
+                        // of CPU on this 2-core machine).
+                        let pause = if status == 429 { 250 } else { 20 };
+                        std::thread::sleep(Duration::from_millis(pause));
                     }
                     out
                 })
