@@ -107,6 +107,21 @@ impl Server {
         self.request("POST", path, &ct, &body)
     }
 
+    /// `n` clients post the same form at once; their statuses, and whether each had Retry-After.
+    fn at_once(&self, n: usize, path: &str, fields: &[(&str, &[u8])]) -> Vec<(u16, bool)> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..n)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let r = self.form(path, fields);
+                        (r.status, r.head.contains("retry-after"))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
     fn metric(&self, name: &str) -> f64 {
         let m = self.get("/metrics").text();
         m.lines()
@@ -440,24 +455,12 @@ fn a_full_queue_answers_429_a_gone_client_stops_and_a_deadline_answers_503() {
     );
 
     // Many clients at once against a queue of one: some wait, the rest are told when to retry.
-    let statuses: Vec<(u16, bool)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..24)
-            .map(|_| {
-                scope.spawn(|| {
-                    let r = server.form(
-                        "/v1/report",
-                        &[
-                            ("image", &png),
-                            ("max_tokens", b"200"),
-                            ("temperature", b"0"),
-                        ],
-                    );
-                    (r.status, r.head.contains("retry-after"))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let fields: &[(&str, &[u8])] = &[
+        ("image", &png),
+        ("max_tokens", b"200"),
+        ("temperature", b"0"),
+    ];
+    let statuses = server.at_once(24, "/v1/report", fields);
     assert!(
         statuses.iter().all(|(s, _)| *s == 200 || *s == 429),
         "{statuses:?}"
@@ -486,17 +489,7 @@ fn a_full_queue_answers_429_a_gone_client_stops_and_a_deadline_answers_503() {
             "1",
         ],
     );
-    let statuses: Vec<(u16, bool)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..12)
-            .map(|_| {
-                scope.spawn(|| {
-                    let r = server.form("/v1/report", &[("image", &png), ("max_tokens", b"400")]);
-                    (r.status, r.head.contains("retry-after"))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let statuses = server.at_once(12, "/v1/report", &[("image", &png), ("max_tokens", b"400")]);
     assert!(
         statuses.iter().all(|(s, _)| *s == 200 || *s == 503),
         "{statuses:?}"

@@ -38,22 +38,32 @@ struct Loaded {
 
 impl Models {
     fn load(&self) -> anyhow::Result<Loaded> {
-        let lm = self.lm.load()?;
-        let vocab = lm.image_vocab.with_context(|| {
-            format!(
-                "{} has no image vocabulary: use a model trained by `llm-cxr train`",
-                self.lm.model.display()
-            )
-        })?;
-        let vqgan = self.vqgan.load()?;
-        anyhow::ensure!(
-            vqgan.config().n_embed as u32 == vocab.codes,
-            "the VQ-GAN has {} codes but the model's image vocabulary {}",
-            vqgan.config().n_embed,
-            vocab.codes
-        );
+        let (lm, vocab, vqgan) = load_pair(&self.lm, &self.vqgan)?;
         Ok(Loaded { lm, vocab, vqgan })
     }
+}
+
+/// A trained model with its image vocabulary and the VQ-GAN whose codes it speaks, checked to
+/// agree on the codebook size.
+pub fn load_pair(
+    lm: &ModelArgs,
+    vqgan: &super::vqgan::ModelArgs,
+) -> anyhow::Result<(LanguageModel, ImageVocab, VqModel)> {
+    let model = lm.load()?;
+    let vocab = model.image_vocab.with_context(|| {
+        format!(
+            "{} has no image vocabulary: use a model trained by `llm-cxr train`",
+            lm.model.display()
+        )
+    })?;
+    let vq = vqgan.load()?;
+    anyhow::ensure!(
+        vq.config().n_embed as u32 == vocab.codes,
+        "the VQ-GAN has {} codes but the model's image vocabulary {}",
+        vq.config().n_embed,
+        vocab.codes
+    );
+    Ok((model, vocab, vq))
 }
 
 #[derive(clap::Args)]

@@ -89,48 +89,51 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     use std::fmt::Write;
     let c = &s.scheduler.counters;
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let metrics = [
+        (
+            "llmcxr_queued_requests",
+            "gauge",
+            "Requests waiting for the model.",
+            c.queued.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "llmcxr_batches_total",
+            "counter",
+            "Batches the model ran.",
+            load(&c.batches),
+        ),
+        (
+            "llmcxr_batch_rows_total",
+            "counter",
+            "Requests run in those batches.",
+            load(&c.batch_rows),
+        ),
+        (
+            "llmcxr_generated_tokens_total",
+            "counter",
+            "Tokens generated, image codes included.",
+            load(&c.generated_tokens),
+        ),
+        (
+            "llmcxr_cancelled_total",
+            "counter",
+            "Requests whose client went away before the answer.",
+            load(&c.cancelled),
+        ),
+        (
+            "llmcxr_timed_out_total",
+            "counter",
+            "Requests whose deadline passed.",
+            load(&c.timed_out),
+        ),
+    ];
+    for (name, kind, help, value) in metrics {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
-    };
-    metric(
-        "llmcxr_queued_requests",
-        "gauge",
-        "Requests waiting for the model.",
-        c.queued.load(Ordering::Relaxed) as u64,
-    );
-    metric(
-        "llmcxr_batches_total",
-        "counter",
-        "Batches the model ran.",
-        c.batches.load(Ordering::Relaxed),
-    );
-    metric(
-        "llmcxr_batch_rows_total",
-        "counter",
-        "Requests run in those batches.",
-        c.batch_rows.load(Ordering::Relaxed),
-    );
-    metric(
-        "llmcxr_generated_tokens_total",
-        "counter",
-        "Tokens generated, image codes included.",
-        c.generated_tokens.load(Ordering::Relaxed),
-    );
-    metric(
-        "llmcxr_cancelled_total",
-        "counter",
-        "Requests whose client went away before the answer.",
-        c.cancelled.load(Ordering::Relaxed),
-    );
-    metric(
-        "llmcxr_timed_out_total",
-        "counter",
-        "Requests whose deadline passed.",
-        c.timed_out.load(Ordering::Relaxed),
-    );
+    }
     let _ = writeln!(
         out,
         "# HELP llmcxr_requests_total Requests answered, by route and status.\n# TYPE llmcxr_requests_total counter"

@@ -70,20 +70,7 @@ pub struct AppState {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let lm = a.lm.load()?;
-    let vocab = lm.image_vocab.with_context(|| {
-        format!(
-            "{} has no image vocabulary: serve a model trained by `llm-cxr train`",
-            a.lm.model.display()
-        )
-    })?;
-    let vqgan = a.vqgan.load()?;
-    anyhow::ensure!(
-        vqgan.config().n_embed as u32 == vocab.codes,
-        "the VQ-GAN has {} codes but the model's image vocabulary {}",
-        vqgan.config().n_embed,
-        vocab.codes
-    );
+    let (lm, vocab, vqgan) = super::commands::tasks::load_pair(&a.lm, &a.vqgan)?;
     let config = vqgan.config().clone();
     let engine = Engine {
         lm,
