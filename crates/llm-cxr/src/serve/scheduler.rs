@@ -89,6 +89,7 @@ pub struct Counters {
 #[derive(Clone)]
 pub struct Scheduler {
     queue: SyncSender<Job>,
+    capacity: usize,
     pub counters: Arc<Counters>,
 }
 
@@ -108,11 +109,20 @@ impl Scheduler {
             .name("llm-cxr-worker".into())
             .spawn(move || worker(engine, rx, max_batch.max(1), &c))
             .expect("spawning the model worker thread");
-        Scheduler { queue, counters }
+        Scheduler {
+            queue,
+            capacity,
+            counters,
+        }
     }
 
+    /// Queues a job unless `capacity` jobs are already waiting (the worker moves waiting jobs
+    /// from the channel to its own list, so the count, not the channel, is the bound).
     pub fn submit(&self, job: Job) -> Result<(), Refused> {
-        self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        if self.counters.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refused::Full);
+        }
         self.queue.try_send(job).map_err(|e| {
             self.counters.queued.fetch_sub(1, Ordering::Relaxed);
             match e {
