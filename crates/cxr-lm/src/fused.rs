@@ -13,6 +13,7 @@
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor,
 };
+use cxr_train::contiguous_f32 as contiguous;
 use cxr_train::group_norm::exp_fast;
 use rayon::prelude::*;
 
@@ -22,17 +23,6 @@ fn values<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
         candle_core::bail!("{op}: only f32 is supported");
     };
     Ok(&v[l.start_offset()..])
-}
-
-/// The values of a contiguous f32 storage.
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{op}: only f32 is supported");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{op}: the input must be contiguous"),
-    }
 }
 
 /// The values of a contiguous CPU tensor, read in place (`t.storage_and_layout()`'s guard).

@@ -10,13 +10,7 @@ use rayon::prelude::*;
 
 /// The values of a contiguous f32 storage.
 fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("cross-entropy: {what} must be f32");
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("cross-entropy: {what} must be contiguous");
-    };
-    Ok(&v[a..b])
+    cxr_train::contiguous_f32(s, l, &format!("cross-entropy: {what}"))
 }
 
 /// Logits as rows: values, rows, vocabulary.

@@ -266,13 +266,7 @@ impl SharedMut {
 }
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("conv2d: only f32 is supported");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("conv2d: inputs must be contiguous"),
-    }
+    crate::contiguous_f32(s, l, "conv2d")
 }
 
 #[derive(Debug, Clone)]

@@ -19,13 +19,7 @@ struct GroupNormOp {
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("group_norm: only f32 is supported");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("group_norm: inputs must be contiguous"),
-    }
+    crate::contiguous_f32(s, l, "group_norm")
 }
 
 /// (batch, channels, elements per channel) of a (B, C, ...) input.

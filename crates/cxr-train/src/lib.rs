@@ -311,6 +311,21 @@ pub fn save_checkpoint(
     cxr_data::write_atomic(path, &bytes).map_err(|e| err(e.to_string()))
 }
 
+/// The values of a contiguous f32 CPU storage, for custom ops; `op` names the op in errors.
+pub fn contiguous_f32<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(data) = s else {
+        candle_core::bail!("{op}: only f32 is supported");
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: inputs must be contiguous"),
+    }
+}
+
 /// The largest absolute difference between two tensors of the same shape (parity checks).
 /// This process's peak resident memory in MiB (Linux `VmHWM`; NaN elsewhere), for benchmarks.
 pub fn peak_rss_mb() -> f64 {

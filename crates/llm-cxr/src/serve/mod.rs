@@ -140,18 +140,12 @@ async fn account(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let route = match path.as_str() {
-        "/"
-        | "/health"
-        | "/metrics"
-        | "/openapi.json"
-        | "/v1/examples"
-        | "/v1/report"
-        | "/v1/ask"
-        | "/v1/draw"
-        | "/v1/chat/completions" => path.clone(),
-        _ => "other".to_string(),
-    };
+    // The route's pattern: the label stays one of the routes, whatever path was asked for.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("other", |m| m.as_str())
+        .to_string();
     let response = next.run(req).await;
     let status = response.status().as_u16();
     let seconds = started.elapsed().as_secs_f64();
