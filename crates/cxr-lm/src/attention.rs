@@ -198,15 +198,12 @@ impl LayerCache {
         self.len == 0
     }
 
-    /// Appends (b, kv_heads, t, head_dim) keys and values; returns everything cached so far.
+    /// Appends (b, kv_heads, t, head_dim) keys and values; returns everything cached so far. A
+    /// full cache grows (copied into one twice as large).
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let (b, heads, t, d) = k.dims4()?;
         if self.len + t > self.capacity {
-            candle_core::bail!(
-                "the key/value cache holds {} positions, {} asked",
-                self.capacity,
-                self.len + t
-            )
+            self.reserve((self.len + t).max(2 * self.capacity) - self.len)?;
         }
         if self.k.is_none() {
             let zeros = Tensor::zeros((b, heads, self.capacity, d), k.dtype(), k.device())?;
@@ -219,6 +216,106 @@ impl LayerCache {
         self.len += t;
         Ok((ck.narrow(2, 0, self.len)?, cv.narrow(2, 0, self.len)?))
     }
+
+    /// Makes room for `more` positions after those cached.
+    pub fn reserve(&mut self, more: usize) -> Result<()> {
+        let capacity = self.len + more;
+        if capacity <= self.capacity {
+            return Ok(());
+        }
+        self.k = self
+            .k
+            .take()
+            .map(|k| pad_positions(&k, self.len, 0, capacity))
+            .transpose()?;
+        self.v = self
+            .v
+            .take()
+            .map(|v| pad_positions(&v, self.len, 0, capacity))
+            .transpose()?;
+        self.capacity = capacity;
+        Ok(())
+    }
+
+    /// Keeps the rows `rows` of the batch, in that order.
+    pub fn keep_rows(&mut self, rows: &[usize]) -> Result<()> {
+        if rows.is_empty() {
+            *self = LayerCache::new(self.capacity);
+            return Ok(());
+        }
+        let keep = |t: Tensor| -> Result<Tensor> {
+            let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+            t.index_select(&Tensor::new(idx, t.device())?, 0)
+        };
+        self.k = self.k.take().map(keep).transpose()?;
+        self.v = self.v.take().map(keep).transpose()?;
+        Ok(())
+    }
+
+    /// Drops the first `n` positions of every row (left padding that all rows share).
+    pub fn drop_front(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let cut = |t: Tensor| t.narrow(2, n, self.capacity - n)?.contiguous();
+        self.k = self.k.take().map(cut).transpose()?;
+        self.v = self.v.take().map(cut).transpose()?;
+        self.len -= n;
+        self.capacity -= n;
+        Ok(())
+    }
+
+    /// Puts the rows of `other` under this cache's rows, right-aligned: the shorter side gets
+    /// left padding to the longer's length. Leaves room for `room` more positions and returns the
+    /// padding each side gained, (this side's, `other`'s).
+    pub fn stack(&mut self, other: &LayerCache, room: usize) -> Result<(usize, usize)> {
+        let len = self.len.max(other.len);
+        let (grow_self, grow_other) = (len - self.len, len - other.len);
+        let capacity = len + room;
+        let aligned =
+            |c: &LayerCache, t: &Option<Tensor>, front: usize| -> Result<Option<Tensor>> {
+                t.as_ref()
+                    .map(|t| pad_positions(&t.narrow(2, 0, c.len)?, c.len, front, capacity))
+                    .transpose()
+            };
+        let stacked = |a: Option<Tensor>, b: Option<Tensor>| -> Result<Option<Tensor>> {
+            Ok(match (a, b) {
+                (Some(a), Some(b)) => Some(Tensor::cat(&[&a, &b], 0)?),
+                (a, b) => a.or(b),
+            })
+        };
+        let k = stacked(
+            aligned(self, &self.k, grow_self)?,
+            aligned(other, &other.k, grow_other)?,
+        )?;
+        let v = stacked(
+            aligned(self, &self.v, grow_self)?,
+            aligned(other, &other.v, grow_other)?,
+        )?;
+        *self = LayerCache {
+            k,
+            v,
+            len,
+            capacity,
+        };
+        Ok((grow_self, grow_other))
+    }
+}
+
+/// `t` (b, h, positions, d) holding `len` filled positions, moved `front` positions right and
+/// zero-padded to `capacity` positions.
+fn pad_positions(t: &Tensor, len: usize, front: usize, capacity: usize) -> Result<Tensor> {
+    let (b, h, _, d) = t.dims4()?;
+    let zeros = |n: usize| Tensor::zeros((b, h, n, d), t.dtype(), t.device());
+    let mut parts = Vec::with_capacity(3);
+    if front > 0 {
+        parts.push(zeros(front)?);
+    }
+    parts.push(t.narrow(2, 0, len)?);
+    if capacity > front + len {
+        parts.push(zeros(capacity - front - len)?);
+    }
+    Tensor::cat(&parts, 2)
 }
 
 /// One layer's self-attention after the projections: appends k, v (b, kv_heads, t, d) to the

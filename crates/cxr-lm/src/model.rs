@@ -32,6 +32,31 @@ impl Cache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Makes room for `more` positions after those cached.
+    pub fn reserve(&mut self, more: usize) -> Result<()> {
+        self.layers.iter_mut().try_for_each(|l| l.reserve(more))
+    }
+
+    /// Keeps the rows `rows` of the batch, in that order.
+    pub fn keep_rows(&mut self, rows: &[usize]) -> Result<()> {
+        self.layers.iter_mut().try_for_each(|l| l.keep_rows(rows))
+    }
+
+    /// Drops the first `n` positions of every row (left padding that all rows share).
+    pub fn drop_front(&mut self, n: usize) -> Result<()> {
+        self.layers.iter_mut().try_for_each(|l| l.drop_front(n))
+    }
+
+    /// Puts the rows of `other` under these, right-aligned, with room for `room` more positions;
+    /// returns the left padding each side gained, (this side's, `other`'s).
+    pub fn stack(&mut self, other: &Cache, room: usize) -> Result<(usize, usize)> {
+        let mut grown = (0, 0);
+        for (mine, theirs) in self.layers.iter_mut().zip(&other.layers) {
+            grown = mine.stack(theirs, room)?;
+        }
+        Ok(grown)
+    }
 }
 
 impl CausalLm {

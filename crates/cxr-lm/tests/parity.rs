@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use cxr_lm::{generate, Constraint, GenerateOptions, LanguageModel, Sampling, WeightMode};
+use cxr_lm::{generate, Batch, Constraint, GenerateOptions, LanguageModel, Sampling, WeightMode};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -128,6 +128,82 @@ fn cached_steps_and_padded_batches_match_the_full_forward() {
                 "{dir}: a padded batch row differs from the row alone"
             );
         }
+    }
+}
+
+/// Continuous batching: rows that join a running batch between steps (longer and shorter than
+/// what runs), leave when they end or are cancelled, draw exactly what each draws alone, greedy or
+/// sampled; the padding every row shares is cut away.
+#[test]
+fn rows_joining_and_leaving_a_running_batch_draw_what_they_draw_alone() {
+    for dir in ["gpt_neox_tiny", "llama_tiny"] {
+        let model = load(dir, WeightMode::Inference);
+        let vocab = model.vocab_size() as u32;
+        let prompt = |n: usize, salt: u32| -> Vec<u32> {
+            (0..n as u32)
+                .map(|i| (i * 7 + salt * 13 + 1) % vocab)
+                .collect()
+        };
+        let (a, b, c, d) = (prompt(5, 1), prompt(12, 2), prompt(3, 3), prompt(9, 4));
+        let sampled = GenerateOptions {
+            sampling: Sampling {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 0.92,
+                seed: 7,
+            },
+            ..greedy(6)
+        };
+        let alone = |p: &Vec<u32>, o: &GenerateOptions| {
+            generate(&model, std::slice::from_ref(p), o, |_, _| {}).unwrap()[0].clone()
+        };
+
+        let mut batch = Batch::new(&model);
+        let mut out: Vec<Vec<u32>> = vec![Vec::new(); 4];
+        // Positions each running row holds in the cache (its prompt and all but its last id).
+        let mut cached = [0usize; 4];
+        let lens = [a.len(), b.len(), c.len(), d.len()];
+        let mut take = |drawn: Vec<cxr_lm::Drawn>, cached: &mut [usize; 4]| {
+            for x in drawn {
+                out[x.row].push(x.id);
+                cached[x.row] = if x.last {
+                    0
+                } else {
+                    lens[x.row] + out[x.row].len() - 1
+                };
+            }
+        };
+        take(batch.join(&[a.clone()], &greedy(10)).unwrap(), &mut cached);
+        for _ in 0..3 {
+            take(batch.step().unwrap(), &mut cached);
+        }
+        // Longer than what runs: the running row gets padding.
+        take(batch.join(&[b.clone()], &greedy(4)).unwrap(), &mut cached);
+        assert_eq!(batch.width(), b.len(), "{dir}");
+        take(batch.step().unwrap(), &mut cached);
+        // Shorter: the newcomers get padding; one samples.
+        take(batch.join(&[c.clone()], &greedy(10)).unwrap(), &mut cached);
+        take(batch.join(&[d.clone()], &sampled).unwrap(), &mut cached);
+        assert_eq!(batch.len(), 4, "{dir}");
+        take(batch.step().unwrap(), &mut cached);
+        batch.cancel(&[2]).unwrap();
+        cached[2] = 0;
+        while !batch.is_empty() {
+            take(batch.step().unwrap(), &mut cached);
+            // Once b (the longest) has ended, the padding the others share is cut away.
+            assert_eq!(batch.width(), *cached.iter().max().unwrap(), "{dir}");
+        }
+        drop(take);
+        assert_eq!(out[0], alone(&a, &greedy(10)), "{dir}: the first row");
+        assert_eq!(out[1], alone(&b, &greedy(4)), "{dir}: the longer newcomer");
+        assert_eq!(out[2].len(), 2, "{dir}: the cancelled row stops");
+        assert_eq!(
+            out[2],
+            alone(&c, &greedy(10))[..2],
+            "{dir}: the cancelled row"
+        );
+        assert_eq!(out[3], alone(&d, &sampled), "{dir}: the sampled newcomer");
+        assert_eq!(batch.width(), 0, "{dir}");
     }
 }
 
