@@ -173,17 +173,29 @@ fn rows_joining_and_leaving_a_running_batch_draw_what_they_draw_alone() {
                 };
             }
         };
-        take(batch.join(&[a.clone()], &greedy(10)).unwrap(), &mut cached);
+        take(
+            batch.join(std::slice::from_ref(&a), &greedy(10)).unwrap(),
+            &mut cached,
+        );
         for _ in 0..3 {
             take(batch.step().unwrap(), &mut cached);
         }
         // Longer than what runs: the running row gets padding.
-        take(batch.join(&[b.clone()], &greedy(4)).unwrap(), &mut cached);
+        take(
+            batch.join(std::slice::from_ref(&b), &greedy(4)).unwrap(),
+            &mut cached,
+        );
         assert_eq!(batch.width(), b.len(), "{dir}");
         take(batch.step().unwrap(), &mut cached);
         // Shorter: the newcomers get padding; one samples.
-        take(batch.join(&[c.clone()], &greedy(10)).unwrap(), &mut cached);
-        take(batch.join(&[d.clone()], &sampled).unwrap(), &mut cached);
+        take(
+            batch.join(std::slice::from_ref(&c), &greedy(10)).unwrap(),
+            &mut cached,
+        );
+        take(
+            batch.join(std::slice::from_ref(&d), &sampled).unwrap(),
+            &mut cached,
+        );
         assert_eq!(batch.len(), 4, "{dir}");
         take(batch.step().unwrap(), &mut cached);
         batch.cancel(&[2]).unwrap();
