@@ -205,7 +205,6 @@ fn rows_joining_and_leaving_a_running_batch_draw_what_they_draw_alone() {
             // Once b (the longest) has ended, the padding the others share is cut away.
             assert_eq!(batch.width(), *cached.iter().max().unwrap(), "{dir}");
         }
-        drop(take);
         assert_eq!(out[0], alone(&a, &greedy(10)), "{dir}: the first row");
         assert_eq!(out[1], alone(&b, &greedy(4)), "{dir}: the longer newcomer");
         assert_eq!(out[2].len(), 2, "{dir}: the cancelled row stops");
