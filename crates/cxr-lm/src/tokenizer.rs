@@ -267,4 +267,14 @@ impl TextStream {
         }
         Ok(None)
     }
+
+    /// The whole text, and what of it was held back (a character cut between ids), if anything.
+    pub fn finish(self, tokenizer: &TextTokenizer) -> Result<(String, Option<String>), LmError> {
+        let text = tokenizer.decode(&self.ids, true)?;
+        let rest = text
+            .get(self.printed..)
+            .filter(|r| !r.is_empty())
+            .map(str::to_string);
+        Ok((text, rest))
+    }
 }

@@ -134,3 +134,14 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's consistency checks (unique argument and group names across flattened structs) run
+    /// only in builds with debug assertions: `cargo test` without `--release` catches a clash.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

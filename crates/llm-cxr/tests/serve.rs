@@ -501,6 +501,56 @@ fn a_full_queue_answers_429_a_gone_client_stops_and_a_deadline_answers_503() {
     assert!(server.metric("llmcxr_timed_out_total") >= 1.0);
 }
 
+/// Continuous batching: a short chat sent while a long answer runs joins the running batch and
+/// ends first (batching by request would make it wait for the long one).
+#[test]
+fn a_request_joins_a_running_batch_and_ends_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((model, vqgan, config)) = models(dir.path()) else {
+        return;
+    };
+    let server = Server::start(
+        &model,
+        &vqgan,
+        &config,
+        &["--batch", "4", "--max-tokens", "400"],
+    );
+    let chat = |max_tokens: usize| {
+        let r = server.json(
+            "/v1/chat/completions",
+            serde_json::json!({
+                "messages": [{"role": "user", "content": "Describe a chest X-ray."}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+            }),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["usage"]["completion_tokens"].as_u64().unwrap()
+    };
+    let t0 = Instant::now();
+    let ((long_tokens, long_end), short_end) = std::thread::scope(|scope| {
+        let long = scope.spawn(|| (chat(400), t0.elapsed()));
+        while server.metric("llmcxr_running_rows") < 1.0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the long answer never started"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(chat(4), 4);
+        let short_end = t0.elapsed();
+        (long.join().unwrap(), short_end)
+    });
+    assert!(
+        short_end < long_end,
+        "the short answer ended at {short_end:?}, after the long one ({long_tokens} tokens) at {long_end:?}"
+    );
+    assert_eq!(server.metric("llmcxr_admitted_total"), 2.0);
+    // Some steps ran both rows.
+    assert!(server.metric("llmcxr_step_rows_total") > server.metric("llmcxr_steps_total"));
+    assert_eq!(server.metric("llmcxr_running_rows"), 0.0);
+}
+
 /// The server's resident memory in MiB (Linux).
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -681,6 +731,18 @@ fn under_load_every_answer_is_designed_and_memory_stays_bounded() {
     let count = |f: &dyn Fn(u16) -> bool| results.iter().filter(|r| f(r.1)).count();
     let mut single = single;
     single.sort_by(f64::total_cmp);
+    let latencies = |kinds: &[Kind]| {
+        let mut l: Vec<f64> = results
+            .iter()
+            .filter(|(k, s, _)| *s == 200 && kinds.contains(k))
+            .map(|r| r.2)
+            .collect();
+        l.sort_by(f64::total_cmp);
+        l
+    };
+    let text = latencies(&[Kind::Report, Kind::Ask, Kind::Chat]);
+    let drawn = latencies(&[Kind::Draw]);
+    let steps = server.metric("llmcxr_steps_total");
     let summary = serde_json::json!({
         "clients": clients,
         "seconds": seconds,
@@ -695,9 +757,13 @@ fn under_load_every_answer_is_designed_and_memory_stays_bounded() {
         "single_client_report_p50_s": percentile(&single, 0.5),
         "rss_mib_start": rss_start,
         "rss_mib_peak": peak,
+        "text_p50_s": percentile(&text, 0.5),
+        "text_p99_s": percentile(&text, 0.99),
+        "draw_p50_s": percentile(&drawn, 0.5),
+        "draw_p99_s": percentile(&drawn, 0.99),
         "generated_tokens": server.metric("llmcxr_generated_tokens_total"),
-        "batches": server.metric("llmcxr_batches_total"),
-        "batch_rows": server.metric("llmcxr_batch_rows_total"),
+        "steps": steps,
+        "rows_per_step": server.metric("llmcxr_step_rows_total") / steps,
     });
     println!("{summary}");
     if let Some(path) = env("LLMCXR_LOAD_OUT") {

@@ -22,7 +22,7 @@ pub struct Models {
     #[command(flatten)]
     pub lm: ModelArgs,
     #[command(flatten)]
-    pub vqgan: super::vqgan::ModelArgs,
+    pub vqgan: super::vqgan::VqganArgs,
     /// Prompts per forward batch.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
@@ -47,7 +47,7 @@ impl Models {
 /// agree on the codebook size.
 pub fn load_pair(
     lm: &ModelArgs,
-    vqgan: &super::vqgan::ModelArgs,
+    vqgan: &super::vqgan::VqganArgs,
 ) -> anyhow::Result<(LanguageModel, ImageVocab, VqModel)> {
     let model = lm.load()?;
     let vocab = model.image_vocab.with_context(|| {

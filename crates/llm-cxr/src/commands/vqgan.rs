@@ -42,7 +42,7 @@ pub struct DataArgs {
 }
 
 #[derive(clap::Args)]
-pub struct ModelArgs {
+pub struct VqganArgs {
     /// VQ-GAN weights: safetensors (as `vqgan train` writes them), or taming's .ckpt.
     #[arg(long)]
     pub vqgan: PathBuf,
@@ -51,7 +51,7 @@ pub struct ModelArgs {
     pub config: Option<String>,
 }
 
-impl ModelArgs {
+impl VqganArgs {
     pub fn load(&self) -> anyhow::Result<VqModel> {
         let config = self
             .config
@@ -122,7 +122,7 @@ pub struct EncodeArgs {
     #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: VqganArgs,
     /// Folder for the token files.
     #[arg(long)]
     pub out: PathBuf,
@@ -136,7 +136,7 @@ pub struct DecodeArgs {
     #[arg(required = true)]
     pub tokens: Vec<PathBuf>,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: VqganArgs,
     /// Folder for the PNGs (named after the token files).
     #[arg(long)]
     pub out: PathBuf,
@@ -147,7 +147,7 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: VqganArgs,
     /// Which split to score (images without a split count as train).
     #[arg(long, value_enum, default_value = "test")]
     pub split: SplitArg,

@@ -30,7 +30,7 @@ pub struct Args {
     #[command(flatten)]
     pub lm: ModelArgs,
     #[command(flatten)]
-    pub vqgan: super::commands::vqgan::ModelArgs,
+    pub vqgan: super::commands::vqgan::VqganArgs,
     /// Address to listen on (0.0.0.0 to accept other machines).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,

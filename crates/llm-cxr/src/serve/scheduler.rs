@@ -1,10 +1,10 @@
 //! One worker thread owns the models; requests reach it through a bounded queue and leave as
-//! events on a channel of their own. Jobs that wait together and share a mode (text or image)
-//! and sampling settings run as one batch: batching at request granularity (a batch, once
-//! started, takes no newcomers; each row ends on its own when it stops, hits its token limit, its
-//! deadline passes or its client goes away).
+//! events on a channel of their own. Continuous batching: between two steps of the running
+//! batch, waiting jobs join it (up to `--batch` rows), whatever their task or sampling settings:
+//! a report can start while a drawing is half done. Each row leaves on its own when it stops,
+//! hits its token limit, its deadline passes or its client goes away.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -13,7 +13,9 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use cxr_instruct::{prompt, Phrasings};
 use cxr_lm::image_vocab::IMAGE_PLACEHOLDER;
-use cxr_lm::{generate_until, Constraint, GenerateOptions, ImageVocab, LanguageModel, Sampling};
+use cxr_lm::{
+    Batch, Constraint, Drawn, GenerateOptions, ImageVocab, LanguageModel, Sampling, TextStream,
+};
 use cxr_vqgan::VqModel;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -78,8 +80,13 @@ pub struct Job {
 #[derive(Default)]
 pub struct Counters {
     pub queued: AtomicUsize,
-    pub batches: AtomicU64,
-    pub batch_rows: AtomicU64,
+    /// Jobs that joined the running batch.
+    pub admitted: AtomicU64,
+    /// Steps of the running batch, and the rows they ran (rows per step = their ratio).
+    pub steps: AtomicU64,
+    pub step_rows: AtomicU64,
+    /// Rows in the running batch now.
+    pub running: AtomicUsize,
     pub generated_tokens: AtomicU64,
     pub cancelled: AtomicU64,
     pub timed_out: AtomicU64,
@@ -116,8 +123,7 @@ impl Scheduler {
         }
     }
 
-    /// Queues a job unless `capacity` jobs are already waiting (the worker moves waiting jobs
-    /// from the channel to its own list, so the count, not the channel, is the bound).
+    /// Queues a job unless `capacity` jobs are already waiting.
     pub fn submit(&self, job: Job) -> Result<(), Refused> {
         if self.counters.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity {
             self.counters.queued.fetch_sub(1, Ordering::Relaxed);
@@ -142,232 +148,217 @@ pub struct Engine {
 }
 
 fn worker(engine: Engine, rx: Receiver<Job>, max_batch: usize, counters: &Counters) {
-    let mut pending: VecDeque<Job> = VecDeque::new();
+    let mut batch = Batch::new(&engine.lm.model);
+    let mut running: HashMap<usize, Running> = HashMap::new();
     loop {
-        if pending.is_empty() {
-            match rx.recv() {
-                Ok(job) => pending.push_back(job),
-                Err(_) => return,
-            }
-        }
-        while let Ok(job) = rx.try_recv() {
-            pending.push_back(job);
-        }
-        let first = pending.pop_front().expect("a job is pending");
-        let mut batch = vec![first];
-        let mut rest = VecDeque::new();
-        while let Some(job) = pending.pop_front() {
-            let same =
-                job.task.draws() == batch[0].task.draws() && job.sampling == batch[0].sampling;
-            if same && batch.len() < max_batch {
-                batch.push(job);
+        // Waiting jobs join between steps while there is room; an idle worker sleeps on the queue.
+        while batch.len() < max_batch {
+            let job = if batch.is_empty() {
+                match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
             } else {
-                rest.push_back(job);
+                match rx.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            };
+            counters.queued.fetch_sub(1, Ordering::Relaxed);
+            if !interrupted(&job, counters) {
+                engine.admit(job, &mut batch, &mut running, counters);
             }
         }
-        pending = rest;
-        counters.queued.fetch_sub(batch.len(), Ordering::Relaxed);
-        let now = Instant::now();
-        let (live, late): (Vec<Job>, Vec<Job>) = batch
-            .into_iter()
-            .partition(|j| j.deadline > now && !j.events.is_closed());
-        for job in late {
-            if job.events.is_closed() {
-                counters.cancelled.fetch_add(1, Ordering::Relaxed);
-            } else {
-                counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                let _ = job.events.send(Event::TimedOut);
-            }
-        }
-        if live.is_empty() {
+        if batch.is_empty() {
             continue;
         }
-        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters.steps.fetch_add(1, Ordering::Relaxed);
         counters
-            .batch_rows
-            .fetch_add(live.len() as u64, Ordering::Relaxed);
-        let result = if live[0].task.draws() {
-            engine.draw(&live, counters)
-        } else {
-            engine.answer(&live, counters)
-        };
-        if let Err(e) = result {
-            tracing::error!("batch of {} failed: {e:#}", live.len());
-            for job in &live {
-                let _ = job.events.send(Event::Failed(format!("{e:#}")));
+            .step_rows
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let drawn = batch.step();
+        if let Err(e) = drawn.and_then(|d| engine.deliver(d, &mut batch, &mut running, counters)) {
+            tracing::error!("a batch of {} failed: {e:#}", running.len());
+            for (_, r) in running.drain() {
+                let _ = r.job.events.send(Event::Failed(format!("{e:#}")));
             }
+            batch = Batch::new(&engine.lm.model);
         }
+        counters.running.store(batch.len(), Ordering::Relaxed);
     }
 }
 
-/// How a row ended early, if it did.
-fn interrupted(job: &Job, counters: &Counters) -> Option<Event> {
+/// A job the batch is running.
+struct Running {
+    job: Job,
+    prompt_tokens: usize,
+    /// Every id drawn, a stop id included.
+    ids: Vec<u32>,
+    /// The text ids, for streaming.
+    text: TextStream,
+}
+
+/// Whether a job must end now: its client went away (counted) or its deadline passed (counted,
+/// and the client told).
+fn interrupted(job: &Job, counters: &Counters) -> bool {
     if job.events.is_closed() {
         counters.cancelled.fetch_add(1, Ordering::Relaxed);
-        None
+        true
     } else if Instant::now() >= job.deadline {
         counters.timed_out.fetch_add(1, Ordering::Relaxed);
-        Some(Event::TimedOut)
+        let _ = job.events.send(Event::TimedOut);
+        true
     } else {
-        None
+        false
     }
 }
 
 impl Engine {
-    fn encode(&self, images: &[&Tensor]) -> anyhow::Result<Vec<Vec<u32>>> {
-        if images.is_empty() {
-            return Ok(Vec::new());
-        }
-        let x = Tensor::cat(images, 0)?;
-        Ok(self.vqgan.encode(&x)?.to_vec2()?)
-    }
-
-    /// Text answers (report, ask, chat) as one batch, streamed.
-    fn answer(&self, jobs: &[Job], counters: &Counters) -> anyhow::Result<()> {
-        let images: Vec<&Tensor> = jobs
-            .iter()
-            .filter_map(|j| match &j.task {
-                Task::Report { image } | Task::Ask { image, .. } => Some(image),
-                _ => None,
-            })
-            .collect();
-        let mut codes = self.encode(&images)?.into_iter();
+    /// The prompt's ids and the generation options of a job.
+    fn prepare(&self, job: &Job) -> anyhow::Result<(Vec<u32>, GenerateOptions)> {
         let tokenizer = &self.lm.tokenizer;
-        let mut prompts = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let ids = match &job.task {
-                Task::Report { .. } => {
-                    let text = prompt(&self.phrasings.cxr_to_report[0], Some(IMAGE_PLACEHOLDER));
-                    let c = codes.next().unwrap_or_default();
-                    self.vocab.encode_with_image(tokenizer, &text, &c)?
-                }
-                Task::Ask { question, .. } => {
-                    let text = prompt(question, Some(IMAGE_PLACEHOLDER));
-                    let c = codes.next().unwrap_or_default();
-                    self.vocab.encode_with_image(tokenizer, &text, &c)?
-                }
-                Task::Chat { prompt } => tokenizer.encode(prompt)?,
-                Task::Draw { .. } => anyhow::bail!("a drawing in a text batch"),
-            };
-            prompts.push(ids);
-        }
-        let stop_ids = tokenizer.stop_ids();
-        let options = GenerateOptions {
-            sampling: jobs[0].sampling.clone(),
-            constraint: Constraint::Text {
-                image_ids: self.vocab.ids(),
-            },
-            max_new_tokens: jobs.iter().map(|j| j.max_tokens).max().unwrap_or(1),
-            stop_ids: stop_ids.clone(),
+        let with_image = |instruction: &str, image: &Tensor| -> anyhow::Result<Vec<u32>> {
+            let codes: Vec<u32> = self.vqgan.encode(image)?.flatten_all()?.to_vec1()?;
+            let text = prompt(instruction, Some(IMAGE_PLACEHOLDER));
+            Ok(self.vocab.encode_with_image(tokenizer, &text, &codes)?)
         };
-        let mut ids: Vec<Vec<u32>> = vec![Vec::new(); jobs.len()];
-        let mut shown: Vec<String> = vec![String::new(); jobs.len()];
-        let mut ended: Vec<Option<Event>> = (0..jobs.len()).map(|_| None).collect();
-        let decode = |row: &[u32]| -> String {
-            let text: Vec<u32> = row
-                .iter()
-                .copied()
-                .filter(|i| !stop_ids.contains(i))
-                .collect();
-            tokenizer.decode(&text, true).unwrap_or_default()
+        let ids = match &job.task {
+            Task::Report { image } => with_image(&self.phrasings.cxr_to_report[0], image)?,
+            Task::Ask { image, question } => with_image(question, image)?,
+            Task::Chat { prompt } => tokenizer.encode(prompt)?,
+            Task::Draw { report } => {
+                tokenizer.encode(&prompt(&self.phrasings.report_to_cxr[0], Some(report)))?
+            }
         };
-        generate_until(&self.lm.model, &prompts, &options, |row, id| {
-            let job = &jobs[row];
-            counters.generated_tokens.fetch_add(1, Ordering::Relaxed);
-            ids[row].push(id);
-            if !stop_ids.contains(&id) {
-                let text = decode(&ids[row]);
-                // Sent once it has grown past what was shown and ends in a whole character.
-                if text.len() > shown[row].len()
-                    && text.starts_with(shown[row].as_str())
-                    && !text.ends_with('\u{FFFD}')
-                {
-                    let _ = job
-                        .events
-                        .send(Event::Delta(text[shown[row].len()..].to_string()));
-                    shown[row] = text;
-                }
-            }
-            if let Some(e) = interrupted(job, counters) {
-                ended[row] = Some(e);
-                return false;
-            }
-            !job.events.is_closed() && ids[row].len() < job.max_tokens
-        })?;
-        for (row, job) in jobs.iter().enumerate() {
-            let text = decode(&ids[row]);
-            // What was held back (a character cut between tokens) goes out last.
-            if ended[row].is_none() && text.len() > shown[row].len() {
-                if let Some(rest) = text.strip_prefix(shown[row].as_str()) {
-                    let _ = job.events.send(Event::Delta(rest.to_string()));
-                }
-            }
-            let event = match ended[row].take() {
-                Some(e) => e,
-                None => Event::Text {
-                    text: text.trim().to_string(),
-                    prompt_tokens: prompts[row].len(),
-                    completion_tokens: ids[row].len(),
-                    finish: if ids[row].last().is_some_and(|i| stop_ids.contains(i)) {
-                        Finish::Stop
-                    } else {
-                        Finish::Length
-                    },
+        let options = if job.task.draws() {
+            let count = self.vqgan.config().tokens_per_image();
+            GenerateOptions {
+                sampling: job.sampling.clone(),
+                constraint: Constraint::Image {
+                    image_ids: self.vocab.ids(),
+                    count,
                 },
-            };
-            let _ = job.events.send(event);
-        }
-        Ok(())
+                max_new_tokens: count,
+                stop_ids: Vec::new(),
+            }
+        } else {
+            GenerateOptions {
+                sampling: job.sampling.clone(),
+                constraint: Constraint::Text {
+                    image_ids: self.vocab.ids(),
+                },
+                max_new_tokens: job.max_tokens,
+                stop_ids: tokenizer.stop_ids(),
+            }
+        };
+        Ok((ids, options))
     }
 
-    /// Drawings as one batch: exactly one image's codes per row, decoded by the VQ-GAN.
-    fn draw(&self, jobs: &[Job], counters: &Counters) -> anyhow::Result<()> {
-        let config = self.vqgan.config();
-        let (count, side) = (config.tokens_per_image(), config.grid_side());
-        let prompts = jobs
-            .iter()
-            .map(|j| match &j.task {
-                Task::Draw { report } => Ok(self
-                    .lm
-                    .tokenizer
-                    .encode(&prompt(&self.phrasings.report_to_cxr[0], Some(report)))?),
-                _ => anyhow::bail!("a text task in a drawing batch"),
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let options = GenerateOptions {
-            sampling: jobs[0].sampling.clone(),
-            constraint: Constraint::Image {
-                image_ids: self.vocab.ids(),
-                count,
-            },
-            max_new_tokens: count,
-            stop_ids: Vec::new(),
+    /// Prefills a job's prompt into the running batch; a job that cannot start is told why.
+    fn admit(
+        &self,
+        job: Job,
+        batch: &mut Batch,
+        running: &mut HashMap<usize, Running>,
+        counters: &Counters,
+    ) {
+        let joined = self.prepare(&job).and_then(|(ids, options)| {
+            let first = batch.join(std::slice::from_ref(&ids), &options)?;
+            Ok((ids.len(), first))
+        });
+        let (prompt_tokens, first) = match joined {
+            Ok(j) => j,
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(format!("{e:#}")));
+                return;
+            }
         };
-        let mut ended: Vec<Option<Event>> = (0..jobs.len()).map(|_| None).collect();
-        let rows = generate_until(&self.lm.model, &prompts, &options, |row, _| {
+        counters.admitted.fetch_add(1, Ordering::Relaxed);
+        running.insert(
+            first[0].row,
+            Running {
+                job,
+                prompt_tokens,
+                ids: Vec::new(),
+                text: TextStream::new(),
+            },
+        );
+        if let Err(e) = self.deliver(first, batch, running, counters) {
+            tracing::error!("starting a job failed: {e:#}");
+        }
+    }
+
+    /// Hands each drawn id to its job: streamed text, and the whole answer once the row ends;
+    /// rows whose client went away or whose deadline passed leave the batch.
+    fn deliver(
+        &self,
+        drawn: Vec<Drawn>,
+        batch: &mut Batch,
+        running: &mut HashMap<usize, Running>,
+        counters: &Counters,
+    ) -> Result<(), cxr_lm::LmError> {
+        let tokenizer = &self.lm.tokenizer;
+        let stop_ids = tokenizer.stop_ids();
+        let mut gone = Vec::new();
+        for d in drawn {
             counters.generated_tokens.fetch_add(1, Ordering::Relaxed);
-            if let Some(e) = interrupted(&jobs[row], counters) {
-                ended[row] = Some(e);
-                return false;
-            }
-            !jobs[row].events.is_closed()
-        })?;
-        for ((job, row), end) in jobs.iter().zip(rows).zip(ended) {
-            if let Some(e) = end {
-                let _ = job.events.send(e);
+            let Some(r) = running.get_mut(&d.row) else {
                 continue;
+            };
+            r.ids.push(d.id);
+            if !r.job.task.draws() && !stop_ids.contains(&d.id) {
+                if let Ok(Some(piece)) = r.text.push(tokenizer, d.id) {
+                    let _ = r.job.events.send(Event::Delta(piece));
+                }
             }
-            let codes: Vec<u32> = row.iter().filter_map(|&id| self.vocab.code(id)).collect();
-            if codes.len() != count {
-                // Cut short: the client went away.
-                continue;
+            if d.last {
+                if let Some(r) = running.remove(&d.row) {
+                    let events = r.job.events.clone();
+                    let event = self
+                        .answer(r, &stop_ids)
+                        .unwrap_or_else(|e| Event::Failed(format!("{e:#}")));
+                    let _ = events.send(event);
+                }
+            } else if interrupted(&r.job, counters) {
+                running.remove(&d.row);
+                gone.push(d.row);
             }
+        }
+        batch.cancel(&gone)
+    }
+
+    /// The answer of a row that has ended: its text, or its drawing decoded by the VQ-GAN.
+    fn answer(&self, r: Running, stop_ids: &[u32]) -> anyhow::Result<Event> {
+        if r.job.task.draws() {
+            let config = self.vqgan.config();
+            let side = config.grid_side();
+            let codes: Vec<u32> = r.ids.iter().filter_map(|&id| self.vocab.code(id)).collect();
+            anyhow::ensure!(
+                codes.len() == side * side,
+                "the model drew {} image codes, the VQ-GAN needs {}",
+                codes.len(),
+                side * side
+            );
             let idx = Tensor::from_vec(codes.clone(), (1, side * side), &Device::Cpu)?;
             let img = cxr_vqgan::to_gray_images(&self.vqgan.decode(&idx)?)?.remove(0);
             let mut png = Vec::new();
             img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-            let _ = job.events.send(Event::Image { png, codes });
+            return Ok(Event::Image { png, codes });
         }
-        Ok(())
+        let (text, rest) = r.text.finish(&self.lm.tokenizer)?;
+        if let Some(rest) = rest {
+            // What was held back (a character cut between ids) goes out last.
+            let _ = r.job.events.send(Event::Delta(rest));
+        }
+        Ok(Event::Text {
+            text: text.trim().to_string(),
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.ids.len(),
+            finish: if r.ids.last().is_some_and(|i| stop_ids.contains(i)) {
+                Finish::Stop
+            } else {
+                Finish::Length
+            },
+        })
     }
 }
