@@ -107,6 +107,26 @@ def llama():
     write_io(model, "llama_tiny", 13)
 
 
+def llama_scaled():
+    # Llama 3.1's rope scaling, sized so that the tiny head's eight frequencies fall in all three
+    # bands: kept (wavelength < 8), blended (8..32), divided by the factor (> 32).
+    cfg = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64,
+        rms_norm_eps=1e-5, tie_word_embeddings=True, hidden_act="silu",
+        rope_parameters={
+            "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 32,
+        },
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    randomise(model, 5)
+    d = os.path.join(OUT, "llama_rope_llama3_tiny")
+    shutil.rmtree(d, ignore_errors=True)
+    model.save_pretrained(d, safe_serialization=True)
+    write_io(model, "llama_rope_llama3_tiny", 17)
+
+
 CORPUS = [
     "FINDINGS: PA and lateral views of the chest. There is a moderate right pleural effusion with adjacent atelectasis.",
     "IMPRESSION:\n1. No acute cardiopulmonary process.\n2. Stable cardiomegaly.",
@@ -153,4 +173,5 @@ if __name__ == "__main__":
     torch.manual_seed(0)
     gpt_neox()
     llama()
+    llama_scaled()
     tokenizer()

@@ -6,6 +6,8 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
+use crate::config::RopeScaling;
+
 /// cos/sin tables for rotary embeddings on the first `dims` of each head.
 #[derive(Clone, Debug)]
 pub struct Rotary {
@@ -15,11 +17,21 @@ pub struct Rotary {
 }
 
 impl Rotary {
-    pub fn new(dims: usize, base: f64, max_positions: usize, device: &Device) -> Result<Self> {
+    pub fn new(
+        dims: usize,
+        base: f64,
+        scaling: Option<&RopeScaling>,
+        max_positions: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let half = dims / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| (1.0 / base.powf(2.0 * i as f64 / dims as f64)) as f32)
+        let mut inv_freq: Vec<f64> = (0..half)
+            .map(|i| 1.0 / base.powf(2.0 * i as f64 / dims as f64))
             .collect();
+        if let Some(s) = scaling {
+            s.apply(&mut inv_freq);
+        }
+        let inv_freq: Vec<f32> = inv_freq.into_iter().map(|f| f as f32).collect();
         let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
         let t = Tensor::arange(0u32, max_positions as u32, device)?.to_dtype(DType::F32)?;
         let freqs = t.reshape((max_positions, 1))?.broadcast_mul(&inv_freq)?;
@@ -395,7 +407,7 @@ mod tests {
     #[test]
     fn fused_and_differentiable_rope_agree() {
         let dev = Device::Cpu;
-        let rot = Rotary::new(8, 10_000.0, 32, &dev).unwrap();
+        let rot = Rotary::new(8, 10_000.0, None, 32, &dev).unwrap();
         let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev).unwrap();
         let fast = rot.apply(&x, &Positions::Shared(4)).unwrap();
         let cos = rot.cos.narrow(0, 4, 5).unwrap();

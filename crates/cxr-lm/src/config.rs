@@ -31,6 +31,8 @@ pub struct GptNeoxConfig {
     pub hidden_act: String,
     pub tie_word_embeddings: bool,
     pub attention_bias: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
 }
 
 impl GptNeoxConfig {
@@ -51,6 +53,7 @@ impl GptNeoxConfig {
             hidden_act: "gelu".into(),
             tie_word_embeddings: false,
             attention_bias: true,
+            rope_scaling: None,
         }
     }
 }
@@ -73,6 +76,117 @@ pub struct LlamaConfig {
     /// Bias on q/k/v (Qwen2 style); the output projection never has one.
     pub attention_bias: bool,
     pub hidden_act: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+}
+
+/// How the rotary frequencies are rescaled for contexts longer than pretraining's: HF's
+/// `rope_scaling` (transformers 4) or the scaling keys of `rope_parameters` (transformers 5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    /// Positions divided by `factor`: every frequency divided by it.
+    Linear { factor: f64 },
+    /// Llama 3.1: wavelengths longer than `original_max_position_embeddings / low_freq_factor`
+    /// are stretched by `factor`, those shorter than `.. / high_freq_factor` kept, and the band
+    /// between blended.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
+impl RopeScaling {
+    /// Reads the scaling of a `config.json`; `None` for none or `rope_type` "default".
+    fn from_config(v: &Value) -> Result<Option<Self>, String> {
+        let Some(s) = ["rope_scaling", "rope_parameters"]
+            .iter()
+            .filter_map(|k| v.get(*k))
+            .find(|s| s.is_object())
+        else {
+            return Ok(None);
+        };
+        // transformers 4.3x wrote "type", later releases "rope_type".
+        let kind = s
+            .get("rope_type")
+            .or_else(|| s.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let num = |key: &str| {
+            s.get(key)
+                .and_then(Value::as_f64)
+                .ok_or_else(|| format!("rope scaling {kind:?} needs a number {key:?}"))
+        };
+        let scaling = match kind {
+            "default" => return Ok(None),
+            "linear" => RopeScaling::Linear {
+                factor: num("factor")?,
+            },
+            "llama3" => RopeScaling::Llama3 {
+                factor: num("factor")?,
+                low_freq_factor: num("low_freq_factor")?,
+                high_freq_factor: num("high_freq_factor")?,
+                original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+            },
+            other => {
+                return Err(format!(
+                    "rope scaling {other:?} is not supported (linear and llama3 are)"
+                ))
+            }
+        };
+        scaling.check()?;
+        Ok(Some(scaling))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match *self {
+            RopeScaling::Linear { factor } if factor > 0.0 => Ok(()),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } if factor > 0.0
+                && low_freq_factor > 0.0
+                && high_freq_factor > low_freq_factor
+                && original_max_position_embeddings > 0 =>
+            {
+                Ok(())
+            }
+            _ => Err(format!(
+                "rope scaling {self:?}: factors must be positive, high_freq_factor above low_freq_factor"
+            )),
+        }
+    }
+
+    /// Rescales the inverse frequencies of a rotary embedding in place (transformers'
+    /// `_compute_linear_scaling_rope_parameters` and `_compute_llama3_parameters`).
+    pub fn apply(&self, inv_freq: &mut [f64]) {
+        match *self {
+            RopeScaling::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let old = original_max_position_embeddings as f64;
+                let (low_wavelen, high_wavelen) = (old / low_freq_factor, old / high_freq_factor);
+                for f in inv_freq {
+                    let wavelen = 2.0 * std::f64::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl LmConfig {
@@ -88,6 +202,7 @@ impl LmConfig {
             .and_then(Value::as_str)
             .unwrap_or_default();
         let fields = Fields { v: &v, origin };
+        let rope_scaling = RopeScaling::from_config(&v).map_err(bad)?;
         let config = match model_type {
             "gpt_neox" => {
                 let hidden_size = fields.usize("hidden_size")?;
@@ -112,14 +227,12 @@ impl LmConfig {
                     hidden_act: fields.string_or("hidden_act", "gelu"),
                     tie_word_embeddings: fields.bool_or("tie_word_embeddings", false),
                     attention_bias: fields.bool_or("attention_bias", true),
+                    rope_scaling,
                 })
             }
             "llama" | "mistral" | "qwen2" => {
                 let hidden_size = fields.usize("hidden_size")?;
                 let heads = fields.usize("num_attention_heads")?;
-                if let Some(scaling) = v.get("rope_scaling").filter(|s| !s.is_null()) {
-                    return Err(bad(format!("rope_scaling {scaling} is not supported yet")));
-                }
                 LmConfig::Llama(LlamaConfig {
                     vocab_size: fields.usize("vocab_size")?,
                     hidden_size,
@@ -137,6 +250,7 @@ impl LmConfig {
                     tie_word_embeddings: fields.bool_or("tie_word_embeddings", false),
                     attention_bias: fields.bool_or("attention_bias", model_type == "qwen2"),
                     hidden_act: fields.string_or("hidden_act", "silu"),
+                    rope_scaling,
                 })
             }
             other => {
@@ -357,6 +471,69 @@ mod tests {
         );
         assert_eq!(c.rotary_pct, 0.25);
         assert!(c.use_parallel_residual && !c.tie_word_embeddings);
+    }
+
+    #[test]
+    fn reads_rope_scaling_in_both_spellings_and_writes_it_back() {
+        let base = r#"{"model_type":"llama","hidden_size":64,"num_hidden_layers":2,
+            "num_attention_heads":4,"intermediate_size":128,"vocab_size":100,SCALING}"#;
+        let parse =
+            |scaling: &str| LmConfig::from_json(&base.replace("SCALING", scaling), "c.json");
+        // transformers 4.3x: "rope_scaling" with "type".
+        let LmConfig::Llama(c) = parse(r#""rope_scaling":{"type":"linear","factor":4.0}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(c.rope_scaling, Some(RopeScaling::Linear { factor: 4.0 }));
+        // transformers 5: the scaling keys inside "rope_parameters".
+        let v5 = r#""rope_parameters":{"rope_type":"llama3","rope_theta":500000.0,"factor":8.0,
+            "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}"#;
+        let config = parse(v5).unwrap();
+        let LmConfig::Llama(c) = &config else {
+            panic!()
+        };
+        assert_eq!(c.rope_theta, 500000.0);
+        assert!(
+            matches!(c.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0)
+        );
+        // Saved and read again, the scaling stays.
+        let again = LmConfig::from_json(&config.to_hf_json().to_string(), "saved").unwrap();
+        assert_eq!(again, config);
+        // Default is none; others are named in the error.
+        let LmConfig::Llama(c) = parse(r#""rope_scaling":{"rope_type":"default"}"#).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.rope_scaling, None);
+        let err = parse(r#""rope_scaling":{"rope_type":"yarn","factor":4.0}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c.json") && err.contains("yarn"), "{err}");
+        let err = parse(r#""rope_scaling":{"rope_type":"linear"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("factor"), "{err}");
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_stretches_low_and_blends_between() {
+        let s = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 32,
+        };
+        // Wavelengths 2π/f: 4 (kept, under 32/4), 16 (blended), 64 (stretched, over 32/1).
+        let tau = 2.0 * std::f64::consts::PI;
+        let mut f = [tau / 4.0, tau / 16.0, tau / 64.0];
+        s.apply(&mut f);
+        assert!((f[0] - tau / 4.0).abs() < 1e-12);
+        // smooth = (32/16 - 1) / (4 - 1) = 1/3: (2/3)·f/8 + (1/3)·f.
+        let want = tau / 16.0 * (2.0 / 3.0 / 8.0 + 1.0 / 3.0);
+        assert!((f[1] - want).abs() < 1e-12, "{} {want}", f[1]);
+        assert!((f[2] - tau / 64.0 / 8.0).abs() < 1e-12);
+        let mut g = [1.0, 0.5];
+        RopeScaling::Linear { factor: 2.0 }.apply(&mut g);
+        assert_eq!(g, [0.5, 0.25]);
     }
 
     #[test]

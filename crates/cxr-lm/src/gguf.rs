@@ -15,7 +15,7 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
 use candle_core::Device;
 use serde_json::json;
 
-use crate::config::{LlamaConfig, LmConfig};
+use crate::config::{LlamaConfig, LmConfig, RopeScaling};
 use crate::weights::Weight;
 use crate::LmError;
 
@@ -73,6 +73,30 @@ pub fn read_gguf(path: &Path, device: &Device) -> Result<GgufModel, LmError> {
     let heads = num("attention.head_count")?;
     let kv_heads = num("attention.head_count_kv").unwrap_or(heads);
     let has_output = content.tensor_infos.contains_key("output.weight");
+    // llama.cpp writes Llama 3.1's scaling as a tensor of per-frequency factors, not as
+    // parameters that an HF config could hold again: refused rather than silently ignored.
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        return Err(bad(
+            "rope_freqs.weight (Llama 3.1 rope scaling as llama.cpp stores it) is not supported; \
+             load the model's HF directory instead"
+                .into(),
+        ));
+    }
+    let scaling_type = md
+        .get(&format!("{arch}.rope.scaling.type"))
+        .and_then(|v| v.to_string().ok().cloned())
+        .unwrap_or_else(|| "none".into());
+    let rope_scaling = match scaling_type.as_str() {
+        "none" => None,
+        "linear" => Some(RopeScaling::Linear {
+            factor: float("rope.scaling.factor", 1.0),
+        }),
+        other => {
+            return Err(bad(format!(
+                "rope scaling {other:?} is not supported (linear is)"
+            )))
+        }
+    };
     let config = LlamaConfig {
         vocab_size: tokens.len(),
         hidden_size: hidden,
@@ -87,6 +111,7 @@ pub fn read_gguf(path: &Path, device: &Device) -> Result<GgufModel, LmError> {
         tie_word_embeddings: !has_output,
         attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
         hidden_act: "silu".into(),
+        rope_scaling,
     };
     let config = LmConfig::Llama(config);
     config.validate(&path.display().to_string())?;
@@ -272,6 +297,67 @@ mod tests {
             "model.embed_tokens.weight"
         );
         assert_eq!(hf_name("rope_freqs.weight"), None);
+    }
+
+    /// A GGUF holding only metadata (and, when asked, llama.cpp's `rope_freqs.weight`).
+    fn write_gguf(path: &Path, scaling: Option<&str>, rope_freqs: bool) {
+        use candle_core::quantized::gguf_file::Value as V;
+        let mut md: Vec<(&str, V)> = vec![
+            ("general.architecture", V::String("llama".into())),
+            ("llama.embedding_length", V::U32(8)),
+            ("llama.attention.head_count", V::U32(2)),
+            ("llama.block_count", V::U32(1)),
+            ("llama.feed_forward_length", V::U32(16)),
+            ("llama.context_length", V::U32(64)),
+            (
+                "tokenizer.ggml.tokens",
+                V::Array(vec![V::String("a".into()), V::String("b".into())]),
+            ),
+            ("tokenizer.ggml.model", V::String("gpt2".into())),
+            ("tokenizer.ggml.merges", V::Array(vec![])),
+        ];
+        if let Some(kind) = scaling {
+            md.push(("llama.rope.scaling.type", V::String(kind.into())));
+            md.push(("llama.rope.scaling.factor", V::F32(4.0)));
+        }
+        let freqs = QTensor::quantize(
+            &candle_core::Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap(),
+            GgmlDType::F32,
+        )
+        .unwrap();
+        let tensors: Vec<(&str, &QTensor)> = if rope_freqs {
+            vec![("rope_freqs.weight", &freqs)]
+        } else {
+            vec![]
+        };
+        let md: Vec<(&str, &V)> = md.iter().map(|(k, v)| (*k, v)).collect();
+        let mut f = std::fs::File::create(path).unwrap();
+        candle_core::quantized::gguf_file::write(&mut f, &md, &tensors).unwrap();
+    }
+
+    #[test]
+    fn rope_scaling_is_read_from_metadata_and_llama_cpp_freq_factors_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        write_gguf(&path, Some("linear"), false);
+        let LmConfig::Llama(c) = read_gguf(&path, &Device::Cpu).unwrap().config else {
+            panic!()
+        };
+        assert_eq!(c.rope_scaling, Some(RopeScaling::Linear { factor: 4.0 }));
+        write_gguf(&path, None, false);
+        let LmConfig::Llama(c) = read_gguf(&path, &Device::Cpu).unwrap().config else {
+            panic!()
+        };
+        assert_eq!(c.rope_scaling, None);
+        write_gguf(&path, Some("yarn"), false);
+        let err = read_gguf(&path, &Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("m.gguf") && err.contains("yarn"), "{err}");
+        write_gguf(&path, None, true);
+        let err = read_gguf(&path, &Device::Cpu).err().unwrap().to_string();
+        assert!(
+            err.contains("m.gguf") && err.contains("rope_freqs"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -83,6 +83,7 @@ impl GptNeox {
         let rotary = Rotary::new(
             rotary_dims,
             config.rotary_emb_base,
+            config.rope_scaling.as_ref(),
             config.max_position_embeddings,
             w.device(),
         )

@@ -73,6 +73,7 @@ impl Llama {
         let rotary = Rotary::new(
             d,
             config.rope_theta,
+            config.rope_scaling.as_ref(),
             config.max_position_embeddings,
             w.device(),
         )

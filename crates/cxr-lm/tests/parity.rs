@@ -54,6 +54,7 @@ fn logits_and_greedy_continuations_match_transformers() {
         ("gpt_neox_tiny_bin", "gpt_neox_tiny"),
         ("gpt_neox_seq_tiny", "gpt_neox_seq_tiny"),
         ("llama_tiny", "llama_tiny"),
+        ("llama_rope_llama3_tiny", "llama_rope_llama3_tiny"),
     ] {
         let model = load(dir, WeightMode::Inference);
         let (ids, want_logits, want_greedy) = io(io_name);

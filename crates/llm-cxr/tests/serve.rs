@@ -571,7 +571,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// 64 clients for a bounded time, mixing every route with malformed and oversized requests: no
 /// crash, no 5xx but the designed 503, bounded memory; prints throughput and latency (JSON, also
 /// written to $LLMCXR_LOAD_OUT). `LLMCXR_LOAD_SECONDS` (default 8), `LLMCXR_LOAD_CLIENTS`
-/// (64) and `LLMCXR_LOAD_MODEL` / `_VQGAN` / `_CONFIG` (a real model instead of the tiny one)
+/// (64), `LLMCXR_LOAD_TIMEOUT` (the server's `--timeout`, 20) and `LLMCXR_LOAD_MODEL` / `_VQGAN` / `_CONFIG` (a real model instead of the tiny one)
 /// size it for the figures in docs/serving.md.
 #[test]
 fn under_load_every_answer_is_designed_and_memory_stays_bounded() {
@@ -582,6 +582,7 @@ fn under_load_every_answer_is_designed_and_memory_stays_bounded() {
     let clients: usize = env("LLMCXR_LOAD_CLIENTS")
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
+    let timeout = env("LLMCXR_LOAD_TIMEOUT").unwrap_or_else(|| "20".into());
     let dir = tempfile::tempdir().unwrap();
     let (model, vqgan, config) = match (
         env("LLMCXR_LOAD_MODEL"),
@@ -606,7 +607,7 @@ fn under_load_every_answer_is_designed_and_memory_stays_bounded() {
             "--max-tokens",
             "32",
             "--timeout",
-            "20",
+            &timeout,
             "--max-body-mib",
             "1",
         ],
@@ -745,6 +746,7 @@ fn under_load_every_answer_is_designed_and_memory_stays_bounded() {
     let steps = server.metric("llmcxr_steps_total");
     let summary = serde_json::json!({
         "clients": clients,
+        "timeout_s": timeout,
         "seconds": seconds,
         "requests": results.len(),
         "answered_200": ok.len(),
