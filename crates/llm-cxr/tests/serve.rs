@@ -759,6 +759,8 @@ fn under_load_every_answer_is_designed_and_memory_stays_bounded() {
         "single_client_report_p50_s": percentile(&single, 0.5),
         "rss_mib_start": rss_start,
         "rss_mib_peak": peak,
+        "text_200": text.len(),
+        "draw_200": drawn.len(),
         "text_p50_s": percentile(&text, 0.5),
         "text_p99_s": percentile(&text, 0.99),
         "draw_p50_s": percentile(&drawn, 0.5),

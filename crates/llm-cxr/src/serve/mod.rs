@@ -1,5 +1,6 @@
 //! `llm-cxr serve`: the three tasks and plain chat over HTTP (axum on tokio). Handlers parse and
-//! validate; the model runs on one worker thread behind a bounded queue (`scheduler`). A full
+//! validate; the model runs on one worker thread behind a bounded queue (`scheduler`), whose
+//! running batch requests join between steps. A full
 //! queue answers 429 with Retry-After, a passed deadline 503, a body over the limit 413. Text
 //! streams as server-sent events; a client that goes away ends its generation. Logs carry the
 //! method, path, status and time of each request, never anything read from an upload.
@@ -40,7 +41,8 @@ pub struct Args {
     /// Requests that may wait for the model; one more is answered 429 with Retry-After.
     #[arg(long, default_value_t = 32)]
     pub queue: usize,
-    /// Requests generated together as one batch.
+    /// The most requests generated at once: rows of the running batch, which waiting requests
+    /// join between its steps (continuous batching).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// The most new tokens one text request may ask for (and its default).
