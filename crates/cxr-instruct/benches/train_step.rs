@@ -107,7 +107,7 @@ fn minor_faults() -> i64 {
 }
 
 fn main() {
-    cxr_lm::tune_cpu_runtime();
+    cxr_train::tune_cpu_runtime();
     if let Ok(name) = std::env::var("TRAIN_BENCH_CHILD") {
         println!("{}", phase(&name));
         return;

@@ -19,7 +19,13 @@ use cxr_lm::{
 use serde_json::json;
 
 const PROMPT: usize = 300;
-const NEW: usize = 256;
+/// Tokens decoded after the prompt; `LM_BENCH_NEW_TOKENS` changes it (0: prefill only, to profile).
+fn new_tokens() -> usize {
+    std::env::var("LM_BENCH_NEW_TOKENS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256)
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -123,7 +129,7 @@ fn run_phase(phase: &str, repeats: usize) -> serde_json::Value {
             let lm =
                 cxr_lm::LanguageModel::load(&path, WeightMode::Inference, &Device::Cpu).unwrap();
             let load_s = started.elapsed().as_secs_f64();
-            let mut r = measure(&lm.model, repeats, Constraint::Free, NEW);
+            let mut r = measure(&lm.model, repeats, Constraint::Free, new_tokens());
             r["load_s"] = json!(load_s);
             r["peak_rss_mb"] = json!(cxr_train::peak_rss_mb());
             return r;
@@ -135,7 +141,7 @@ fn run_phase(phase: &str, repeats: usize) -> serde_json::Value {
     let constraint = if phase.ends_with("-image") {
         Constraint::Image {
             image_ids: 50281..51305,
-            count: NEW,
+            count: new_tokens(),
         }
     } else {
         Constraint::Free
@@ -145,7 +151,7 @@ fn run_phase(phase: &str, repeats: usize) -> serde_json::Value {
     } else {
         repeats
     };
-    let mut r = measure(&model, repeats, constraint, NEW);
+    let mut r = measure(&model, repeats, constraint, new_tokens());
     r["params"] = json!(params(&config));
     r["build_s"] = json!(build_s);
     r["weights"] = json!(quant.map_or("f32".to_string(), |q| format!("{q:?}")));
@@ -154,7 +160,7 @@ fn run_phase(phase: &str, repeats: usize) -> serde_json::Value {
 }
 
 fn main() {
-    cxr_lm::tune_cpu_runtime();
+    cxr_train::tune_cpu_runtime();
     let repeats: usize = std::env::var("LM_BENCH_REPEATS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -55,30 +55,6 @@ pub enum LmError {
     Candle(String),
 }
 
-/// Process settings for CPU work, to call once at program start: freed buffers stay in the heap
-/// (glibc `mallopt`). candle allocates a fresh output per op; a buffer that glibc maps on its own
-/// is faulted in page by page (the kernel zeroing every page) and unmapped again when freed, and
-/// the unmapping interrupts the other cores to flush their TLBs. The threshold for mapping is
-/// raised to glibc's largest, 32 MiB (a larger value is refused, and setting the trim threshold
-/// alone would pin the threshold at its 128 KiB start); larger buffers are not mapped either
-/// (`M_MMAP_MAX` 0), and the heap is never trimmed (`M_TRIM_THRESHOLD` -1), so the process keeps
-/// its peak. A training step of the 70m shape makes about ten 100 MB buffers (logits, embedding
-/// gradients): 1.5 s per step with these settings, 2.0 s without the last two; the 410m shape
-/// 10.8 s against 12.2 s. Returns whether glibc took every setting. (Giving candle's element-wise pool one thread, `CANDLE_NUM_THREADS=1`, speeds a
-/// float prefill by ~10 % but halves quantized decoding, which runs on that pool; not done.)
-pub fn tune_cpu_runtime() -> bool {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; it is called before other threads allocate.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1
-            && libc::mallopt(libc::M_MMAP_MAX, 0) == 1
-            && libc::mallopt(libc::M_TRIM_THRESHOLD, -1) == 1
-            && libc::mallopt(libc::M_TOP_PAD, 64 << 20) == 1
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    false
-}
-
 /// A model ready to use: network, tokenizer and, once extended, its image vocabulary.
 pub struct LanguageModel {
     pub model: CausalLm,
@@ -182,14 +158,4 @@ pub fn save_hf(
     .map_err(|e| io(e.to_string()))?;
     std::fs::rename(&tmp, dir.join("model.safetensors")).map_err(|e| io(e.to_string()))?;
     tokenizer.save(dir)
-}
-
-#[cfg(test)]
-mod tests {
-    /// glibc refuses an mmap threshold above 32 MiB without a word; every setting must take.
-    #[test]
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    fn glibc_takes_the_cpu_runtime_settings() {
-        assert!(super::tune_cpu_runtime());
-    }
 }

@@ -21,6 +21,30 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+/// Process settings for CPU work, to call once at program start: freed buffers stay in the heap
+/// (glibc `mallopt`). candle allocates a fresh output per op; a buffer that glibc maps on its own
+/// is faulted in page by page (the kernel zeroing every page) and unmapped again when freed, and
+/// the unmapping interrupts the other cores to flush their TLBs. The threshold for mapping is
+/// raised to glibc's largest, 32 MiB (a larger value is refused, and setting the trim threshold
+/// alone would pin the threshold at its 128 KiB start); larger buffers are not mapped either
+/// (`M_MMAP_MAX` 0), and the heap is never trimmed (`M_TRIM_THRESHOLD` -1), so the process keeps
+/// its peak. A training step of the 70m shape makes about ten 100 MB buffers (logits, embedding
+/// gradients): 1.5 s per step with these settings, 2.0 s without the last two; the 410m shape
+/// 10.8 s against 12.2 s. Returns whether glibc took every setting. (Giving candle's element-wise pool one thread, `CANDLE_NUM_THREADS=1`, speeds a
+/// float prefill by ~10 % but halves quantized decoding, which runs on that pool; not done.)
+pub fn tune_cpu_runtime() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before other threads allocate.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1
+            && libc::mallopt(libc::M_MMAP_MAX, 0) == 1
+            && libc::mallopt(libc::M_TRIM_THRESHOLD, -1) == 1
+            && libc::mallopt(libc::M_TOP_PAD, 64 << 20) == 1
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error("{path}: {message}")]
@@ -392,6 +416,13 @@ pub fn batch_indices(n: usize, batch: usize, seed: u64, step: u64) -> Vec<usize>
 
 #[cfg(test)]
 mod tests {
+    /// glibc refuses an mmap threshold above 32 MiB without a word; every setting must take.
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn glibc_takes_the_cpu_runtime_settings() {
+        assert!(super::tune_cpu_runtime());
+    }
+
     use super::*;
 
     #[test]

@@ -15,6 +15,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    // The allocator settings `llm-cxr` runs with.
+    cxr_train::tune_cpu_runtime();
     let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
     let batches: Vec<usize> = env("VQGAN_BENCH_BATCHES", "1,8")
         .split(',')

@@ -110,7 +110,7 @@ pub fn run_command_line(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    cxr_lm::tune_cpu_runtime();
+    cxr_train::tune_cpu_runtime();
     let cli = Cli::parse();
     let default = match cli.verbose {
         0 => "info",

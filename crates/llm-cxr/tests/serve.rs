@@ -406,6 +406,16 @@ fn every_route_answers_and_errors_are_clear() {
         400,
         "no user message",
     );
+    // Longer than the model's 512 positions: the client is told, and the server goes on.
+    let long = "effusion ".repeat(600);
+    error(
+        &server.json(
+            "/v1/chat/completions",
+            serde_json::json!({"messages": [{"role": "user", "content": long}]}),
+        ),
+        400,
+        "positions",
+    );
     let big = vec![0u8; 2 << 20];
     assert_eq!(server.form("/v1/report", &[("image", &big)]).status, 413);
 

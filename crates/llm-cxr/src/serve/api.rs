@@ -289,6 +289,7 @@ async fn finish(mut rx: UnboundedReceiver<Event>) -> Result<Event, ApiError> {
         match e {
             Event::Delta(_) => continue,
             Event::TimedOut => return Err(ApiError::timed_out()),
+            Event::Rejected(m) => return Err(ApiError::bad(m)),
             Event::Failed(m) => return Err(ApiError::internal(m)),
             other => return Ok(other),
         }
@@ -329,7 +330,7 @@ fn text_events(
             Event::TimedOut => SseEvent::default()
                 .event("error")
                 .data(json!({"message": "deadline passed"}).to_string()),
-            Event::Failed(m) => SseEvent::default()
+            Event::Rejected(m) | Event::Failed(m) => SseEvent::default()
                 .event("error")
                 .data(json!({ "message": m }).to_string()),
             Event::Image { .. } => SseEvent::default().event("error").data("{}"),
@@ -555,7 +556,7 @@ pub async fn chat_completions(
             Event::Text { finish, .. } => {
                 Some(SseEvent::default().data(chunk(json!({}), Some(finish_reason(finish)))))
             }
-            Event::TimedOut | Event::Failed(_) | Event::Image { .. } => {
+            Event::TimedOut | Event::Rejected(_) | Event::Failed(_) | Event::Image { .. } => {
                 Some(SseEvent::default().data(
                     json!({"error": {"message": "generation failed or timed out"}}).to_string(),
                 ))

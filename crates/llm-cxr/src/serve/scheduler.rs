@@ -65,6 +65,8 @@ pub enum Event {
     },
     /// The deadline passed (in the queue or while generating).
     TimedOut,
+    /// The request cannot run on this model (why, for the client).
+    Rejected(String),
     Failed(String),
 }
 
@@ -262,17 +264,26 @@ impl Engine {
         running: &mut HashMap<usize, Running>,
         counters: &Counters,
     ) {
-        let joined = self.prepare(&job).and_then(|(ids, options)| {
-            let first = batch.join(std::slice::from_ref(&ids), &options)?;
-            Ok((ids.len(), first))
-        });
-        let (prompt_tokens, first) = match joined {
-            Ok(j) => j,
+        let (ids, options) = match self.prepare(&job) {
+            Ok(p) => p,
             Err(e) => {
                 let _ = job.events.send(Event::Failed(format!("{e:#}")));
                 return;
             }
         };
+        let first = match batch.join(std::slice::from_ref(&ids), &options) {
+            Ok(first) => first,
+            Err(cxr_lm::LmError::Generate(reason)) => {
+                // The request does not fit the model (a prompt longer than its positions).
+                let _ = job.events.send(Event::Rejected(reason));
+                return;
+            }
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(e.to_string()));
+                return;
+            }
+        };
+        let prompt_tokens = ids.len();
         counters.admitted.fetch_add(1, Ordering::Relaxed);
         running.insert(
             first[0].row,
