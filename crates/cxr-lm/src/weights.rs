@@ -377,22 +377,26 @@ pub fn read_hf_tensors(path: &Path, device: &Device) -> Result<HashMap<String, T
             path: file.clone(),
             reason: e.to_string(),
         };
-        let is_safetensors = file.extension().is_some_and(|e| e == "safetensors");
-        let loaded: Vec<(String, Tensor)> = if is_safetensors {
-            candle_core::safetensors::load(&file, device)
-                .map_err(io)?
-                .into_iter()
-                .collect()
-        } else {
-            candle_core::pickle::read_all_with_key(&file, None).map_err(io)?
+        let f32 = |t: Tensor| match t.dtype() {
+            DType::F32 => Ok(t),
+            _ => t.to_dtype(DType::F32),
         };
-        for (name, t) in loaded {
-            let t = if t.dtype() == DType::F32 {
-                t
-            } else {
-                t.to_dtype(DType::F32).map_err(io)?
-            };
-            tensors.insert(name, t);
+        if file.extension().is_some_and(|e| e == "safetensors") {
+            // Memory-mapped, each tensor copied out (and widened to f32) one at a time: the file
+            // is never read into memory whole (candle's `safetensors::load` does that, doubling
+            // the peak: 22 GB for dolly-v2-3b in f32), and its pages stay the kernel's to evict.
+            // SAFETY: the mapping lives only while this loop copies from it; a file truncated by
+            // another process meanwhile would fault, as with every mmap-based loader.
+            let st =
+                unsafe { candle_core::safetensors::MmapedSafetensors::new(&file) }.map_err(io)?;
+            for (name, _) in st.tensors() {
+                let t = st.load(&name, device).and_then(f32).map_err(io)?;
+                tensors.insert(name, t);
+            }
+        } else {
+            for (name, t) in candle_core::pickle::read_all_with_key(&file, None).map_err(io)? {
+                tensors.insert(name, f32(t).map_err(io)?);
+            }
         }
     }
     Ok(tensors)
