@@ -225,18 +225,20 @@ fn models(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
     Some((model, vqgan, config))
 }
 
+/// A server of the tiny model and a random VQ-GAN with `flags`, and the folder holding them;
+/// `None` (the test skips) where `../shared` is absent.
+fn tiny_server(flags: &[&str]) -> Option<(tempfile::TempDir, Server)> {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, vqgan, config) = models(dir.path())?;
+    let server = Server::start(&model, &vqgan, &config, flags);
+    Some((dir, server))
+}
+
 #[test]
 fn every_route_answers_and_errors_are_clear() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some((model, vqgan, config)) = models(dir.path()) else {
+    let Some((_dir, server)) = tiny_server(&["--max-tokens", "12", "--max-body-mib", "1"]) else {
         return;
     };
-    let server = Server::start(
-        &model,
-        &vqgan,
-        &config,
-        &["--max-tokens", "12", "--max-body-mib", "1"],
-    );
     let (png, dicom) = images();
 
     let health = server.get("/health");
@@ -515,16 +517,9 @@ fn a_full_queue_answers_429_a_gone_client_stops_and_a_deadline_answers_503() {
 /// ends first (batching by request would make it wait for the long one).
 #[test]
 fn a_request_joins_a_running_batch_and_ends_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some((model, vqgan, config)) = models(dir.path()) else {
+    let Some((_dir, server)) = tiny_server(&["--batch", "4", "--max-tokens", "400"]) else {
         return;
     };
-    let server = Server::start(
-        &model,
-        &vqgan,
-        &config,
-        &["--batch", "4", "--max-tokens", "400"],
-    );
     let chat = |max_tokens: usize| {
         let r = server.json(
             "/v1/chat/completions",
