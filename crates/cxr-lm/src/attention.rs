@@ -66,6 +66,12 @@ impl Rotary {
                 )
             }
         };
+        // Positions shared by the rows: one pass over the strided heads, partial rotary included
+        // (ours, with its backward; a 70m-shape prefill 105 -> 92 ms against narrow + copy +
+        // candle's rope + cat). Per-row positions (padded batches) take the compositions below.
+        if cos.rank() == 2 {
+            return crate::fused::rope(x, &cos, &sin);
+        }
         let (rot, pass) = if self.dims == head_dim {
             (x.clone(), None)
         } else {
@@ -74,12 +80,6 @@ impl Rotary {
                 Some(x.narrow(D::Minus1, self.dims, head_dim - self.dims)?),
             )
         };
-        // Positions shared by the rows: one pass over the strided heads, partial rotary included
-        // (ours, with its backward; a 70m-shape prefill 105 -> 92 ms against narrow + copy +
-        // candle's rope + cat). Per-row positions (padded batches) take the compositions below.
-        if cos.rank() == 2 {
-            return crate::fused::rope(x, &cos, &sin);
-        }
         let rotated = if x.track_op() {
             rope_differentiable(&rot, &cos, &sin)?
         } else {

@@ -138,6 +138,8 @@ pub struct Drawn {
     pub row: usize,
     pub id: u32,
     pub last: bool,
+    /// The id is one of the row's stop ids (the row ended on it; `last` is set too).
+    pub stopped: bool,
 }
 
 /// One sequence of a running [`Batch`].
@@ -307,15 +309,16 @@ impl<'m> Batch<'m> {
     /// Draws the next id of rows `first..` from their final hidden states (one per row).
     fn draw(&mut self, hidden: &Tensor, first: usize) -> Result<Vec<Drawn>, LmError> {
         // When every row draws an image, only the image rows of a float head are computed.
-        let image_ids = match &self.rows[first].options.constraint {
-            Constraint::Image { image_ids, .. } => Some(image_ids.clone()),
+        let all_images = match &self.rows[first].options.constraint {
+            Constraint::Image { image_ids, .. } if !self.model.head().is_quantized() => {
+                Some(image_ids.clone())
+            }
             _ => None,
-        };
-        let all_images = image_ids.clone().filter(|ids| {
-            !self.model.head().is_quantized()
-                && self.rows[first..].iter().all(|r| {
-                    matches!(&r.options.constraint, Constraint::Image { image_ids, .. } if image_ids == ids)
-                })
+        }
+        .filter(|ids| {
+            self.rows[first..].iter().all(|r| {
+                matches!(&r.options.constraint, Constraint::Image { image_ids, .. } if image_ids == ids)
+            })
         });
         let (logits, offset) = match all_images {
             Some(ids) => {
@@ -361,6 +364,7 @@ impl<'m> Batch<'m> {
                 row: row.id,
                 id,
                 last: stopped || row.drawn >= row.limit,
+                stopped,
             });
         }
         Ok(drawn)

@@ -33,11 +33,6 @@ impl Cache {
         self.len() == 0
     }
 
-    /// Makes room for `more` positions after those cached.
-    pub fn reserve(&mut self, more: usize) -> Result<()> {
-        self.layers.iter_mut().try_for_each(|l| l.reserve(more))
-    }
-
     /// Keeps the rows `rows` of the batch, in that order.
     pub fn keep_rows(&mut self, rows: &[usize]) -> Result<()> {
         self.layers.iter_mut().try_for_each(|l| l.keep_rows(rows))

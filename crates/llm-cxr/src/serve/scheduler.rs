@@ -185,8 +185,8 @@ fn worker(engine: Engine, rx: Receiver<Job>, max_batch: usize, counters: &Counte
                 let _ = r.job.events.send(Event::Failed(format!("{e:#}")));
             }
             batch = Batch::new(&engine.lm.model);
+            counters.running.store(0, Ordering::Relaxed);
         }
-        counters.running.store(batch.len(), Ordering::Relaxed);
     }
 }
 
@@ -196,6 +196,8 @@ struct Running {
     prompt_tokens: usize,
     /// Every id drawn, a stop id included.
     ids: Vec<u32>,
+    /// The row ended on a stop id (not at its token limit).
+    stopped: bool,
     /// The text ids, for streaming.
     text: TextStream,
 }
@@ -291,6 +293,7 @@ impl Engine {
                 job,
                 prompt_tokens,
                 ids: Vec::new(),
+                stopped: false,
                 text: TextStream::new(),
             },
         );
@@ -308,8 +311,10 @@ impl Engine {
         running: &mut HashMap<usize, Running>,
         counters: &Counters,
     ) -> Result<(), cxr_lm::LmError> {
+        // The rows that ended with these ids have already left the batch: the gauge says so
+        // before their answers go out.
+        counters.running.store(batch.len(), Ordering::Relaxed);
         let tokenizer = &self.lm.tokenizer;
-        let stop_ids = tokenizer.stop_ids();
         let mut gone = Vec::new();
         for d in drawn {
             counters.generated_tokens.fetch_add(1, Ordering::Relaxed);
@@ -317,7 +322,8 @@ impl Engine {
                 continue;
             };
             r.ids.push(d.id);
-            if !r.job.task.draws() && !stop_ids.contains(&d.id) {
+            r.stopped = d.stopped;
+            if !r.job.task.draws() && !d.stopped {
                 if let Ok(Some(piece)) = r.text.push(tokenizer, d.id) {
                     let _ = r.job.events.send(Event::Delta(piece));
                 }
@@ -326,7 +332,7 @@ impl Engine {
                 if let Some(r) = running.remove(&d.row) {
                     let events = r.job.events.clone();
                     let event = self
-                        .answer(r, &stop_ids)
+                        .answer(r)
                         .unwrap_or_else(|e| Event::Failed(format!("{e:#}")));
                     let _ = events.send(event);
                 }
@@ -335,11 +341,13 @@ impl Engine {
                 gone.push(d.row);
             }
         }
-        batch.cancel(&gone)
+        batch.cancel(&gone)?;
+        counters.running.store(batch.len(), Ordering::Relaxed);
+        Ok(())
     }
 
     /// The answer of a row that has ended: its text, or its drawing decoded by the VQ-GAN.
-    fn answer(&self, r: Running, stop_ids: &[u32]) -> anyhow::Result<Event> {
+    fn answer(&self, r: Running) -> anyhow::Result<Event> {
         if r.job.task.draws() {
             let config = self.vqgan.config();
             let side = config.grid_side();
@@ -365,7 +373,7 @@ impl Engine {
             text: text.trim().to_string(),
             prompt_tokens: r.prompt_tokens,
             completion_tokens: r.ids.len(),
-            finish: if r.ids.last().is_some_and(|i| stop_ids.contains(i)) {
+            finish: if r.stopped {
                 Finish::Stop
             } else {
                 Finish::Length
