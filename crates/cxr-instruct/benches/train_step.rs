@@ -41,6 +41,7 @@ fn phase(name: &str) -> serde_json::Value {
             .map(|i| ((i * 7919 + 13) % (VOCAB - 1) + 1) as u32)
             .collect(),
         response_start: 1,
+        prompt_spans: Vec::new(),
     };
     let mut opt = cxr_train::AdamW::new(
         net.vars.clone(),

@@ -39,12 +39,27 @@ pub enum Stage {
     Two,
 }
 
+/// Which direction each image is trained in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Directions {
+    /// The reference's: image ids sorted, even index CXR -> report, odd report -> CXR.
+    Alternate,
+    /// Every image in both directions: twice the image-text pairs from the same images, for
+    /// small datasets.
+    Both,
+}
+
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub stage: Stage,
+    pub directions: Directions,
     /// Share of text instructions in the final mix.
     pub text_fraction: f64,
     pub vqa_per_image: usize,
+    /// Questions per VQA sample: an image's questions go in turns of one sample, so its codes
+    /// are read once for several answers (1: one question per sample, as the reference).
+    pub vqa_turns: usize,
     pub max_tokens: usize,
     pub seed: u64,
     pub shard_size: usize,
@@ -54,8 +69,10 @@ impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {
             stage: Stage::One,
+            directions: Directions::Alternate,
             text_fraction: 0.2,
             vqa_per_image: 3,
+            vqa_turns: 1,
             max_tokens: 1024,
             seed: 42,
             shard_size: 2000,
@@ -229,26 +246,27 @@ pub fn samples(
             manifest.images_without_report += 1;
             continue;
         };
-        // Even pairs CXR -> report, odd ones report -> CXR.
-        let sample = if paired.is_multiple_of(2) {
+        // Even pairs CXR -> report, odd ones report -> CXR (or both).
+        let both = opts.directions == Directions::Both;
+        if both || paired.is_multiple_of(2) {
             let i = rng.random_range(0..inputs.phrasings.cxr_to_report.len());
-            template::cxr_to_report(
+            out.push(template::cxr_to_report(
                 &r.image_id,
                 codes.clone(),
                 &report,
                 &inputs.phrasings.cxr_to_report[i],
-            )
-        } else {
+            ));
+        }
+        if both || !paired.is_multiple_of(2) {
             let i = rng.random_range(0..inputs.phrasings.report_to_cxr.len());
-            template::report_to_cxr(
+            out.push(template::report_to_cxr(
                 &r.image_id,
                 codes.clone(),
                 &report,
                 &inputs.phrasings.report_to_cxr[i],
-            )
-        };
+            ));
+        }
         paired += 1;
-        out.push(sample);
         let qa = match (
             inputs.llm_vqa.get(&r.image_id),
             inputs.findings.and_then(|f| f.get(&r.image_id)),
@@ -261,13 +279,19 @@ pub fn samples(
                 .map(synth_vqa::from_labels)
                 .unwrap_or_default(),
         };
-        for p in synth_vqa::choose(qa, opts.vqa_per_image, &mut rng) {
-            out.push(template::vqa(
+        let chosen = synth_vqa::choose(qa, opts.vqa_per_image, &mut rng);
+        for turns in chosen.chunks(opts.vqa_turns.max(1)) {
+            let mut sample = template::vqa(
                 &r.image_id,
                 codes.clone(),
-                &p.question,
-                &p.answer,
-            ));
+                &turns[0].question,
+                &turns[0].answer,
+            );
+            sample.turns = turns[1..]
+                .iter()
+                .map(|p| (p.question.clone(), p.answer.clone()))
+                .collect();
+            out.push(sample);
         }
     }
     if paired == 0 {
@@ -311,7 +335,7 @@ pub fn tokenize_all(
         stats.samples += 1;
         stats.tokens_total += t.ids.len();
         stats.tokens_max = stats.tokens_max.max(t.ids.len());
-        stats.response_tokens += t.ids.len() - t.response_start;
+        stats.response_tokens += t.loss_tokens();
         out.push(t);
     }
     Ok(out)

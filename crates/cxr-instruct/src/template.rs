@@ -65,6 +65,11 @@ pub struct Sample {
     /// VQ codes of the image that `<image>` stands for (in the input or the response).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<Vec<u16>>,
+    /// Further (instruction, response) turns on the same input, each in the template's
+    /// `### Instruction:` / `### Response:` / `### End` form after the first: several questions
+    /// about one image read its codes once. Their instructions carry no loss.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turns: Vec<(String, String)>,
 }
 
 /// The prompt: everything up to and including `### Response:\n`.
@@ -80,11 +85,17 @@ pub fn prompt(instruction: &str, input: Option<&str>) -> String {
 impl Sample {
     /// The whole training text: prompt, response, `### End`.
     pub fn text(&self) -> String {
-        format!(
+        let mut text = format!(
             "{}{}\n\n{END_KEY}",
             prompt(&self.instruction, self.input.as_deref()),
             self.response
-        )
+        );
+        for (instruction, response) in &self.turns {
+            text += &format!(
+                "\n\n{INSTRUCTION_KEY}\n{instruction}\n\n{RESPONSE_KEY_NL}{response}\n\n{END_KEY}"
+            );
+        }
+        text
     }
 }
 
@@ -97,14 +108,24 @@ pub struct Tokenized {
     /// One past the first `### Response:\n` token: the completion-only mask (as the reference's
     /// `DataCollatorForCompletionOnlyLM`) hides every position before it.
     pub response_start: usize,
+    /// Later spans `[start, end)` without loss: the instructions of further turns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompt_spans: Vec<(usize, usize)>,
 }
 
 impl Tokenized {
     /// Per position: true where the loss counts.
     pub fn loss_mask(&self) -> Vec<bool> {
         (0..self.ids.len())
-            .map(|i| i >= self.response_start)
+            .map(|i| {
+                i >= self.response_start && !self.prompt_spans.iter().any(|&(a, b)| a <= i && i < b)
+            })
             .collect()
+    }
+
+    /// Tokens that carry loss.
+    pub fn loss_tokens(&self) -> usize {
+        self.loss_mask().iter().filter(|&&m| m).count()
     }
 }
 
@@ -141,19 +162,41 @@ pub fn tokenize(
             source_id: sample.source.clone(),
             reason: "the tokenizer has no `### Response:\\n` token (extend it with the image vocabulary first)".into(),
         })?;
-    let response_start = ids
-        .iter()
-        .position(|&id| id == key)
+    let bad = |reason: &str| InstructError::Sample {
+        source_id: sample.source.clone(),
+        reason: reason.to_string(),
+    };
+    let keys: Vec<usize> = (0..ids.len()).filter(|&p| ids[p] == key).collect();
+    let response_start = keys
+        .first()
         .map(|p| p + 1)
-        .ok_or_else(|| InstructError::Sample {
-            source_id: sample.source.clone(),
-            reason: "no `### Response:\\n` token after tokenizing".into(),
-        })?;
+        .ok_or_else(|| bad("no `### Response:\\n` token after tokenizing"))?;
+    if keys.len() != 1 + sample.turns.len() {
+        return Err(bad(&format!(
+            "has {} turns but {} `### Response:\\n` tokens",
+            1 + sample.turns.len(),
+            keys.len()
+        )));
+    }
+    // A later turn's instruction runs from the token after the previous `### End` to its own
+    // response key.
+    let end = tokenizer
+        .token_id(END_KEY)
+        .ok_or_else(|| bad("the tokenizer has no `### End` token"))?;
+    let mut prompt_spans = Vec::new();
+    for &k in &keys[1..] {
+        let start = (0..k)
+            .rev()
+            .find(|&p| ids[p] == end)
+            .ok_or_else(|| bad("a later turn without `### End` before it"))?;
+        prompt_spans.push((start + 1, k + 1));
+    }
     Ok(Tokenized {
         task: sample.task,
         source: sample.source.clone(),
         ids,
         response_start,
+        prompt_spans,
     })
 }
 
@@ -227,6 +270,7 @@ pub fn cxr_to_report(source: &str, codes: Vec<u16>, report: &str, instruction: &
         input: Some(IMAGE_PLACEHOLDER.to_string()),
         response: report.to_string(),
         image: Some(codes),
+        turns: Vec::new(),
     }
 }
 
@@ -239,6 +283,7 @@ pub fn report_to_cxr(source: &str, codes: Vec<u16>, report: &str, instruction: &
         input: Some(report.to_string()),
         response: IMAGE_PLACEHOLDER.to_string(),
         image: Some(codes),
+        turns: Vec::new(),
     }
 }
 
@@ -251,5 +296,6 @@ pub fn vqa(source: &str, codes: Vec<u16>, question: &str, answer: &str) -> Sampl
         input: Some(IMAGE_PLACEHOLDER.to_string()),
         response: answer.to_string(),
         image: Some(codes),
+        turns: Vec::new(),
     }
 }

@@ -51,6 +51,7 @@ fn parse(text: &str, origin: &str) -> Result<Vec<Sample>, String> {
                 .filter(|s| !s.is_empty()),
             response: r.output.trim().to_string(),
             image: None,
+            turns: Vec::new(),
         })
         .collect())
 }

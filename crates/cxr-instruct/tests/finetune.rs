@@ -26,6 +26,7 @@ fn samples(n: usize) -> Vec<Tokenized> {
                     .map(|i| ((i * 37 + k * 11) % 383) as u32 + 1)
                     .collect(),
                 response_start: 5 + k % 4,
+                prompt_spans: Vec::new(),
             }
         })
         .collect()

@@ -104,6 +104,19 @@ impl TextTokenizer {
             })
     }
 
+    /// Ids of `text` alone, without the special tokens the tokenizer would add around it.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, LmError> {
+        Ok(self
+            .inner
+            .encode(text, false)
+            .map_err(|e| LmError::Tokenizer {
+                origin: self.origin.clone(),
+                reason: e.to_string(),
+            })?
+            .get_ids()
+            .to_vec())
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, LmError> {
         self.inner
             .decode(ids, skip_special)

@@ -370,7 +370,14 @@ fn llm_cxr_layout_generates_text_and_images_and_saves_as_hf() {
     let vocab = cxr_lm::ImageVocab::extend(&mut tokenizer, 1024).unwrap();
     let mut config = cxr_lm::LmConfig::GptNeox(cxr_lm::GptNeoxConfig::pythia_like(64, 2, 4, 50280));
     let mut tensors = cxr_lm::weights::random_weights(&config, 7, None, &Device::Cpu).unwrap();
-    cxr_lm::image_vocab::resize_vocab(&mut tensors, &mut config, vocab.vocab_size(), 1).unwrap();
+    let init = cxr_lm::image_vocab::NewRows {
+        keys: Vec::new(),
+        image_base: vocab.base,
+        image: cxr_lm::image_vocab::ImageInit::Normal,
+        seed: 1,
+    };
+    cxr_lm::image_vocab::resize_vocab(&mut tensors, &mut config, vocab.vocab_size(), &init)
+        .unwrap();
     assert_eq!(config.vocab_size(), 51305);
     let weights = cxr_lm::Weights::new(
         tensors,

@@ -81,6 +81,8 @@ struct Slot {
     /// First and second moments, element for element of the variable (contiguous order).
     m: Vec<f32>,
     v: Vec<f32>,
+    /// Elements from this index on learn at the rate times this factor (fresh embedding rows).
+    tail_lr: Option<(usize, f64)>,
 }
 
 /// AdamW over named variables. Each step updates a variable and its moments in place, in one
@@ -96,6 +98,8 @@ pub struct AdamW {
 struct Update<'a> {
     moments: std::sync::Mutex<(&'a mut [f32], &'a mut [f32])>,
     lr: f32,
+    /// Elements from `.0` on use rate `.1` and decay `.2` instead.
+    tail: Option<(usize, f32, f32)>,
     beta1: f32,
     beta2: f32,
     eps: f32,
@@ -104,6 +108,18 @@ struct Update<'a> {
     bc2: f32,
     /// Gradients are multiplied by this first (clipping).
     grad_scale: f32,
+}
+
+impl Update<'_> {
+    fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], lr: f32, decay: f32) {
+        for i in 0..p.len() {
+            let gi = g[i] * self.grad_scale;
+            m[i] = self.beta1 * m[i] + (1.0 - self.beta1) * gi;
+            v[i] = self.beta2 * v[i] + (1.0 - self.beta2) * gi * gi;
+            let update = (m[i] / self.bc1) / ((v[i] / self.bc2).sqrt() + self.eps);
+            p[i] = p[i] * decay - lr * update;
+        }
+    }
 }
 
 impl candle_core::InplaceOp2 for Update<'_> {
@@ -138,16 +154,20 @@ impl candle_core::InplaceOp2 for Update<'_> {
             );
         }
         const CHUNK: usize = 1 << 14;
+        let tail_start = self.tail.map_or(usize::MAX, |t| t.0);
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-            .for_each(|((p, g), (m, v))| {
-                for i in 0..p.len() {
-                    let gi = g[i] * self.grad_scale;
-                    m[i] = self.beta1 * m[i] + (1.0 - self.beta1) * gi;
-                    v[i] = self.beta2 * v[i] + (1.0 - self.beta2) * gi * gi;
-                    let update = (m[i] / self.bc1) / ((v[i] / self.bc2).sqrt() + self.eps);
-                    p[i] = p[i] * self.decay - self.lr * update;
+            .enumerate()
+            .for_each(|(k, ((p, g), (m, v)))| {
+                // The chunk's elements before the tail, then those in it: two plain loops.
+                let split = tail_start.saturating_sub(k * CHUNK).min(p.len());
+                let (p0, p1) = p.split_at_mut(split);
+                let (m0, m1) = m.split_at_mut(split);
+                let (v0, v1) = v.split_at_mut(split);
+                self.apply(p0, &g[..split], m0, v0, self.lr, self.decay);
+                if let Some((_, lr, decay)) = self.tail {
+                    self.apply(p1, &g[split..], m1, v1, lr, decay);
                 }
             });
         Ok(())
@@ -167,6 +187,7 @@ impl AdamW {
                     m: vec![0.0; n],
                     v: vec![0.0; n],
                     var,
+                    tail_lr: None,
                 }
             })
             .collect();
@@ -175,6 +196,18 @@ impl AdamW {
             step: 0,
             slots,
         })
+    }
+
+    /// Rows `first_row..` of the 2-D variable `name` learn at `factor` times the rate (fresh
+    /// vocabulary rows, which one global rate would barely move). False when there is no such
+    /// variable.
+    pub fn set_tail_lr(&mut self, name: &str, first_row: usize, factor: f64) -> bool {
+        let Some(slot) = self.slots.iter_mut().find(|s| s.name == name) else {
+            return false;
+        };
+        let row = slot.var.dims().get(1..).map_or(1, |d| d.iter().product());
+        slot.tail_lr = Some((first_row * row, factor));
+        true
     }
 
     /// Steps taken so far.
@@ -209,9 +242,14 @@ impl AdamW {
                 continue;
             };
             let g = g.detach().to_dtype(DType::F32)?.contiguous()?;
+            let tail = slot.tail_lr.map(|(start, factor)| {
+                let lr = c.lr * factor;
+                (start, lr as f32, (1.0 - lr * c.weight_decay) as f32)
+            });
             let op = Update {
                 moments: std::sync::Mutex::new((&mut slot.m, &mut slot.v)),
                 lr: c.lr as f32,
+                tail,
                 beta1: c.beta1 as f32,
                 beta2: c.beta2 as f32,
                 eps: c.eps as f32,
@@ -462,6 +500,31 @@ mod tests {
         // The moments hold no autograd history: a tracked moment chains every past step's
         // graph and memory grows without bound (18 GB after a few DenseNet steps).
         assert!(opt.state().iter().all(|(_, t)| !t.track_op()));
+    }
+
+    #[test]
+    fn rows_after_the_tail_start_learn_at_their_own_rate() {
+        // The first Adam step moves each weight by lr (no decay): row 0 by 0.01, rows 1 and 2
+        // (the "fresh" rows) by 25 x 0.01.
+        let var = Var::new(&[[1.0f32, 1.0], [1.0, 1.0], [1.0, 1.0]], &Device::Cpu).unwrap();
+        let mut opt = AdamW::new(
+            vec![("table".into(), var.clone())],
+            AdamWConfig {
+                lr: 0.01,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(!opt.set_tail_lr("other", 1, 25.0));
+        assert!(opt.set_tail_lr("table", 1, 25.0));
+        let loss = var.as_tensor().sum_all().unwrap();
+        opt.step(&loss.backward().unwrap()).unwrap();
+        let p: Vec<Vec<f32>> = var.as_tensor().to_vec2().unwrap();
+        let moved: Vec<f32> = p.iter().map(|r| 1.0 - r[0]).collect();
+        for (got, want) in moved.iter().zip([0.01, 0.25, 0.25]) {
+            assert!((got - want).abs() < 1e-5, "{moved:?}");
+        }
     }
 
     #[test]

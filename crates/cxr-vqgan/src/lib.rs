@@ -2,7 +2,8 @@
 //! grid of discrete codes (16 x 16 = 256 for LLM-CXR) and codes back into an image.
 //!
 //! - [`VqganConfig`] mirrors taming's `ddconfig` plus `n_embed` / `embed_dim`; presets are JSON
-//!   files in `presets/` (`paper`: LLM-CXR's f16 model; `demo`: a small CPU model for phantoms).
+//!   files in `presets/` (`paper`: LLM-CXR's f16 model; `demo`: a small CPU model for phantoms, 16 x 16 codes at 64 px; `demo-8x8`: the same with one
+//!   more downsampling, 8 x 8 codes).
 //! - [`VqModel`] loads taming checkpoints (`.ckpt` with a `state_dict`, `loss.*` ignored) and
 //!   safetensors with the tensor names unchanged.
 //! - [`tokens`]: the one token-file format (`.npy`, row-major grid).
@@ -45,14 +46,15 @@ pub struct VqganConfig {
     pub embed_dim: usize,
 }
 
-const PRESETS: [(&str, &str); 2] = [
+const PRESETS: [(&str, &str); 3] = [
     ("paper", include_str!("../presets/paper.json")),
     ("demo", include_str!("../presets/demo.json")),
+    ("demo-8x8", include_str!("../presets/demo-8x8.json")),
 ];
 
 #[derive(Debug, thiserror::Error)]
 pub enum VqganError {
-    #[error("unknown preset {0:?} (known: paper, demo; or give a JSON file)")]
+    #[error("unknown preset {0:?} (known: paper, demo, demo-8x8; or give a JSON file)")]
     UnknownPreset(String),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
@@ -234,6 +236,9 @@ mod tests {
         paper.validate().unwrap();
         let demo = VqganConfig::preset("demo").unwrap();
         demo.validate().unwrap();
+        let small = VqganConfig::preset("demo-8x8").unwrap();
+        small.validate().unwrap();
+        assert_eq!(small.tokens_per_image(), 64);
         assert!(VqganConfig::preset("nope").is_err());
     }
 

@@ -80,51 +80,69 @@ fn help_teaches_the_subcommands() {
     assert!(stdout(&o).contains("--seed"));
 }
 
+/// The quick demo, run once for this test binary (its trained VQ-GAN, classifier and base model
+/// serve the memorization test too): the folder it ran in, or None when its inputs are absent.
+fn quick_demo() -> Option<&'static Path> {
+    static DEMO: std::sync::OnceLock<Option<tempfile::TempDir>> = std::sync::OnceLock::new();
+    DEMO.get_or_init(|| {
+        let (phrases, gguf) = (chexpert_phrases()?, smollm2()?);
+        let dir = tempfile::tempdir().unwrap();
+        let o = run_demo(dir.path(), &phrases, &gguf, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout(&o).contains("report micro-F1"), "{}", stdout(&o));
+        Some(dir)
+    })
+    .as_ref()
+    .map(|d| d.path())
+}
+
+/// `llm-cxr demo --quick --out demo` run from `dir` with a relative --out, as a user runs the
+/// README's command.
+fn run_demo(dir: &Path, phrases: &Path, gguf: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llm-cxr"))
+        .current_dir(dir)
+        .args([
+            "demo",
+            "--quick",
+            "--out",
+            "demo",
+            "--base",
+            gguf.to_str().unwrap(),
+            "--phrases",
+            phrases.to_str().unwrap(),
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run llm-cxr")
+}
+
 /// The README's first command in its CI profile: every stage runs, the page shows the scores,
 /// and a second run skips every finished stage.
 #[test]
 fn demo_quick_runs_end_to_end_and_skips_finished_stages() {
-    let Some(phrases) = chexpert_phrases() else {
+    let (Some(phrases), Some(gguf)) = (chexpert_phrases(), smollm2()) else {
         return;
     };
-    let Some(gguf) = smollm2() else {
+    let Some(dir) = quick_demo() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("demo");
-    // Run from the temporary folder with a relative --out, as a user runs the README's command.
-    let demo_with = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_llm-cxr"))
-            .current_dir(dir.path())
-            .args([
-                "demo",
-                "--quick",
-                "--out",
-                "demo",
-                "--base",
-                gguf.to_str().unwrap(),
-                "--phrases",
-                phrases.to_str().unwrap(),
-            ])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run llm-cxr")
-    };
+    let out = dir.join("demo");
+    let demo_with = |extra: &[&str]| run_demo(dir, &phrases, &gguf, extra);
     let demo = || demo_with(&[]);
-    let o = demo();
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("report micro-F1"), "{}", stdout(&o));
 
     let curve: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("curve.json")).unwrap()).unwrap();
     let last = &curve.as_array().unwrap()[0];
-    assert_eq!(last["step"], 24);
+    assert_eq!(last["step"], 12);
     for key in ["report_f1", "image_auroc", "vqa_accuracy", "side_severity"] {
         let v = last[key].as_f64().unwrap_or(f64::NAN);
         assert!((0.0..=1.0).contains(&v), "{key} = {v}");
+        // Beside it, the control with the images shuffled among the cases.
+        let v = last["shuffled"][key].as_f64().unwrap_or(f64::NAN);
+        assert!((0.0..=1.0).contains(&v), "shuffled {key} = {v}");
     }
-    let step = out.join("eval/step-24");
+    let step = out.join("eval/step-12");
     let drawn: Vec<csv::StringRecord> = csv::Reader::from_path(step.join("draws/draws.csv"))
         .unwrap()
         .records()
@@ -152,7 +170,7 @@ fn demo_quick_runs_end_to_end_and_skips_finished_stages() {
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("lm/model/trainer_state.json")).unwrap())
             .unwrap();
-    assert_eq!(state["global_step"], 24);
+    assert_eq!(state["global_step"], 12);
 
     let page = std::fs::read_to_string(out.join("index.html")).unwrap();
     for part in [
@@ -1131,4 +1149,301 @@ fn data_vqa_resumes_and_counts() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(v["image_id"].is_string() && v["pairs"].is_array());
     }
+}
+
+/// The canary of image-conditioned learning: the embedded default's model, fine-tuned briefly
+/// on eight training phantoms with different findings in both directions, must give each image
+/// its own report (the labeler's labels of its true report) and draw each report's own image
+/// (its codes, teacher-forced and free-running; the classifier's labels of the drawing). A
+/// model that ignores the image writes one report for all eight and draws one image.
+#[test]
+fn eight_phantoms_are_memorized_in_both_directions() {
+    const K: usize = 8;
+    let (Some(phrases), Some(demo)) = (chexpert_phrases(), quick_demo()) else {
+        return;
+    };
+    let demo = demo.join("demo");
+    let labeler = cxr_eval::labeler::ReportLabeler::from_dir(&phrases).unwrap();
+    // What a report says is there: the observations the labeler reads as positive or uncertain
+    // (micro-F1's view; two normal reports differ only in which negatives they mention).
+    let findings_of = |report: &str| -> Vec<usize> {
+        let labels = labeler.label(report);
+        (0..labels.0.len())
+            .filter(|&i| {
+                matches!(
+                    labels.0[i],
+                    Some(cxr_data::Label::Positive | cxr_data::Label::Uncertain)
+                )
+            })
+            .collect()
+    };
+
+    // Eight frontal training phantoms whose reports name different findings.
+    let ds = cxr_data::open_dataset(cxr_data::DatasetKind::Mimic, &demo.join("phantoms")).unwrap();
+    let mut records: Vec<&cxr_data::CxrRecord> = ds
+        .records()
+        .iter()
+        .filter(|r| r.split == Some(cxr_data::Split::Train) && r.is_frontal())
+        .collect();
+    records.sort_by(|a, b| a.image_id.cmp(&b.image_id));
+    let mut chosen: Vec<(&cxr_data::CxrRecord, String)> = Vec::new();
+    for r in records {
+        let Some(text) = r.sections().and_then(|s| s.stage1_text()) else {
+            continue;
+        };
+        let found = findings_of(&text);
+        if chosen.iter().all(|(_, t)| findings_of(t) != found) {
+            chosen.push((r, text));
+        }
+        if chosen.len() == K {
+            break;
+        }
+    }
+    assert_eq!(
+        chosen.len(),
+        K,
+        "the quick demo's phantoms have {K} distinct reports"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let mut table = csv::Writer::from_path(dir.path().join("cases.csv")).unwrap();
+    table.write_record(["image", "report", "split"]).unwrap();
+    for (r, _) in &chosen {
+        let image = r.image_path.display().to_string();
+        table
+            .write_record([image.as_str(), r.report.as_deref().unwrap(), "train"])
+            .unwrap();
+    }
+    table.flush().unwrap();
+    // One phrasing per direction, the one `report` and `draw` ask with: with twelve, each of
+    // eight images would come with its own phrasing, which the model could key on instead.
+    let phrasings = cxr_instruct::Phrasings::default();
+    std::fs::write(
+        dir.path().join("phrasings.json"),
+        serde_json::json!({
+            "cxr_to_report": [phrasings.cxr_to_report[0]],
+            "report_to_cxr": [phrasings.report_to_cxr[0]],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let demo_path = |name: &str| demo.join(name).display().to_string();
+    let ok = |o: Output| assert!(o.status.success(), "{}", stderr(&o));
+    ok(llm_cxr(&[
+        "data",
+        "build",
+        "--data",
+        &path("cases.csv"),
+        "--kind",
+        "csv",
+        "--tokens",
+        &demo_path("tokens"),
+        "--model",
+        &demo_path("lm-init"),
+        "--both-directions",
+        "--vqa-per-image",
+        "0",
+        "--text-fraction",
+        "0",
+        "--phrasings",
+        &path("phrasings.json"),
+        "--out",
+        &path("data"),
+    ]));
+    // The budget: 192 samples (each image 12 times per direction), 4 minutes here.
+    ok(llm_cxr(&[
+        "train",
+        "--model",
+        &demo_path("lm-init"),
+        "--data",
+        &path("data"),
+        "--steps",
+        "48",
+        "--micro-batch",
+        "4",
+        "--lr",
+        "2e-4",
+        "--image-lr",
+        "5e-3",
+        "--warmup",
+        "5",
+        "--checkpoint-every",
+        "1000",
+        "--out",
+        &path("lm"),
+    ]));
+    let model = path("lm/model");
+    let vqgan = demo_path("vqgan/vqgan.safetensors");
+    let images: Vec<String> = chosen
+        .iter()
+        .map(|(r, _)| r.image_path.display().to_string())
+        .collect();
+    let reports_out = path("reports.csv");
+    let mut cmd: Vec<&str> = vec!["report"];
+    cmd.extend(images.iter().map(String::as_str));
+    cmd.extend([
+        "--model",
+        &model,
+        "--vqgan",
+        &vqgan,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "160",
+        "--out",
+        &reports_out,
+    ]);
+    ok(llm_cxr(&cmd));
+    let reports: Vec<String> = csv::Reader::from_path(dir.path().join("reports.csv"))
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap()[1].to_string())
+        .collect();
+    let own_labels = chosen
+        .iter()
+        .zip(&reports)
+        .filter(|((_, truth), written)| findings_of(truth) == findings_of(written))
+        .count();
+    let distinct: std::collections::HashSet<&String> = reports.iter().collect();
+    assert!(
+        own_labels == K && distinct.len() == K,
+        "{own_labels} of {K} reports name their image's findings, {} distinct:\n{}",
+        distinct.len(),
+        reports.join("\n")
+    );
+
+    // Teacher-forced: each report's own codes, against those of the other images.
+    let lm = cxr_lm::LanguageModel::load(
+        std::path::Path::new(&model),
+        cxr_lm::WeightMode::Inference,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let vocab = lm.image_vocab.unwrap();
+    let phrasing = cxr_instruct::Phrasings::default().report_to_cxr[0].clone();
+    let codes: Vec<Vec<u16>> = chosen
+        .iter()
+        .map(|(r, _)| {
+            let file = demo
+                .join("tokens")
+                .join(cxr_vqgan::tokens::file_name(&r.image_id));
+            cxr_vqgan::tokens::read(&file, vocab.codes as usize)
+                .unwrap()
+                .0
+        })
+        .collect();
+    let accuracy = |report: &str, codes: &[u16]| -> f64 {
+        let sample =
+            cxr_instruct::template::report_to_cxr("case", codes.to_vec(), report, &phrasing);
+        let t = cxr_instruct::template::tokenize(&sample, &lm.tokenizer, &vocab).unwrap();
+        let ids = candle_core::Tensor::new(t.ids.as_slice(), &candle_core::Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = lm.model.forward(&ids).unwrap().squeeze(0).unwrap();
+        let logits = logits
+            .narrow(0, t.response_start - 1, codes.len())
+            .unwrap()
+            .narrow(1, vocab.base as usize, vocab.codes as usize)
+            .unwrap();
+        let best: Vec<u32> = logits.argmax(1).unwrap().to_vec1().unwrap();
+        best.iter()
+            .zip(codes)
+            .filter(|(b, c)| **b == **c as u32)
+            .count() as f64
+            / codes.len() as f64
+    };
+    let own: f64 = (0..K)
+        .map(|i| accuracy(&chosen[i].1, &codes[i]))
+        .sum::<f64>()
+        / K as f64;
+    let other: f64 = (0..K)
+        .map(|i| accuracy(&chosen[i].1, &codes[(i + 1) % K]))
+        .sum::<f64>()
+        / K as f64;
+    assert!(
+        own > 0.5 && own > 2.0 * other,
+        "teacher-forced code accuracy {own:.3}, {other:.3} on another image's codes"
+    );
+
+    // Free-running greedy drawings: each nearer its own image's reconstruction than any other's.
+    let draws_out = path("draws");
+    let mut cmd: Vec<&str> = vec!["draw"];
+    cmd.extend(chosen.iter().map(|(_, t)| t.as_str()));
+    cmd.extend([
+        "--model",
+        &model,
+        "--vqgan",
+        &vqgan,
+        "--temperature",
+        "0",
+        "--out",
+        &draws_out,
+    ]);
+    ok(llm_cxr(&cmd));
+    let mut cmd: Vec<String> = vec!["vqgan".into(), "decode".into()];
+    cmd.extend(chosen.iter().map(|(r, _)| {
+        demo.join("tokens")
+            .join(cxr_vqgan::tokens::file_name(&r.image_id))
+            .display()
+            .to_string()
+    }));
+    cmd.extend([
+        "--vqgan".into(),
+        vqgan.clone(),
+        "--out".into(),
+        path("recon"),
+    ]);
+    ok(llm_cxr(&cmd.iter().map(String::as_str).collect::<Vec<_>>()));
+    let load = |p: std::path::PathBuf| cxr_image::load_image(&p).unwrap();
+    let recon: Vec<cxr_image::GrayImage> = chosen
+        .iter()
+        .map(|(r, _)| {
+            let stem = cxr_vqgan::tokens::file_name(&r.image_id).replace(".npy", ".png");
+            load(dir.path().join("recon").join(stem))
+        })
+        .collect();
+    let drawn: Vec<cxr_image::GrayImage> = (0..K)
+        .map(|i| load(dir.path().join(format!("draws/draw-{i}-0.png"))))
+        .collect();
+    let distance = |a: &cxr_image::GrayImage, b: &cxr_image::GrayImage| {
+        a.pixels
+            .iter()
+            .zip(&b.pixels)
+            .map(|(x, y)| (x - y).powi(2))
+            .sum::<f32>()
+    };
+    let nearest_own = (0..K)
+        .filter(|&i| {
+            (0..K)
+                .all(|j| j == i || distance(&drawn[i], &recon[i]) < distance(&drawn[i], &recon[j]))
+        })
+        .count();
+
+    // The classifier reads the drawing as it reads the image it was drawn from.
+    let classifier = cxr_classifier::DenseNet::load(
+        &cxr_classifier::DenseNetConfig::densenet121_txv(),
+        &demo.join("classifier/classifier.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let findings = |img: &cxr_image::GrayImage| -> Vec<bool> {
+        let x = cxr_classifier::txv_input(img, 64, &candle_core::Device::Cpu).unwrap();
+        let p: Vec<f32> = classifier
+            .forward_t(&x, false)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        p.iter().map(|&logit| logit > 0.0).collect()
+    };
+    let agree = (0..K)
+        .filter(|&i| findings(&drawn[i]) == findings(&recon[i]))
+        .count();
+    assert!(
+        nearest_own >= K - 1 && agree >= K - 1,
+        "{nearest_own} of {K} drawings nearest their own image, {agree} with its classifier labels"
+    );
 }

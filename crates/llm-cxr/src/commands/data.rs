@@ -88,6 +88,14 @@ pub struct BuildArgs {
     pub model: PathBuf,
     #[arg(long, value_enum, default_value = "1")]
     pub stage: StageArg,
+    /// Train every image in both directions (CXR -> report and report -> CXR); by default, as
+    /// LLM-CXR, image ids sorted, even ones CXR -> report and odd ones report -> CXR.
+    #[arg(long)]
+    pub both_directions: bool,
+    /// Questions per VQA sample, as turns of one conversation about the image (its codes read
+    /// once for several answers; the loss on the answers only). 1: one per sample, as LLM-CXR.
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub vqa_turns: usize,
     /// Which split's images to use (records without a split count as train).
     #[arg(long, value_enum, default_value = "train")]
     pub split: SplitArg,
@@ -291,8 +299,14 @@ fn build_data(a: BuildArgs) -> anyhow::Result<()> {
             StageArg::One => Stage::One,
             StageArg::Two => Stage::Two,
         },
+        directions: if a.both_directions {
+            build::Directions::Both
+        } else {
+            build::Directions::Alternate
+        },
         text_fraction: a.text_fraction,
         vqa_per_image: a.vqa_per_image,
+        vqa_turns: a.vqa_turns,
         max_tokens: a.max_tokens,
         seed: a.seed,
         shard_size: a.shard_size,

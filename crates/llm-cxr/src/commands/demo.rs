@@ -53,10 +53,22 @@ struct Profile {
     name: &'static str,
     phantoms: u64,
     classifier_steps: u64,
+    /// The VQ-GAN preset: 8 x 8 codes per image, a quarter of the paper's 256, so each sample
+    /// with an image costs far less to train on and each drawing is 64 codes.
+    vqgan_preset: &'static str,
     vqgan_steps: u64,
     lm_steps: u64,
+    /// Samples per fine-tuning step: a step has a fixed cost (the optimizer's pass over 163 M
+    /// weights), so four short samples per step learn more per second than one.
+    lm_micro_batch: usize,
     lm_lr: f64,
+    /// The image rows' rate (embedding and head): fresh rows must travel far.
+    lm_image_lr: f64,
     lm_warmup: u64,
+    /// Questions per image, all in one sample's turns.
+    vqa_per_image: usize,
+    /// Share of plain text instructions (they keep the model's language and its stop).
+    text_fraction: f64,
     /// Held-out evaluation every this many fine-tuning steps, and at the end. The warmup is
     /// fixed too, so that a run given more `--lm-steps` later continues the same curve.
     eval_every: u64,
@@ -69,23 +81,33 @@ const FULL: Profile = Profile {
     name: "full",
     phantoms: 2000,
     classifier_steps: 300,
+    vqgan_preset: "demo-8x8",
     vqgan_steps: 1200,
-    lm_steps: 240,
+    lm_steps: 200,
+    lm_micro_batch: 4,
     lm_lr: 2e-4,
-    lm_warmup: 30,
-    eval_every: 120,
-    eval_images: 16,
+    lm_image_lr: 5e-3,
+    lm_warmup: 10,
+    vqa_per_image: 6,
+    text_fraction: 0.1,
+    eval_every: 100,
+    eval_images: 64,
 };
 
 const QUICK: Profile = Profile {
     name: "quick",
     phantoms: 300,
     classifier_steps: 30,
+    vqgan_preset: "demo-8x8",
     vqgan_steps: 150,
-    lm_steps: 24,
-    lm_lr: 1e-4,
+    lm_steps: 12,
+    lm_micro_batch: 2,
+    lm_lr: 2e-4,
+    lm_image_lr: 5e-3,
     lm_warmup: 2,
-    eval_every: 24,
+    vqa_per_image: 6,
+    text_fraction: 0.1,
+    eval_every: 12,
     eval_images: 6,
 };
 
@@ -123,6 +145,17 @@ struct CurvePoint {
     step: u64,
     /// Seconds of fine-tuning up to this step.
     train_seconds: f64,
+    #[serde(flatten)]
+    scores: Scores,
+    /// The control: each case's outputs scored against another case (the next one's truth;
+    /// its questions asked of the next case's image). A model that ignores the image scores
+    /// the same on both; the gap is what it learned from the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shuffled: Option<Scores>,
+}
+
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Scores {
     report_f1: Option<f64>,
     image_auroc: Option<f64>,
     vqa_accuracy: Option<f64>,
@@ -130,7 +163,17 @@ struct CurvePoint {
     side_severity: Option<f64>,
 }
 
-impl CurvePoint {
+impl Scores {
+    /// The scores `eval all` wrote into `dir`, and the judge's.
+    fn read(dir: &Path, side_severity: Option<f64>) -> Self {
+        Scores {
+            side_severity,
+            report_f1: json_number(&dir.join("report-metrics.json"), "/clinical/f1/micro"),
+            image_auroc: json_number(&dir.join("image-metrics.json"), "/clinical/auroc/micro"),
+            vqa_accuracy: json_number(&dir.join("vqa-metrics.json"), "/overall/yes_no_accuracy"),
+        }
+    }
+
     fn get(&self, key: &str) -> Option<f64> {
         match key {
             "report_f1" => self.report_f1,
@@ -139,6 +182,16 @@ impl CurvePoint {
             "side_severity" => self.side_severity,
             _ => None,
         }
+    }
+}
+
+impl CurvePoint {
+    fn get(&self, key: &str) -> Option<f64> {
+        self.scores.get(key)
+    }
+
+    fn get_shuffled(&self, key: &str) -> Option<f64> {
+        self.shuffled.as_ref().and_then(|s| s.get(key))
     }
 }
 
@@ -376,7 +429,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             &"--data",
             &phantoms,
             &"--config",
-            &"demo",
+            &profile.vqgan_preset,
             &"--steps",
             &profile.vqgan_steps.to_string(),
             &"--seed",
@@ -413,7 +466,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     stages.run(
         "lm-init",
         args(&[
-            &"lm", &"init", &"--base", &a.base, &"--codes", &"512", &"--out", &lm_init,
+            &"lm", &"init", &"--base", &a.base, &"--codes", &"512", &"--vqgan", &vqgan, &"--out",
+            &lm_init,
         ]),
     )?;
     let data = out.join("data-train");
@@ -428,8 +482,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             &tokens,
             &"--model",
             &lm_init,
+            &"--both-directions",
             &"--vqa-per-image",
-            &"2",
+            &profile.vqa_per_image.to_string(),
+            &"--vqa-turns",
+            &profile.vqa_per_image.to_string(),
+            &"--text-fraction",
+            &profile.text_fraction.to_string(),
             &"--seed",
             &seed,
             &"--out",
@@ -478,6 +537,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 &step.to_string(),
                 &"--lr",
                 &profile.lm_lr.to_string(),
+                &"--image-lr",
+                &profile.lm_image_lr.to_string(),
+                &"--micro-batch",
+                &profile.lm_micro_batch.to_string(),
                 &"--warmup",
                 &profile.lm_warmup.to_string(),
                 &"--checkpoint-every",
@@ -502,7 +565,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ]));
         stages.run(&format!("report-{step}"), report_cmd)?;
         let pairs = dir.join("pairs.csv");
-        write_pairs(&reports_csv, &test.reports, &pairs)?;
+        write_pairs(&reports_csv, &test.reports, 0, &pairs)?;
         let answers = dir.join("answers.csv");
         stages.run(
             &format!("ask-{step}"),
@@ -549,21 +612,82 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .map(|i| draws.join(format!("draw-{i}-0.png")))
             .collect();
         let side_severity = judge_images(&drawn, &test, &dir.join("side-severity.json"))?;
+
+        // The control: case i's outputs against case i + 1's truth.
+        let control = dir.join("shuffled");
+        std::fs::create_dir_all(&control)?;
+        let n = test.images.len();
+        let control_pairs = control.join("pairs.csv");
+        write_pairs(&reports_csv, &test.reports, 1, &control_pairs)?;
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(["image", "report"])?;
+        for i in 0..n {
+            let drawn_next = std::path::absolute(&drawn[(i + 1) % n])?;
+            w.write_record([drawn_next.display().to_string().as_str(), &test.reports[i]])?;
+        }
+        let control_draws = control.join("draws.csv");
+        super::write_atomic(&control_draws, &w.into_inner()?)?;
+        let control_questions = control.join("questions.csv");
+        write_shuffled_questions(&test, &control_questions)?;
+        let control_answers = control.join("answers.csv");
+        stages.run(
+            &format!("ask-shuffled-{step}"),
+            [
+                args(&[&"ask", &"--from", &control_questions]),
+                models(&[
+                    &"--temperature",
+                    &"0",
+                    &"--max-new-tokens",
+                    &"48",
+                    &"--out",
+                    &control_answers,
+                ]),
+            ]
+            .concat(),
+        )?;
+        stages.run(
+            &format!("eval-shuffled-{step}"),
+            args(&[
+                &"eval",
+                &"all",
+                &"--reports",
+                &control_pairs,
+                &"--images",
+                &control_draws,
+                &"--vqa",
+                &control_answers,
+                &"--classifier",
+                &classifier,
+                &"--phrases",
+                &phrases,
+                &"--model",
+                &format!("llm-cxr demo, step {step}, images shuffled among the cases"),
+                &"--out",
+                &control,
+            ]),
+        )?;
+        let drawn_next: Vec<PathBuf> = (0..n).map(|i| drawn[(i + 1) % n].clone()).collect();
+        let control_judged = judge_images(&drawn_next, &test, &control.join("side-severity.json"))?;
         let point = CurvePoint {
             step,
             train_seconds,
-            side_severity: side_severity.rate,
-            report_f1: json_number(&dir.join("report-metrics.json"), "/clinical/f1/micro"),
-            image_auroc: json_number(&dir.join("image-metrics.json"), "/clinical/auroc/micro"),
-            vqa_accuracy: json_number(&dir.join("vqa-metrics.json"), "/overall/yes_no_accuracy"),
+            scores: Scores::read(&dir, side_severity.rate),
+            shuffled: Some(Scores::read(&control, control_judged.rate)),
+        };
+        let both = |key: &str| {
+            format!(
+                "{} (shuffled {})",
+                fmt3(point.get(key)),
+                fmt3(point.get_shuffled(key))
+            )
         };
         tracing::info!(
             "step {step} ({:.1} min of fine-tuning): report micro-F1 {}, image micro-AUROC {}, VQA yes/no accuracy {}, side and severity {}",
             train_seconds / 60.0,
-            fmt3(point.report_f1),
-            fmt3(point.image_auroc),
-            fmt3(point.vqa_accuracy),
-            fmt3(point.side_severity)
+            both("report_f1"),
+            both("image_auroc"),
+            both("vqa_accuracy"),
+            both("side_severity")
         );
         curve.push(point);
         last_eval = dir;
@@ -613,10 +737,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64() / 60.0,
         stages.done.iter().map(|(_, r, _)| r.seconds).sum::<f64>() / 60.0,
         last.step,
-        fmt3(last.report_f1),
-        fmt3(last.image_auroc),
-        fmt3(last.vqa_accuracy),
-        fmt3(last.side_severity),
+        fmt3(last.get("report_f1")),
+        fmt3(last.get("image_auroc")),
+        fmt3(last.get("vqa_accuracy")),
+        fmt3(last.get("side_severity")),
         index.display()
     );
     Ok(())
@@ -636,8 +760,45 @@ fn read_generated_reports(reports_csv: &Path) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
-/// `eval report`'s input: each generated report beside the truth of its image.
-fn write_pairs(reports_csv: &Path, truth: &[String], out: &Path) -> anyhow::Result<()> {
+/// `ask --from`'s input for the control: each case's questions asked of the next case's image.
+fn write_shuffled_questions(test: &TestSet, out: &Path) -> anyhow::Result<()> {
+    let n = test.images.len();
+    let absolute =
+        |p: &Path| -> anyhow::Result<String> { Ok(std::path::absolute(p)?.display().to_string()) };
+    let index: std::collections::HashMap<String, usize> = test
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Ok((absolute(p)?, i)))
+        .collect::<anyhow::Result<_>>()?;
+    let mut reader = csv::Reader::from_path(&test.questions)
+        .with_context(|| format!("reading {}", test.questions.display()))?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(reader.headers()?)?;
+    for row in reader.records() {
+        let row = row?;
+        let i = *index.get(&row[0]).with_context(|| {
+            format!(
+                "{}: {} is not a test case",
+                test.questions.display(),
+                &row[0]
+            )
+        })?;
+        let mut fields: Vec<String> = row.iter().map(str::to_string).collect();
+        fields[0] = absolute(&test.images[(i + 1) % n])?;
+        w.write_record(&fields)?;
+    }
+    super::write_atomic(out, &w.into_inner()?)
+}
+
+/// `eval report`'s input: each generated report beside the truth of its image, or with
+/// `shift` > 0 beside the truth of the case `shift` further on (the control).
+fn write_pairs(
+    reports_csv: &Path,
+    truth: &[String],
+    shift: usize,
+    out: &Path,
+) -> anyhow::Result<()> {
     let generated = read_generated_reports(reports_csv)?;
     anyhow::ensure!(
         generated.len() == truth.len(),
@@ -648,8 +809,8 @@ fn write_pairs(reports_csv: &Path, truth: &[String], out: &Path) -> anyhow::Resu
     );
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(["generated", "reference"])?;
-    for (g, r) in generated.iter().zip(truth) {
-        w.write_record([g, r])?;
+    for (i, r) in truth.iter().enumerate() {
+        w.write_record([&generated[(i + shift) % generated.len()], r])?;
     }
     super::write_atomic(out, &w.into_inner()?)
 }
@@ -768,7 +929,11 @@ fn page(r: &Report) -> anyhow::Result<String> {
             Some(_) => "**not met**",
             None => "not measured",
         };
-        md += &format!("| {what} | >= {target:.2} | {} ({verdict}) |\n", fmt3(v));
+        md += &format!(
+            "| {what} | >= {target:.2} | {} ({verdict}); images shuffled: {} |\n",
+            fmt3(v),
+            fmt3(last.get_shuffled(key))
+        );
     }
     md += &format!(
         "\nSide and severity are judged by matching each drawn image to templates rendered by the \
@@ -805,17 +970,21 @@ fn page(r: &Report) -> anyhow::Result<String> {
         page.figure(&png, 800, "Held-out scores against fine-tuning time");
     }
     let mut md = String::from(
-        "| step | minutes of fine-tuning | report micro-F1 | image micro-AUROC | VQA yes/no accuracy | side and severity |\n|---|---|---|---|---|---|\n",
+        "Each score, then in brackets the same score with the images shuffled among the cases \
+         (each case's outputs against the next case's truth): the gap is what the model takes \
+         from the image.\n\n\
+         | step | minutes of fine-tuning | report micro-F1 | image micro-AUROC | VQA yes/no accuracy | side and severity |\n|---|---|---|---|---|---|\n",
     );
     for p in r.curve {
+        let both = |key: &str| format!("{} ({})", fmt3(p.get(key)), fmt3(p.get_shuffled(key)));
         md += &format!(
             "| {} | {:.1} | {} | {} | {} | {} |\n",
             p.step,
             p.train_seconds / 60.0,
-            fmt3(p.report_f1),
-            fmt3(p.image_auroc),
-            fmt3(p.vqa_accuracy),
-            fmt3(p.side_severity)
+            both("report_f1"),
+            both("image_auroc"),
+            both("vqa_accuracy"),
+            both("side_severity")
         );
     }
     page.markdown(&md);

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use candle_core::Device;
+use cxr_lm::image_vocab::{ImageInit, NewRows};
 use cxr_lm::weights::Weight;
 use cxr_lm::{ImageVocab, LanguageModel, WeightMode};
 
@@ -28,12 +29,33 @@ pub struct InitArgs {
     /// Number of image codes (the VQ-GAN's codebook size: 1024 for the paper preset, 512 for demo).
     #[arg(long, default_value_t = 1024)]
     pub codes: u32,
-    /// Seed of the new embedding rows.
+    /// How the image codes' rows start: `codebook` (each code's VQ-GAN codebook vector, mapped
+    /// to the hidden size by a fixed orthogonal projection and scaled to the text rows; needs
+    /// --vqgan), `normal` (N(0, 0.02²), LLM-CXR's transformers) or `mean` (the mean text row plus
+    /// 1 % noise: every code nearly the same vector; for reproducing older runs).
+    #[arg(long, value_enum, default_value = "codebook")]
+    pub image_init: ImageInitArg,
+    /// The VQ-GAN whose codebook starts the image rows (safetensors or taming .ckpt); its
+    /// codebook size must equal --codes.
+    #[arg(long)]
+    pub vqgan: Option<PathBuf>,
+    /// Keep a tied head tied (the head is the embedding table, as SmolLM2 ships). By default a
+    /// tied head is untied first, so that a code's input row and its output row learn apart.
+    #[arg(long)]
+    pub keep_tied_head: bool,
+    /// Seed of the new rows (noise and projection).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Output directory (config.json, model.safetensors, tokenizer.json, tokenizer_config.json).
     #[arg(long)]
     pub out: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ImageInitArg {
+    Codebook,
+    Normal,
+    Mean,
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
@@ -47,16 +69,54 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         args.base.display(),
         lm.image_vocab
     );
+    let image = match (args.image_init, &args.vqgan) {
+        (ImageInitArg::Codebook, None) => anyhow::bail!(
+            "--image-init codebook (the default) starts the image rows from a VQ-GAN's codebook: \
+             give --vqgan, or --image-init normal"
+        ),
+        (ImageInitArg::Codebook, Some(path)) => {
+            let vqgan = super::vqgan::VqganArgs {
+                vqgan: path.clone(),
+                config: None,
+            }
+            .load()
+            .with_context(|| format!("loading the VQ-GAN {}", path.display()))?;
+            let codebook = vqgan.quantizer().codebook().clone();
+            anyhow::ensure!(
+                codebook.dim(0)? == args.codes as usize,
+                "{} has {} codes, --codes is {}",
+                path.display(),
+                codebook.dim(0)?,
+                args.codes
+            );
+            ImageInit::Codebook(codebook)
+        }
+        (ImageInitArg::Normal, _) => ImageInit::Normal,
+        (ImageInitArg::Mean, _) => ImageInit::Mean,
+    };
     let mut config = lm.model.config();
     let before = config.vocab_size();
+    let pieces = ImageVocab::key_pieces(&lm.tokenizer)?;
     let vocab = ImageVocab::extend(&mut lm.tokenizer, args.codes)?;
+    let init = NewRows {
+        keys: pieces
+            .into_iter()
+            .filter_map(|(key, ids)| Some((lm.tokenizer.token_id(key)?, ids)))
+            .collect(),
+        image_base: vocab.base,
+        image,
+        seed: args.seed,
+    };
     let mut tensors: std::collections::HashMap<String, Weight> = lm
         .weights
         .vars()
         .into_iter()
         .map(|(name, var)| (name, Weight::Float(var.as_tensor().clone())))
         .collect();
-    cxr_lm::image_vocab::resize_vocab(&mut tensors, &mut config, vocab.vocab_size(), args.seed)?;
+    if !args.keep_tied_head && cxr_lm::image_vocab::untie_head(&mut tensors, &mut config)? {
+        tracing::info!("the head is untied from the embedding table");
+    }
+    cxr_lm::image_vocab::resize_vocab(&mut tensors, &mut config, vocab.vocab_size(), &init)?;
     let mut tensors: Vec<(String, candle_core::Tensor)> = tensors
         .into_iter()
         .filter_map(|(name, w)| match w {
