@@ -72,6 +72,14 @@ pub struct Sample {
     pub turns: Vec<(String, String)>,
 }
 
+/// A report -> CXR prompt up to the first code: the prompt and the `<` that opens `<image>`
+/// (trained as `### Response:\n`, `<`, codes, `>`), so that a drawing's first code is
+/// generated where training put it.
+pub fn drawing_prompt(instruction: &str, report: &str) -> String {
+    let open = &IMAGE_PLACEHOLDER[..1];
+    format!("{}{open}", prompt(instruction, Some(report)))
+}
+
 /// The prompt: everything up to and including `### Response:\n`.
 pub fn prompt(instruction: &str, input: Option<&str>) -> String {
     match input {

@@ -269,3 +269,48 @@ fn missing_token_files_are_counted_and_none_is_an_error() {
         .to_string();
     assert!(err.contains("no-tokens"), "{err}");
 }
+
+/// Generation must start where training did: a drawing's prompt is the report -> CXR sample's
+/// ids up to its first code (the `<` of `<image>` included).
+#[test]
+fn drawing_prompt_is_the_training_sample_up_to_the_first_code() {
+    let Some((tok, vocab)) = tokenizer() else {
+        return;
+    };
+    let r2c = template::report_to_cxr("a", vec![3; 16], "Small left effusion.", "Draw it.");
+    let t = tokenize(&r2c, &tok, &vocab).unwrap();
+    let first = t.ids.iter().position(|&i| vocab.code(i).is_some()).unwrap();
+    let prompt = tok
+        .encode(&template::drawing_prompt(
+            "Draw it.",
+            "Small left effusion.",
+        ))
+        .unwrap();
+    assert_eq!(prompt, t.ids[..first]);
+}
+
+/// Several questions about one image in one sample: the loss covers each answer and its
+/// `### End`, never a later question.
+#[test]
+fn vqa_turns_carry_loss_on_the_answers_only() {
+    let Some((tok, vocab)) = tokenizer() else {
+        return;
+    };
+    let mut s = template::vqa("a", vec![1; 16], "Is there an effusion?", "Yes.");
+    s.turns = vec![
+        ("Which side?".into(), "Left.".into()),
+        ("Is there a pneumothorax?".into(), "No.".into()),
+    ];
+    let t = tokenize(&s, &tok, &vocab).unwrap();
+    assert_eq!(t.prompt_spans.len(), 2);
+    let mask = t.loss_mask();
+    let carried: String = t
+        .ids
+        .iter()
+        .zip(&mask)
+        .filter(|(_, &m)| m)
+        .map(|(&i, _)| tok.decode(&[i], false).unwrap())
+        .collect();
+    assert_eq!(carried, "Yes.\n\n### EndLeft.\n\n### EndNo.\n\n### End");
+    assert_eq!(t.loss_tokens(), mask.iter().filter(|&&m| m).count());
+}

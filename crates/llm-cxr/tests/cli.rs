@@ -1341,9 +1341,13 @@ fn eight_phantoms_are_memorized_in_both_directions() {
             .unwrap()
             .unsqueeze(0)
             .unwrap();
+        // The response is `<`, the codes, `>`: position p predicts token p + 1.
+        let first = (t.response_start..t.ids.len())
+            .find(|&p| vocab.code(t.ids[p]).is_some())
+            .unwrap();
         let logits = lm.model.forward(&ids).unwrap().squeeze(0).unwrap();
         let logits = logits
-            .narrow(0, t.response_start - 1, codes.len())
+            .narrow(0, first - 1, codes.len())
             .unwrap()
             .narrow(1, vocab.base as usize, vocab.codes as usize)
             .unwrap();
@@ -1442,6 +1446,12 @@ fn eight_phantoms_are_memorized_in_both_directions() {
     let agree = (0..K)
         .filter(|&i| findings(&drawn[i]) == findings(&recon[i]))
         .count();
+    eprintln!(
+        "memorized: {own_labels} of {K} reports, {} distinct; teacher-forced codes {own:.3} \
+         (another image's {other:.3}); {nearest_own} drawings nearest their own image, {agree} \
+         with its classifier labels",
+        distinct.len()
+    );
     assert!(
         nearest_own >= K - 1 && agree >= K - 1,
         "{nearest_own} of {K} drawings nearest their own image, {agree} with its classifier labels"

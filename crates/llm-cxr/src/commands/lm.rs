@@ -32,9 +32,10 @@ pub struct InitArgs {
     /// How the image codes' rows start: `codebook` (each code's VQ-GAN codebook vector, mapped
     /// to the hidden size by a fixed orthogonal projection and scaled to the text rows; needs
     /// --vqgan), `normal` (N(0, 0.02²), LLM-CXR's transformers) or `mean` (the mean text row plus
-    /// 1 % noise: every code nearly the same vector; for reproducing older runs).
-    #[arg(long, value_enum, default_value = "codebook")]
-    pub image_init: ImageInitArg,
+    /// 1 % noise: every code nearly the same vector; for reproducing older runs). Default:
+    /// `codebook` when --vqgan is given, else `normal`.
+    #[arg(long, value_enum)]
+    pub image_init: Option<ImageInitArg>,
     /// The VQ-GAN whose codebook starts the image rows (safetensors or taming .ckpt); its
     /// codebook size must equal --codes.
     #[arg(long)]
@@ -69,10 +70,18 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         args.base.display(),
         lm.image_vocab
     );
-    let image = match (args.image_init, &args.vqgan) {
+    let chosen = args.image_init.unwrap_or(if args.vqgan.is_some() {
+        ImageInitArg::Codebook
+    } else {
+        tracing::warn!(
+            "no --vqgan: the image rows start from N(0, 0.02²); give the VQ-GAN to start them \
+             from its codebook, which the model learns from much faster"
+        );
+        ImageInitArg::Normal
+    });
+    let image = match (chosen, &args.vqgan) {
         (ImageInitArg::Codebook, None) => anyhow::bail!(
-            "--image-init codebook (the default) starts the image rows from a VQ-GAN's codebook: \
-             give --vqgan, or --image-init normal"
+            "--image-init codebook starts the image rows from a VQ-GAN's codebook: give --vqgan"
         ),
         (ImageInitArg::Codebook, Some(path)) => {
             let vqgan = super::vqgan::VqganArgs {

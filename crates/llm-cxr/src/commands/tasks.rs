@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use candle_core::{Device, Tensor};
 
+use cxr_instruct::template::drawing_prompt;
 use cxr_instruct::{prompt, Phrasings};
 use cxr_lm::image_vocab::IMAGE_PLACEHOLDER;
 use cxr_lm::{generate, Constraint, GenerateOptions, ImageVocab, LanguageModel};
@@ -330,7 +331,7 @@ pub fn draw(a: DrawArgs) -> anyhow::Result<()> {
             .map(|&(r, _)| {
                 Ok(m.lm
                     .tokenizer
-                    .encode(&prompt(&instruction, Some(&a.reports[r])))?)
+                    .encode(&drawing_prompt(&instruction, &a.reports[r]))?)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         options.sampling.seed = a.models.sampling.seed.wrapping_add(batch_index as u64);

@@ -230,9 +230,10 @@ impl Engine {
             Task::Report { image } => with_image(&self.phrasings.cxr_to_report[0], image)?,
             Task::Ask { image, question } => with_image(question, image)?,
             Task::Chat { prompt } => tokenizer.encode(prompt)?,
-            Task::Draw { report } => {
-                tokenizer.encode(&prompt(&self.phrasings.report_to_cxr[0], Some(report)))?
-            }
+            Task::Draw { report } => tokenizer.encode(&cxr_instruct::template::drawing_prompt(
+                &self.phrasings.report_to_cxr[0],
+                report,
+            ))?,
         };
         let options = if job.task.draws() {
             let count = self.vqgan.config().tokens_per_image();
