@@ -42,10 +42,10 @@ pub struct FinetuneOptions {
     /// The model's image vocabulary: with it, each position's softmax runs over the part of
     /// the vocabulary its target is in ([`response_nll_in`]), as generation constrains.
     pub modes: Option<ImageVocab>,
-    /// The rate of the image codes' rows (embedding and head; needs `modes`): fresh rows need
-    /// to travel far, and at the base's rate they barely move (measured: 2e-4 moves them 0.002
-    /// in 60 steps against a text-row spread of 0.14). The warmup scales it too.
-    pub image_lr: Option<f64>,
+    /// The id of image code 0 and the rate of the image codes' rows (embedding and head):
+    /// fresh rows need to travel far, and at the base's rate they barely move (measured: 2e-4
+    /// moves them 0.002 in 60 steps against a text-row spread of 0.14). The warmup scales it.
+    pub image_lr: Option<(u32, f64)>,
     pub warmup_steps: u64,
     pub weight_decay: f64,
     pub micro_batch: usize,
@@ -357,10 +357,15 @@ pub fn finetune(
             ..Default::default()
         },
     )?;
-    if let (Some(lr), Some(vocab)) = (opts.image_lr, opts.modes) {
+    if let Some((first, lr)) = opts.image_lr {
+        if opts.lr <= 0.0 {
+            return Err(FinetuneError::Data(
+                "the image rows' rate is set relative to a learning rate of 0".into(),
+            ));
+        }
         let mut found = false;
         for name in cxr_lm::image_vocab::vocab_tables(&net.config) {
-            found |= opt.set_tail_lr(name, vocab.base as usize, lr / opts.lr);
+            found |= opt.set_tail_lr(name, first as usize, lr / opts.lr);
         }
         if !found {
             tracing::warn!(
@@ -460,8 +465,22 @@ fn save(
             "samples_per_step".to_string(),
             (opts.micro_batch.max(1) * opts.grad_accum.max(1)).to_string(),
         ),
+        ("objective".to_string(), objective(opts)),
     ]);
     Ok(save_checkpoint(path, &tensors, &meta)?)
+}
+
+/// The loss and rates a checkpoint was trained with, as its metadata records them.
+fn objective(opts: &FinetuneOptions) -> String {
+    let softmax = if opts.modes.is_some() {
+        "codes among codes and text among text"
+    } else {
+        "full softmax"
+    };
+    match opts.image_lr {
+        Some((_, lr)) => format!("{softmax}, image rows at {lr:e}"),
+        None => format!("{softmax}, image rows at the base rate"),
+    }
 }
 
 fn resume(
@@ -478,6 +497,17 @@ fn resume(
     let get = |key: &str| meta.get(key).and_then(|v| v.parse::<u64>().ok());
     let step = get("step").ok_or_else(|| bad("no step in its metadata".into()))?;
     let per_step = (opts.micro_batch.max(1) * opts.grad_accum.max(1)) as u64;
+    // Checkpoints from before the objective was recorded trained the full softmax at one rate.
+    let theirs = meta
+        .get("objective")
+        .cloned()
+        .unwrap_or_else(|| "full softmax, image rows at the base rate".into());
+    if theirs != objective(opts) {
+        return Err(bad(format!(
+            "was trained with {theirs}, this run asks for {}; use a new output folder",
+            objective(opts)
+        )));
+    }
     if get("seed") != Some(opts.seed) || get("samples_per_step") != Some(per_step) {
         return Err(bad(format!(
             "was written with another seed or batch (seed {:?}, samples per step {:?}); use a new output folder",

@@ -107,7 +107,7 @@ impl Sample {
     }
 }
 
-/// A tokenized sample: the loss covers `ids[response_start..]`.
+/// A tokenized sample: the loss covers `ids[response_start..]` but the `prompt_spans`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tokenized {
     pub task: Task,
@@ -179,7 +179,7 @@ pub fn tokenize(
         .first()
         .map(|p| p + 1)
         .ok_or_else(|| bad("no `### Response:\\n` token after tokenizing"))?;
-    if keys.len() != 1 + sample.turns.len() {
+    if !sample.turns.is_empty() && keys.len() != 1 + sample.turns.len() {
         return Err(bad(&format!(
             "has {} turns but {} `### Response:\\n` tokens",
             1 + sample.turns.len(),
@@ -192,7 +192,7 @@ pub fn tokenize(
         .token_id(END_KEY)
         .ok_or_else(|| bad("the tokenizer has no `### End` token"))?;
     let mut prompt_spans = Vec::new();
-    for &k in &keys[1..] {
+    for &k in keys.iter().skip(1).take(sample.turns.len()) {
         let start = (0..k)
             .rev()
             .find(|&p| ids[p] == end)

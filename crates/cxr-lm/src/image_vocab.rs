@@ -123,7 +123,8 @@ pub enum ImageInit {
     Normal,
     /// The mean of the text rows plus noise of 1 % of their spread (transformers'
     /// `mean_resizing`): nearly one vector for every code, which the model can hardly tell
-    /// apart (mean pairwise cosine 0.9999 on SmolLM2), kept to reproduce older runs.
+    /// apart (mean pairwise cosine 0.9999 on SmolLM2); llm-cxr's start before 2026-11-30, kept
+    /// for comparison (the noise is not the same draw as then).
     Mean,
 }
 
@@ -293,11 +294,11 @@ fn new_rows(
         }
         ImageInit::Codebook(codebook) => {
             let codebook: Vec<Vec<f32>> = codebook.to_dtype(DType::F32)?.to_vec2()?;
-            if codebook.len() < image.len() {
+            if codebook.len() + (init.image_base as usize) < vocab {
                 candle_core::bail!(
                     "the codebook has {} codes, the vocabulary {} image rows",
                     codebook.len(),
-                    image.len()
+                    vocab - init.image_base as usize
                 );
             }
             let e = codebook.first().map_or(0, Vec::len);
@@ -306,10 +307,14 @@ fn new_rows(
             }
             let projection = orthonormal_columns(dim, e, &mut rng);
             let n = image.len();
+            // A table padded past the image base (pythia's 50304 rows) already holds the first
+            // codes' rows: the new rows are the codes from `skip` on.
+            let skip = image_base - init.image_base as usize;
+            let codebook = &codebook[skip..skip + n];
             let c_mean: Vec<f32> = (0..e)
-                .map(|j| codebook[..n].iter().map(|c| c[j]).sum::<f32>() / n as f32)
+                .map(|j| codebook.iter().map(|c| c[j]).sum::<f32>() / n as f32)
                 .collect();
-            for (row, c) in image.iter_mut().zip(&codebook) {
+            for (row, c) in image.iter_mut().zip(codebook) {
                 for (i, x) in row.iter_mut().enumerate() {
                     *x = (0..e).map(|j| projection[i][j] * (c[j] - c_mean[j])).sum();
                 }

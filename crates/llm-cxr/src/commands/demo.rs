@@ -566,11 +566,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         stages.run(&format!("report-{step}"), report_cmd)?;
         let pairs = dir.join("pairs.csv");
         write_pairs(&reports_csv, &test.reports, 0, &pairs)?;
-        let answers = dir.join("answers.csv");
-        stages.run(
-            &format!("ask-{step}"),
+        let ask = |questions: &Path, answers: &Path| {
             [
-                args(&[&"ask", &"--from", &test.questions]),
+                args(&[&"ask", &"--from", &questions]),
                 models(&[
                     &"--temperature",
                     &"0",
@@ -580,8 +578,30 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     &answers,
                 ]),
             ]
-            .concat(),
-        )?;
+            .concat()
+        };
+        let eval_all = |reports: &Path, images: &Path, vqa: &Path, title: &str, out: &Path| {
+            args(&[
+                &"eval",
+                &"all",
+                &"--reports",
+                &reports,
+                &"--images",
+                &images,
+                &"--vqa",
+                &vqa,
+                &"--classifier",
+                &classifier,
+                &"--phrases",
+                &phrases,
+                &"--model",
+                &title,
+                &"--out",
+                &out,
+            ])
+        };
+        let answers = dir.join("answers.csv");
+        stages.run(&format!("ask-{step}"), ask(&test.questions, &answers))?;
         let draws = dir.join("draws");
         let mut draw_cmd = vec!["draw".to_string()];
         draw_cmd.extend(test.reports.iter().cloned());
@@ -589,24 +609,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         stages.run(&format!("draw-{step}"), draw_cmd)?;
         stages.run(
             &format!("eval-{step}"),
-            args(&[
-                &"eval",
-                &"all",
-                &"--reports",
+            eval_all(
                 &pairs,
-                &"--images",
                 &draws.join(super::tasks::DRAWS_CSV),
-                &"--vqa",
                 &answers,
-                &"--classifier",
-                &classifier,
-                &"--phrases",
-                &phrases,
-                &"--model",
                 &format!("llm-cxr demo, step {step}"),
-                &"--out",
                 &dir,
-            ]),
+            ),
         )?;
         let drawn: Vec<PathBuf> = (0..test.images.len())
             .map(|i| draws.join(format!("draw-{i}-0.png")))
@@ -632,39 +641,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let control_answers = control.join("answers.csv");
         stages.run(
             &format!("ask-shuffled-{step}"),
-            [
-                args(&[&"ask", &"--from", &control_questions]),
-                models(&[
-                    &"--temperature",
-                    &"0",
-                    &"--max-new-tokens",
-                    &"48",
-                    &"--out",
-                    &control_answers,
-                ]),
-            ]
-            .concat(),
+            ask(&control_questions, &control_answers),
         )?;
         stages.run(
             &format!("eval-shuffled-{step}"),
-            args(&[
-                &"eval",
-                &"all",
-                &"--reports",
+            eval_all(
                 &control_pairs,
-                &"--images",
                 &control_draws,
-                &"--vqa",
                 &control_answers,
-                &"--classifier",
-                &classifier,
-                &"--phrases",
-                &phrases,
-                &"--model",
                 &format!("llm-cxr demo, step {step}, images shuffled among the cases"),
-                &"--out",
                 &control,
-            ]),
+            ),
         )?;
         let drawn_next: Vec<PathBuf> = (0..n).map(|i| drawn[(i + 1) % n].clone()).collect();
         let control_judged = judge_images(&drawn_next, &test, &control.join("side-severity.json"))?;

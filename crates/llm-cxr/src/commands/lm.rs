@@ -40,6 +40,10 @@ pub struct InitArgs {
     /// codebook size must equal --codes.
     #[arg(long)]
     pub vqgan: Option<PathBuf>,
+    /// The VQ-GAN's config (a preset or JSON file) when its weights do not carry one (taming's
+    /// .ckpt); default: the one stored in the weights.
+    #[arg(long, requires = "vqgan")]
+    pub vqgan_config: Option<String>,
     /// Keep a tied head tied (the head is the embedding table, as SmolLM2 ships). By default a
     /// tied head is untied first, so that a code's input row and its output row learn apart.
     #[arg(long)]
@@ -70,14 +74,16 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         args.base.display(),
         lm.image_vocab
     );
-    let chosen = args.image_init.unwrap_or(if args.vqgan.is_some() {
-        ImageInitArg::Codebook
-    } else {
-        tracing::warn!(
-            "no --vqgan: the image rows start from N(0, 0.02²); give the VQ-GAN to start them \
+    let chosen = args.image_init.unwrap_or_else(|| {
+        if args.vqgan.is_some() {
+            ImageInitArg::Codebook
+        } else {
+            tracing::warn!(
+                "no --vqgan: the image rows start from N(0, 0.02²); give the VQ-GAN to start them \
              from its codebook, which the model learns from much faster"
-        );
-        ImageInitArg::Normal
+            );
+            ImageInitArg::Normal
+        }
     });
     let image = match (chosen, &args.vqgan) {
         (ImageInitArg::Codebook, None) => anyhow::bail!(
@@ -86,7 +92,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         (ImageInitArg::Codebook, Some(path)) => {
             let vqgan = super::vqgan::VqganArgs {
                 vqgan: path.clone(),
-                config: None,
+                config: args.vqgan_config.clone(),
             }
             .load()
             .with_context(|| format!("loading the VQ-GAN {}", path.display()))?;

@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long, default_value_t = 5e-6)]
     pub lr: f64,
     /// Learning rate of the image codes' rows (embedding and head; default: --lr). Fresh rows
-    /// barely move at a fine-tuning rate: the embedded default gives them 25x.
+    /// barely move at a fine-tuning rate: `demo` gives them 5e-3, 25x its --lr.
     #[arg(long)]
     pub image_lr: Option<f64>,
     /// Each response token's softmax over the whole vocabulary, as LLM-CXR trains. By default a
@@ -200,7 +200,7 @@ fn stage(
     );
     let opts = &FinetuneOptions {
         modes: image_vocab.filter(|_| !args.full_softmax),
-        image_lr: args.image_lr,
+        image_lr: args.image_lr.zip(image_vocab).map(|(lr, v)| (v.base, lr)),
         ..opts.clone()
     };
     let net = if args.lora_rank == 0 {
