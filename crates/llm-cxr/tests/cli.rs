@@ -1279,22 +1279,21 @@ fn eight_phantoms_are_memorized_in_both_directions() {
         .iter()
         .map(|(r, _)| r.image_path.display().to_string())
         .collect();
-    let reports_out = path("reports.csv");
-    let mut cmd: Vec<&str> = vec!["report"];
-    cmd.extend(images.iter().map(String::as_str));
-    cmd.extend([
-        "--model",
-        &model,
-        "--vqgan",
-        &vqgan,
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "160",
-        "--out",
-        &reports_out,
-    ]);
-    ok(llm_cxr(&cmd));
+    // `report` or `draw` greedily through the memorizing model, into `out`.
+    let greedy = |task: &str, inputs: Vec<&str>, extra: &[&str], out: &str| {
+        let mut cmd = vec![task];
+        cmd.extend(inputs);
+        cmd.extend(["--model", &model, "--vqgan", &vqgan, "--temperature", "0"]);
+        cmd.extend(extra);
+        cmd.extend(["--out", out]);
+        ok(llm_cxr(&cmd));
+    };
+    greedy(
+        "report",
+        images.iter().map(String::as_str).collect(),
+        &["--max-new-tokens", "160"],
+        &path("reports.csv"),
+    );
     let reports: Vec<String> = csv::Reader::from_path(dir.path().join("reports.csv"))
         .unwrap()
         .records()
@@ -1322,13 +1321,11 @@ fn eight_phantoms_are_memorized_in_both_directions() {
     .unwrap();
     let vocab = lm.image_vocab.unwrap();
     let phrasing = cxr_instruct::Phrasings::default().report_to_cxr[0].clone();
+    let token_file = |id: &str| demo.join("tokens").join(cxr_vqgan::tokens::file_name(id));
     let codes: Vec<Vec<u16>> = chosen
         .iter()
         .map(|(r, _)| {
-            let file = demo
-                .join("tokens")
-                .join(cxr_vqgan::tokens::file_name(&r.image_id));
-            cxr_vqgan::tokens::read(&file, vocab.codes as usize)
+            cxr_vqgan::tokens::read(&token_file(&r.image_id), vocab.codes as usize)
                 .unwrap()
                 .0
         })
@@ -1367,27 +1364,18 @@ fn eight_phantoms_are_memorized_in_both_directions() {
     assert!(own > 0.5, "teacher-forced code accuracy {own:.3}");
 
     // Free-running greedy drawings: each nearer its own image's reconstruction than any other's.
-    let draws_out = path("draws");
-    let mut cmd: Vec<&str> = vec!["draw"];
-    cmd.extend(chosen.iter().map(|(_, t)| t.as_str()));
-    cmd.extend([
-        "--model",
-        &model,
-        "--vqgan",
-        &vqgan,
-        "--temperature",
-        "0",
-        "--out",
-        &draws_out,
-    ]);
-    ok(llm_cxr(&cmd));
+    greedy(
+        "draw",
+        chosen.iter().map(|(_, t)| t.as_str()).collect(),
+        &[],
+        &path("draws"),
+    );
     let mut cmd: Vec<String> = vec!["vqgan".into(), "decode".into()];
-    cmd.extend(chosen.iter().map(|(r, _)| {
-        demo.join("tokens")
-            .join(cxr_vqgan::tokens::file_name(&r.image_id))
-            .display()
-            .to_string()
-    }));
+    cmd.extend(
+        chosen
+            .iter()
+            .map(|(r, _)| token_file(&r.image_id).display().to_string()),
+    );
     cmd.extend([
         "--vqgan".into(),
         vqgan.clone(),
