@@ -6,82 +6,46 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use axum::extract::{Multipart, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{Multipart, Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use candle_core::Device;
+use cxr_image::ImageError;
 use cxr_lm::Sampling;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 
+use super::error::{request_id, ApiError};
 use super::{AppState, Event, Finish, Job, Refused, Task};
-
-/// An error as clients see it: a status and OpenAI's `{"error": {...}}` body.
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-    retry_after: Option<u64>,
-}
-
-impl ApiError {
-    fn bad(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-    fn internal(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-    fn timed_out() -> Self {
-        ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: "the request's deadline passed before the model finished it".into(),
-            retry_after: Some(5),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let kind = match self.status.as_u16() {
-            400 => "invalid_request_error",
-            429 => "rate_limit_error",
-            503 => "timeout_error",
-            _ => "server_error",
-        };
-        let body = json!({"error": {"message": self.message, "type": kind}});
-        let mut r = (self.status, Json(body)).into_response();
-        if let Some(s) = self.retry_after {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        r
-    }
-}
 
 pub async fn page() -> Html<&'static str> {
     Html(include_str!("page.html"))
 }
 
-pub async fn health(State(s): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({
+/// "ok" (200), or "degraded" (503) with the reason when the model cannot serve.
+pub async fn health(State(s): State<Arc<AppState>>) -> Response {
+    let c = &s.scheduler.counters;
+    let mut body = json!({
         "status": "ok",
         "model": s.model_name,
-        "queued": s.scheduler.counters.queued.load(Ordering::Relaxed),
+        "queued": c.queued.load(Ordering::Relaxed),
         "uptime_s": s.started.elapsed().as_secs(),
-    }))
+    });
+    match c.degraded() {
+        None => Json(body).into_response(),
+        Some(reason) => {
+            body["status"] = "degraded".into();
+            body["reason"] = reason.into();
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
 }
 
 /// Prometheus text exposition format 0.0.4.
@@ -138,6 +102,18 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
             "counter",
             "Requests whose deadline passed.",
             load(&c.timed_out),
+        ),
+        (
+            "llmcxr_failed_batches_total",
+            "counter",
+            "Batches that failed (a panic or an error in the model); their requests got 500.",
+            load(&c.failed_batches),
+        ),
+        (
+            "llmcxr_worker_up",
+            "gauge",
+            "1 while the model worker thread runs.",
+            u64::from(c.worker_alive.load(Ordering::Relaxed)),
         ),
     ];
     for (name, kind, help, value) in metrics {
@@ -211,7 +187,7 @@ pub struct Options {
 }
 
 impl Options {
-    fn sampling(&self) -> Result<Sampling, ApiError> {
+    pub fn sampling(&self) -> Result<Sampling, ApiError> {
         let d = Sampling::default();
         let s = Sampling {
             temperature: self.temperature.unwrap_or(d.temperature),
@@ -230,7 +206,7 @@ impl Options {
         Ok(s)
     }
 
-    fn max_tokens(&self, cap: usize) -> Result<usize, ApiError> {
+    pub fn max_tokens(&self, cap: usize) -> Result<usize, ApiError> {
         match self.max_tokens {
             None => Ok(cap),
             Some(0) => Err(ApiError::bad("max_tokens must be at least 1")),
@@ -243,7 +219,11 @@ impl Options {
 
     /// Reads one multipart text field into the options; false if the name is not an option.
     fn set(&mut self, name: &str, value: &str) -> Result<bool, ApiError> {
-        let bad = |e: &dyn std::fmt::Display| ApiError::bad(format!("field {name}: {e}"));
+        let bad = |e: &dyn std::fmt::Display| {
+            ApiError::bad(format!(
+                "field {name}: {value:?} is not a valid value ({e})"
+            ))
+        };
         match name {
             "max_tokens" => self.max_tokens = Some(value.trim().parse().map_err(|e| bad(&e))?),
             "temperature" => self.temperature = Some(value.trim().parse().map_err(|e| bad(&e))?),
@@ -266,6 +246,7 @@ fn submit(
 ) -> Result<UnboundedReceiver<Event>, ApiError> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let job = Job {
+        request_id: request_id(),
         task,
         max_tokens,
         sampling,
@@ -274,13 +255,35 @@ fn submit(
     };
     match s.scheduler.submit(job) {
         Ok(()) => Ok(rx),
-        Err(Refused::Full) => Err(ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            message: "the model's queue is full; retry later".into(),
-            retry_after: Some(2),
-        }),
-        Err(Refused::Stopped) => Err(ApiError::internal("the model worker has stopped")),
+        Err(Refused::Full) => Err(queue_full()),
+        Err(Refused::Stopped) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the model worker has stopped; the server must be restarted",
+        )),
     }
+}
+
+fn queue_full() -> ApiError {
+    ApiError::busy("the model's queue is full; retry later", 2)
+}
+
+/// Refuses a text over the prompt limit before it is queued (the worker checks the whole
+/// prompt again, image codes and template included, before its prefill).
+async fn check_prompt(s: &Arc<AppState>, text: String) -> Result<(), ApiError> {
+    let st = s.clone();
+    let tokens =
+        tokio::task::spawn_blocking(move || st.tokenizer.encode(&text).map(|ids| ids.len()))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::internal(format!("counting the prompt's tokens: {e}")))?;
+    if tokens > s.max_prompt_tokens {
+        return Err(ApiError::bad(super::scheduler::prompt_too_long(
+            tokens,
+            s.max_prompt_tokens,
+            s.positions,
+        )));
+    }
+    Ok(())
 }
 
 /// Waits for the job's one final event.
@@ -290,11 +293,27 @@ async fn finish(mut rx: UnboundedReceiver<Event>) -> Result<Event, ApiError> {
             Event::Delta(_) => continue,
             Event::TimedOut => return Err(ApiError::timed_out()),
             Event::Rejected(m) => return Err(ApiError::bad(m)),
-            Event::Failed(m) => return Err(ApiError::internal(m)),
+            Event::Failed => return Err(model_failed()),
             other => return Ok(other),
         }
     }
     Err(ApiError::internal("the model worker dropped the request"))
+}
+
+/// The answer to a request whose batch failed (the worker logged why, under its id).
+fn model_failed() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!(
+            "the model failed on this request; the server's log has the details under request id {}",
+            request_id()
+        ),
+    )
+}
+
+/// The data of an `error` event (streams run outside the request's scope: `id` is passed).
+fn stream_error(message: &str, id: &str) -> String {
+    json!({"message": message, "request_id": id}).to_string()
 }
 
 fn finish_reason(f: Finish) -> &'static str {
@@ -309,7 +328,8 @@ fn finish_reason(f: Finish) -> &'static str {
 fn text_events(
     rx: UnboundedReceiver<Event>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let stream = UnboundedReceiverStream::new(rx).map(|e| {
+    let id = request_id();
+    let stream = UnboundedReceiverStream::new(rx).map(move |e| {
         Ok(match e {
             Event::Delta(d) => SseEvent::default()
                 .event("token")
@@ -329,41 +349,53 @@ fn text_events(
             ),
             Event::TimedOut => SseEvent::default()
                 .event("error")
-                .data(json!({"message": "deadline passed"}).to_string()),
-            Event::Rejected(m) | Event::Failed(m) => SseEvent::default()
+                .data(stream_error("the request's deadline passed", &id)),
+            Event::Rejected(m) => SseEvent::default()
                 .event("error")
-                .data(json!({ "message": m }).to_string()),
-            Event::Image { .. } => SseEvent::default().event("error").data("{}"),
+                .data(stream_error(&m, &id)),
+            Event::Failed => SseEvent::default()
+                .event("error")
+                .data(stream_error("the model failed on this request", &id)),
+            Event::Image { .. } => SseEvent::default()
+                .event("error")
+                .data(stream_error("an answer of the wrong kind", &id)),
         })
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-/// The parts of an upload form: the image's bytes and the other text fields.
+/// The parts of an upload form: the image's bytes and the other text fields, and the upload
+/// slot they hold until the image is decoded.
 struct Upload {
     image: Option<Vec<u8>>,
     question: Option<String>,
     options: Options,
+    _slot: OwnedSemaphorePermit,
 }
 
-async fn read_form(mut form: Multipart) -> Result<Upload, ApiError> {
+/// Reads an upload form: its declared length is checked first, then it waits for an upload
+/// slot, then the body is read within the time limit.
+async fn read_form(s: &AppState, req: Request) -> Result<Upload, ApiError> {
+    s.limits.check_length(req.headers())?;
+    let slot = s.limits.upload_slot().await?;
+    let form = s.limits.form(req).await?;
+    fields(form, slot).await
+}
+
+async fn fields(mut form: Multipart, slot: OwnedSemaphorePermit) -> Result<Upload, ApiError> {
     let mut up = Upload {
         image: None,
         question: None,
         options: Options::default(),
+        _slot: slot,
     };
-    // A body over the limit is 413, a malformed one 400 (the error knows which).
-    let failed = |what: &str, e: axum::extract::multipart::MultipartError| ApiError {
-        status: e.status(),
-        message: format!("reading {what}: {}", e.body_text()),
-        retry_after: None,
+    let malformed = |e: axum::extract::multipart::MultipartError| {
+        tracing::info!("request {}: {}", request_id(), e.body_text());
+        ApiError::bad("the multipart form is malformed")
     };
-    while let Some(field) = form.next_field().await.map_err(|e| failed("the form", e))? {
+    while let Some(field) = form.next_field().await.map_err(malformed)? {
         let name = field.name().unwrap_or_default().to_string();
-        let bytes = field
-            .bytes()
-            .await
-            .map_err(|e| failed(&format!("field {name}"), e))?;
+        let bytes = field.bytes().await.map_err(malformed)?;
         match name.as_str() {
             "image" => up.image = Some(bytes.to_vec()),
             "question" => up.question = Some(String::from_utf8_lossy(&bytes).into_owned()),
@@ -378,32 +410,48 @@ async fn read_form(mut form: Multipart) -> Result<Upload, ApiError> {
     Ok(up)
 }
 
-/// The upload decoded (DICOM, PNG or JPEG) and preprocessed into the VQ-GAN's input. Errors name
-/// the problem, never a DICOM tag's value.
-async fn vqgan_input(
-    s: &AppState,
-    bytes: Option<Vec<u8>>,
-) -> Result<candle_core::Tensor, ApiError> {
-    let bytes = bytes.ok_or_else(|| ApiError::bad("the form has no `image` file"))?;
+/// The upload decoded (DICOM, PNG or JPEG) and preprocessed into the VQ-GAN's input. A cheap
+/// look at its leading bytes comes first (a file of no known format is 400 whatever the load),
+/// then the queue (429 before the decode when it is full). Errors name the problem, never a
+/// DICOM tag's value.
+async fn vqgan_input(s: &AppState, up: Upload) -> Result<candle_core::Tensor, ApiError> {
+    let bytes = up
+        .image
+        .ok_or_else(|| ApiError::bad("the form has no `image` file"))?;
+    let upload = std::path::PathBuf::from("upload");
+    if bytes.is_empty() {
+        return Err(ApiError::image(&ImageError::Empty { path: upload }));
+    }
+    if cxr_image::sniff_format(&bytes).is_none() {
+        return Err(ApiError::image(&ImageError::UnknownFormat { path: upload }));
+    }
+    if !s.scheduler.has_room() {
+        return Err(queue_full());
+    }
     let config = s.vqgan.clone();
-    tokio::task::spawn_blocking(move || {
-        let img = cxr_image::decode_image(&bytes, std::path::Path::new("upload"))
-            .map_err(|e| ApiError::bad(format!("the image could not be read: {e}")))?;
-        cxr_vqgan::vqgan_input(&img, &config, &Device::Cpu)
-            .map_err(|e| ApiError::internal(format!("preprocessing: {e}")))
+    let decoded = tokio::task::spawn_blocking(move || {
+        let img = cxr_image::decode_image(&bytes, &upload).map_err(|e| ApiError::image(&e))?;
+        cxr_vqgan::vqgan_input(&img, &config, &Device::Cpu).map_err(|e| {
+            tracing::info!("upload refused: preprocessing: {e}");
+            ApiError::bad("the image could not be read: it could not be preprocessed for the model")
+        })
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(format!("decoding the upload: {e}")))?;
+    drop(up._slot);
+    decoded
 }
 
-async fn answer(s: &AppState, task: Task, options: &Options) -> Result<Response, ApiError> {
-    let rx = submit(
-        s,
-        task,
-        options.max_tokens(s.max_tokens)?,
-        options.sampling()?,
-    )?;
-    if options.stream {
+/// Queues a text job and answers it: whole, or as events.
+async fn answer(
+    s: &AppState,
+    task: Task,
+    max_tokens: usize,
+    sampling: Sampling,
+    stream: bool,
+) -> Result<Response, ApiError> {
+    let rx = submit(s, task, max_tokens, sampling)?;
+    if stream {
         return Ok(text_events(rx).into_response());
     }
     let started = Instant::now();
@@ -425,24 +473,43 @@ async fn answer(s: &AppState, task: Task, options: &Options) -> Result<Response,
 }
 
 /// POST /v1/report: multipart `image` (+ options) -> the report.
-pub async fn report(State(s): State<Arc<AppState>>, form: Multipart) -> Result<Response, ApiError> {
-    let up = read_form(form).await?;
+pub async fn report(State(s): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let up = read_form(&s, req).await?;
     if up.question.is_some() {
         return Err(ApiError::bad("a report takes no question (use /v1/ask)"));
     }
-    let image = vqgan_input(&s, up.image).await?;
-    answer(&s, Task::Report { image }, &up.options).await
+    let (max_tokens, sampling, stream) = (
+        up.options.max_tokens(s.max_tokens)?,
+        up.options.sampling()?,
+        up.options.stream,
+    );
+    let image = vqgan_input(&s, up).await?;
+    answer(&s, Task::Report { image }, max_tokens, sampling, stream).await
 }
 
 /// POST /v1/ask: multipart `image` and `question` (+ options) -> the answer.
-pub async fn ask(State(s): State<Arc<AppState>>, form: Multipart) -> Result<Response, ApiError> {
-    let up = read_form(form).await?;
+pub async fn ask(State(s): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let mut up = read_form(&s, req).await?;
     let question = up
         .question
+        .take()
         .filter(|q| !q.trim().is_empty())
         .ok_or_else(|| ApiError::bad("the form has no `question`"))?;
-    let image = vqgan_input(&s, up.image).await?;
-    answer(&s, Task::Ask { image, question }, &up.options).await
+    let (max_tokens, sampling, stream) = (
+        up.options.max_tokens(s.max_tokens)?,
+        up.options.sampling()?,
+        up.options.stream,
+    );
+    check_prompt(&s, question.clone()).await?;
+    let image = vqgan_input(&s, up).await?;
+    answer(
+        &s,
+        Task::Ask { image, question },
+        max_tokens,
+        sampling,
+        stream,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -453,20 +520,19 @@ pub struct DrawRequest {
 }
 
 /// POST /v1/draw: `{"report": ...}` -> `{"png_base64", "codes"}`.
-pub async fn draw(
-    State(s): State<Arc<AppState>>,
-    body: Result<Json<DrawRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad(e.body_text()))?;
+pub async fn draw(State(s): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let req: DrawRequest = s.limits.json(req).await?;
     if req.report.trim().is_empty() {
         return Err(ApiError::bad("the report is empty"));
     }
+    let sampling = req.options.sampling()?;
+    check_prompt(&s, req.report.clone()).await?;
     let started = Instant::now();
     let rx = submit(
         &s,
         Task::Draw { report: req.report },
         s.vqgan.tokens_per_image(),
-        req.options.sampling()?,
+        sampling,
     )?;
     match finish(rx).await? {
         Event::Image { png, codes } => Ok(Json(json!({
@@ -496,6 +562,8 @@ pub struct ChatRequest {
     temperature: Option<f64>,
     top_p: Option<f64>,
     seed: Option<u64>,
+    /// Choices asked for: only 1 (a sampled request is cheaper sent again than batched here).
+    n: Option<u64>,
     #[serde(default)]
     stream: bool,
 }
@@ -504,9 +572,14 @@ pub struct ChatRequest {
 /// Alpaca template, the one the model was fine-tuned with (earlier turns are not part of it).
 pub async fn chat_completions(
     State(s): State<Arc<AppState>>,
-    body: Result<Json<ChatRequest>, axum::extract::rejection::JsonRejection>,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad(e.body_text()))?;
+    let req: ChatRequest = s.limits.json(req).await?;
+    if let Some(n) = req.n.filter(|&n| n != 1) {
+        return Err(ApiError::bad(format!(
+            "n is {n}: this server answers one choice per request (n must be 1)"
+        )));
+    }
     let Some(last) = req.messages.iter().rev().find(|m| m.role == "user") else {
         return Err(ApiError::bad("messages hold no user message"));
     };
@@ -524,12 +597,10 @@ pub async fn chat_completions(
         seed: req.seed,
         stream: req.stream,
     };
-    let rx = submit(
-        &s,
-        Task::Chat { prompt },
-        options.max_tokens(s.max_tokens)?,
-        options.sampling()?,
-    )?;
+    let (max_tokens, sampling) = (options.max_tokens(s.max_tokens)?, options.sampling()?);
+    check_prompt(&s, prompt.clone()).await?;
+    let rx = submit(&s, Task::Chat { prompt }, max_tokens, sampling)?;
+    let request = request_id();
     let id = format!(
         "chatcmpl-{:x}",
         std::time::SystemTime::now()
@@ -556,9 +627,10 @@ pub async fn chat_completions(
             Event::Text { finish, .. } => {
                 Some(SseEvent::default().data(chunk(json!({}), Some(finish_reason(finish)))))
             }
-            Event::TimedOut | Event::Rejected(_) | Event::Failed(_) | Event::Image { .. } => {
+            Event::TimedOut | Event::Rejected(_) | Event::Failed | Event::Image { .. } => {
                 Some(SseEvent::default().data(
-                    json!({"error": {"message": "generation failed or timed out"}}).to_string(),
+                    json!({"error": {"message": "generation failed or timed out", "request_id": request}})
+                        .to_string(),
                 ))
             }
         });

@@ -1,11 +1,17 @@
-//! `llm-cxr serve`: the three tasks and plain chat over HTTP (axum on tokio). Handlers parse and
-//! validate; the model runs on one worker thread behind a bounded queue (`scheduler`), whose
-//! running batch requests join between steps. A full
-//! queue answers 429 with Retry-After, a passed deadline 503, a body over the limit 413. Text
-//! streams as server-sent events; a client that goes away ends its generation. Logs carry the
-//! method, path, status and time of each request, never anything read from an upload.
+//! `llm-cxr serve`: the three tasks and plain chat over HTTP (axum on hyper and tokio). Handlers
+//! parse and validate; the model runs on one worker thread behind a bounded queue (`scheduler`),
+//! whose running batch requests join between steps. A full queue answers 429 with Retry-After, a
+//! passed deadline 503, a body over the limit 413, a failure of the model 500 with the request's
+//! id (the worker survives it). Text streams as server-sent events; a client that goes away ends
+//! its generation. `access` holds the API key, Host and Origin checks and the log line of each
+//! request, which never carries anything read from an upload. Connections that do not send
+//! their headers within `--header-timeout` (idle ones included) are closed.
 
+mod access;
 mod api;
+mod body;
+mod error;
+mod openapi;
 mod scheduler;
 
 use std::collections::BTreeMap;
@@ -14,15 +20,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
 use cxr_instruct::Phrasings;
 use cxr_vqgan::VqganConfig;
 use scheduler::{Engine, Event, Finish, Job, Refused, Scheduler, Task};
+
+pub use openapi::openapi_document;
 
 use super::commands::chat::ModelArgs;
 
@@ -32,7 +38,8 @@ pub struct Args {
     pub lm: ModelArgs,
     #[command(flatten)]
     pub vqgan: super::commands::vqgan::VqganArgs,
-    /// Address to listen on (0.0.0.0 to accept other machines).
+    /// Address to listen on (0.0.0.0 to accept other machines: then an API key is required,
+    /// or --insecure).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// Port; 0 picks a free one (printed on start).
@@ -55,6 +62,30 @@ pub struct Args {
     /// Largest request body in MiB (an upload); larger ones get 413.
     #[arg(long, default_value_t = 32)]
     pub max_body_mib: usize,
+    /// A key every route but /health requires, as `Authorization: Bearer KEY`.
+    #[arg(long, env = "LLM_CXR_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Listen on a non-loopback address without an API key (anyone who reaches it may use it).
+    #[arg(long)]
+    pub insecure: bool,
+    /// A further Host name (or name:port) that POST requests may be addressed to, e.g. the
+    /// name of a proxy in front; repeatable. Loopback names and the bound address always are.
+    #[arg(long = "allowed-host", value_name = "HOST")]
+    pub allowed_hosts: Vec<String>,
+    /// Longest prompt in tokens that a request may bring (image codes and template included);
+    /// a longer one is 400 before it reaches the model. Default: the model's positions less one.
+    #[arg(long)]
+    pub max_prompt_tokens: Option<usize>,
+    /// Uploads read and decoded at once; one more waits up to 2 s for a slot, then gets 429.
+    #[arg(long, default_value_t = 4)]
+    pub max_uploads: usize,
+    /// Seconds a connection may take to send a request's headers, or stay idle between
+    /// requests; then it is closed.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout: u64,
+    /// Seconds a request's body may take to arrive whole; then 408.
+    #[arg(long, default_value_t = 60)]
+    pub body_timeout: u64,
 }
 
 /// What every handler shares.
@@ -64,6 +95,13 @@ pub struct AppState {
     pub model_name: String,
     pub max_tokens: usize,
     pub timeout: Duration,
+    /// The prompt limit, and the model's positions (to say why).
+    pub max_prompt_tokens: usize,
+    pub positions: usize,
+    /// To count the tokens of a request's text before it is queued.
+    pub tokenizer: cxr_lm::TextTokenizer,
+    pub limits: body::BodyLimits,
+    pub access: access::Access,
     pub started: Instant,
     /// Requests answered, by (route, status).
     pub requests: Mutex<BTreeMap<(String, u16), u64>>,
@@ -72,56 +110,118 @@ pub struct AppState {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let ip: std::net::IpAddr = a
+        .host
+        .parse()
+        .with_context(|| format!("--host {:?} is not an IP address", a.host))?;
+    let api_key = a.api_key.clone().filter(|k| !k.is_empty());
+    if !ip.is_loopback() && api_key.is_none() && !a.insecure {
+        anyhow::bail!(
+            "refusing to listen on {ip}, which other machines can reach, without an API key: \
+             set --api-key (or LLM_CXR_API_KEY), or pass --insecure to serve anyone who reaches it"
+        );
+    }
     let (lm, vocab, vqgan) = super::commands::tasks::load_pair(&a.lm, &a.vqgan)?;
     let config = vqgan.config().clone();
+    let positions = lm.model.config().max_position_embeddings();
+    let max_prompt_tokens = a
+        .max_prompt_tokens
+        .unwrap_or(positions.saturating_sub(1))
+        .max(1);
+    let tokenizer = lm.tokenizer.clone();
     let engine = Engine {
         lm,
         vocab,
         vqgan,
         phrasings: Phrasings::default(),
+        max_prompt_tokens,
     };
-    let state = Arc::new(AppState {
-        scheduler: Scheduler::start(engine, a.queue.max(1), a.batch),
-        vqgan: config,
-        model_name: a
-            .lm
-            .model
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "llm-cxr".into()),
-        max_tokens: a.max_tokens.max(1),
-        timeout: Duration::from_secs(a.timeout.max(1)),
-        started: Instant::now(),
-        requests: Default::default(),
-        latency: Default::default(),
-    });
-    let app = router(state, a.max_body_mib << 20);
+    let scheduler = Scheduler::start(engine, a.queue.max(1), a.batch)
+        .context("starting the model worker thread")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let addr: SocketAddr = format!("{}:{}", a.host, a.port)
-            .parse()
-            .with_context(|| format!("--host {} --port {}", a.host, a.port))?;
+        let addr = SocketAddr::new(ip, a.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
         let bound = listener.local_addr()?;
+        if api_key.is_none() && !ip.is_loopback() {
+            tracing::warn!(
+                "serving {bound} to anyone who reaches it, without an API key (--insecure)"
+            );
+        }
+        let state = Arc::new(AppState {
+            scheduler,
+            vqgan: config,
+            model_name: a
+                .lm
+                .model
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "llm-cxr".into()),
+            max_tokens: a.max_tokens.max(1),
+            timeout: Duration::from_secs(a.timeout.max(1)),
+            max_prompt_tokens,
+            positions,
+            tokenizer,
+            limits: body::BodyLimits {
+                max_bytes: a.max_body_mib << 20,
+                timeout: Duration::from_secs(a.body_timeout.max(1)),
+                uploads: Arc::new(tokio::sync::Semaphore::new(a.max_uploads.max(1))),
+            },
+            access: access::Access::new(api_key, bound, &a.allowed_hosts),
+            started: Instant::now(),
+            requests: Default::default(),
+            latency: Default::default(),
+        });
+        let app = router(state, a.max_body_mib << 20);
         // Tests and scripts read this line to find a port picked with --port 0.
         println!("llm-cxr serving on http://{bound}");
         use std::io::Write;
         std::io::stdout().flush()?;
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        serve(listener, app, Duration::from_secs(a.header_timeout.max(1))).await;
         anyhow::Ok(())
     })
 }
 
+/// Accepts connections until Ctrl-C, then lets those open finish (for up to 30 s). Each speaks
+/// HTTP/1.1 with a header-read timeout, which also closes a connection idle between requests.
+async fn serve(listener: tokio::net::TcpListener, app: Router, header_timeout: Duration) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+}
+
 pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
+    // Layers run outermost last: the request id and log line first, then the access checks.
     Router::new()
         .route("/", get(api::page))
         .route("/health", get(api::health))
@@ -133,100 +233,13 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/v1/draw", post(api::draw))
         .route("/v1/chat/completions", post(api::chat_completions))
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), account))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::account,
+        ))
         .with_state(state)
-}
-
-/// Counts and logs every request: route, status, seconds.
-async fn account(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    // The route's pattern: the label stays one of the routes, whatever path was asked for.
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or("other", |m| m.as_str())
-        .to_string();
-    let response = next.run(req).await;
-    let status = response.status().as_u16();
-    let seconds = started.elapsed().as_secs_f64();
-    if let Ok(mut r) = state.requests.lock() {
-        *r.entry((route.clone(), status)).or_default() += 1;
-    }
-    if let Ok(mut l) = state.latency.lock() {
-        let e = l.entry(route).or_default();
-        e.0 += seconds;
-        e.1 += 1;
-    }
-    tracing::info!("{method} {path} -> {status} in {:.0} ms", seconds * 1e3);
-    response
-}
-
-/// The OpenAPI 3.1 description of the routes above.
-pub fn openapi_document() -> serde_json::Value {
-    use serde_json::json;
-    let error = json!({"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-    let text_answer = json!({
-        "description": "The answer (JSON), or server-sent events when `stream` is true: `token` events {\"delta\"}, then `done` {\"text\", \"finish_reason\", \"usage\"} or `error`.",
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/TextAnswer"}},
-            "text/event-stream": {"schema": {"type": "string"}}
-        }
-    });
-    let limits = json!({
-        "400": error, "413": {"description": "The body is over the server's limit"},
-        "429": {"description": "The queue is full; see Retry-After", "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
-        "503": {"description": "The request's deadline passed"}
-    });
-    let with_limits = |ok: serde_json::Value| {
-        let mut r = limits.clone();
-        r["200"] = ok;
-        r
-    };
-    let options = json!({
-        "max_tokens": {"type": "integer", "minimum": 1},
-        "temperature": {"type": "number", "minimum": 0, "description": "0 = greedy"},
-        "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-        "top_k": {"type": "integer", "minimum": 0},
-        "seed": {"type": "integer", "minimum": 0},
-        "stream": {"type": "boolean"}
-    });
-    let form = |extra: serde_json::Value, required: &[&str]| {
-        let mut props = options.clone();
-        props["image"] = json!({"type": "string", "format": "binary", "description": "A CXR: DICOM, PNG or JPEG"});
-        if let (Some(p), Some(e)) = (props.as_object_mut(), extra.as_object()) {
-            p.extend(e.clone());
-        }
-        json!({"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "required": required, "properties": props}}}})
-    };
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "llm-cxr", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Read and draw chest X-rays with an instruction-finetuned language model."},
-        "paths": {
-            "/health": {"get": {"summary": "Liveness and queue length", "responses": {"200": {"description": "OK"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text/plain; version=0.0.4"}}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OK"}}}},
-            "/v1/examples": {"get": {"summary": "Phantom CXRs with their reports, to try the model on", "responses": {"200": {"description": "{\"examples\": [{\"png_base64\", \"report\"}]}"}}}},
-            "/v1/report": {"post": {"summary": "CXR -> report", "requestBody": form(json!({}), &["image"]), "responses": with_limits(text_answer.clone())}},
-            "/v1/ask": {"post": {"summary": "A question about a CXR (VQA)", "requestBody": form(json!({"question": {"type": "string"}}), &["image", "question"]), "responses": with_limits(text_answer)}},
-            "/v1/draw": {"post": {"summary": "Report -> CXR (exactly one image's codes, decoded by the VQ-GAN)",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["report"],
-                    "properties": {"report": {"type": "string"}, "temperature": options["temperature"], "top_p": options["top_p"], "top_k": options["top_k"], "seed": options["seed"]}}}}},
-                "responses": with_limits(json!({"description": "The drawing", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Drawing"}}}}))}},
-            "/v1/chat/completions": {"post": {"summary": "OpenAI-compatible chat completion (text); server-sent chunks when `stream` is true, ending with `data: [DONE]`",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["messages"],
-                    "properties": {"model": {"type": "string"}, "messages": {"type": "array", "items": {"type": "object", "required": ["role", "content"],
-                        "properties": {"role": {"enum": ["system", "user", "assistant"]}, "content": {"type": "string"}}}},
-                        "max_tokens": options["max_tokens"], "temperature": options["temperature"], "top_p": options["top_p"], "seed": options["seed"], "stream": options["stream"]}}}}},
-                "responses": with_limits(json!({"description": "A chat.completion object, or chat.completion.chunk events"}))}}
-        },
-        "components": {"schemas": {
-            "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {"message": {"type": "string"}, "type": {"type": "string"}}}}},
-            "TextAnswer": {"type": "object", "properties": {"text": {"type": "string"}, "finish_reason": {"enum": ["stop", "length"]},
-                "usage": {"type": "object", "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}}}, "seconds": {"type": "number"}}},
-            "Drawing": {"type": "object", "properties": {"png_base64": {"type": "string"}, "codes": {"type": "array", "items": {"type": "integer"}}, "grid": {"type": "integer"}, "seconds": {"type": "number"}}}
-        }}
-    })
 }

@@ -3,9 +3,15 @@
 //! batch, waiting jobs join it (up to `--batch` rows), whatever their task or sampling settings:
 //! a report can start while a drawing is half done. Each row leaves on its own when it stops,
 //! hits its token limit, its deadline passes or its client goes away.
+//!
+//! Each stage of a batch (a newcomer's encode and prefill, a step, the answers it ends) runs under
+//! `catch_unwind`: a panic fails the rows of that batch (answered 500 with their request ids, the
+//! detail in the log), the batch starts afresh and the worker goes on with the queue. `Health`
+//! says whether the worker can serve: it is gone, or its last batches all failed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -59,18 +65,18 @@ pub enum Event {
         finish: Finish,
     },
     /// A drawn CXR: PNG bytes and the image codes (row-major grid).
-    Image {
-        png: Vec<u8>,
-        codes: Vec<u32>,
-    },
+    Image { png: Vec<u8>, codes: Vec<u32> },
     /// The deadline passed (in the queue or while generating).
     TimedOut,
     /// The request cannot run on this model (why, for the client).
     Rejected(String),
-    Failed(String),
+    /// The model failed on this request (the detail is in the log, under its request id).
+    Failed,
 }
 
 pub struct Job {
+    /// Names the request in the log and in its answer.
+    pub request_id: String,
     pub task: Task,
     pub max_tokens: usize,
     pub sampling: Sampling,
@@ -92,6 +98,58 @@ pub struct Counters {
     pub generated_tokens: AtomicU64,
     pub cancelled: AtomicU64,
     pub timed_out: AtomicU64,
+    /// Batches that failed (a panic or an error), and how many in a row up to now.
+    pub failed_batches: AtomicU64,
+    pub failing_in_a_row: AtomicUsize,
+    /// False once the worker thread has ended.
+    pub worker_alive: AtomicBool,
+}
+
+/// After this many failed batches in a row (with no success between) `/health` says degraded.
+pub const DEGRADED_AFTER_FAILURES: usize = 3;
+
+impl Counters {
+    /// Why the worker cannot serve now, if it cannot.
+    pub fn degraded(&self) -> Option<String> {
+        if !self.worker_alive.load(Ordering::Relaxed) {
+            return Some("the model worker has stopped".into());
+        }
+        let failing = self.failing_in_a_row.load(Ordering::Relaxed);
+        (failing >= DEGRADED_AFTER_FAILURES)
+            .then(|| format!("the model failed its last {failing} batches"))
+    }
+}
+
+/// A fault the worker injects into itself, for the tests of its panic guard: set by the
+/// environment variable `LLM_CXR_FAULT_INJECT` at start (`panic-once`: the next batch step
+/// panics; `panic-always`: every step does), never reachable from HTTP.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    None,
+    PanicOnce,
+    PanicAlways,
+}
+
+impl Fault {
+    fn from_env() -> Fault {
+        match std::env::var("LLM_CXR_FAULT_INJECT").as_deref() {
+            Ok("panic-once") => Fault::PanicOnce,
+            Ok("panic-always") => Fault::PanicAlways,
+            _ => Fault::None,
+        }
+    }
+
+    /// Panics where a fault is due.
+    fn strike(&mut self) {
+        match *self {
+            Fault::None => {}
+            Fault::PanicOnce => {
+                *self = Fault::None;
+                panic!("fault injected by LLM_CXR_FAULT_INJECT=panic-once");
+            }
+            Fault::PanicAlways => panic!("fault injected by LLM_CXR_FAULT_INJECT=panic-always"),
+        }
+    }
 }
 
 /// The handle requests use.
@@ -110,19 +168,37 @@ pub enum Refused {
 
 impl Scheduler {
     /// Starts the worker thread with room for `capacity` waiting jobs.
-    pub fn start(engine: Engine, capacity: usize, max_batch: usize) -> Self {
+    pub fn start(engine: Engine, capacity: usize, max_batch: usize) -> std::io::Result<Self> {
         let (queue, rx) = std::sync::mpsc::sync_channel(capacity);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters {
+            worker_alive: AtomicBool::new(true),
+            ..Default::default()
+        });
         let c = counters.clone();
+        let fault = Fault::from_env();
+        if fault != Fault::None {
+            tracing::warn!(
+                "test hook: LLM_CXR_FAULT_INJECT makes the model worker panic ({fault:?})"
+            );
+        }
         std::thread::Builder::new()
             .name("llm-cxr-worker".into())
-            .spawn(move || worker(engine, rx, max_batch.max(1), &c))
-            .expect("spawning the model worker thread");
-        Scheduler {
+            .spawn(move || {
+                // Whatever ends the thread (the queue closing, a panic outside the guards),
+                // /health learns of it.
+                let _alive = Alive(&c);
+                worker(engine, rx, max_batch.max(1), &c, fault)
+            })?;
+        Ok(Scheduler {
             queue,
             capacity,
             counters,
-        }
+        })
+    }
+
+    /// Whether the queue has room now (a hint: it may fill before the job is submitted).
+    pub fn has_room(&self) -> bool {
+        self.counters.queued.load(Ordering::Relaxed) < self.capacity
     }
 
     /// Queues a job unless `capacity` jobs are already waiting.
@@ -147,9 +223,78 @@ pub struct Engine {
     pub vocab: ImageVocab,
     pub vqgan: VqModel,
     pub phrasings: Phrasings,
+    /// The longest prompt prefilled (`--max-prompt-tokens`); longer ones are refused before.
+    pub max_prompt_tokens: usize,
 }
 
-fn worker(engine: Engine, rx: Receiver<Job>, max_batch: usize, counters: &Counters) {
+/// A job's prompt, ready to join the batch, or why it may not.
+enum Prepared {
+    Ready(Vec<u32>, GenerateOptions),
+    TooLong(String),
+}
+
+/// What a client is told of a prompt over the limit (the handlers say the same).
+pub fn prompt_too_long(tokens: usize, limit: usize, positions: usize) -> String {
+    format!(
+        "the prompt has {tokens} tokens, more than this server's limit of {limit} \
+         (--max-prompt-tokens; the model has {positions} positions)"
+    )
+}
+
+/// Marks the worker gone when dropped (also while unwinding).
+struct Alive<'a>(&'a Counters);
+
+impl Drop for Alive<'_> {
+    fn drop(&mut self) {
+        self.0.worker_alive.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The text of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Ends a failed batch: every running row (and `also`, a job that was joining) is answered
+/// `Failed`, the detail is logged under their request ids, and the batch starts empty.
+fn fail_batch<'a>(
+    engine: &'a Engine,
+    batch: &mut Batch<'a>,
+    running: &mut HashMap<usize, Running>,
+    also: Option<(String, UnboundedSender<Event>)>,
+    counters: &Counters,
+    what: &str,
+) {
+    let mut ids: Vec<String> = Vec::new();
+    for (_, r) in running.drain() {
+        ids.push(r.job.request_id.clone());
+        let _ = r.job.events.send(Event::Failed);
+    }
+    if let Some((id, events)) = also {
+        ids.push(id);
+        let _ = events.send(Event::Failed);
+    }
+    tracing::error!(
+        "a batch failed ({what}); requests {} answered 500",
+        ids.join(", ")
+    );
+    *batch = Batch::new(&engine.lm.model);
+    counters.running.store(0, Ordering::Relaxed);
+    counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+    counters.failing_in_a_row.fetch_add(1, Ordering::Relaxed);
+}
+
+fn worker(
+    engine: Engine,
+    rx: Receiver<Job>,
+    max_batch: usize,
+    counters: &Counters,
+    mut fault: Fault,
+) {
     let mut batch = Batch::new(&engine.lm.model);
     let mut running: HashMap<usize, Running> = HashMap::new();
     loop {
@@ -167,8 +312,25 @@ fn worker(engine: Engine, rx: Receiver<Job>, max_batch: usize, counters: &Counte
                 }
             };
             counters.queued.fetch_sub(1, Ordering::Relaxed);
-            if !interrupted(&job, counters) {
-                engine.admit(job, &mut batch, &mut running, counters);
+            if interrupted(&job, counters) {
+                continue;
+            }
+            let joining = (job.request_id.clone(), job.events.clone());
+            // Encode and prefill: a panic here fails the joining job and the running rows (the
+            // batch may be half joined).
+            let admitted = catch_unwind(AssertUnwindSafe(|| {
+                engine.admit(job, &mut batch, &mut running, counters)
+            }));
+            if let Err(panic) = admitted {
+                let what = format!("panic while joining: {}", panic_text(&*panic));
+                fail_batch(
+                    &engine,
+                    &mut batch,
+                    &mut running,
+                    Some(joining),
+                    counters,
+                    &what,
+                );
             }
         }
         if batch.is_empty() {
@@ -178,15 +340,21 @@ fn worker(engine: Engine, rx: Receiver<Job>, max_batch: usize, counters: &Counte
         counters
             .step_rows
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let drawn = batch.step();
-        if let Err(e) = drawn.and_then(|d| engine.deliver(d, &mut batch, &mut running, counters)) {
-            tracing::error!("a batch of {} failed: {e:#}", running.len());
-            for (_, r) in running.drain() {
-                let _ = r.job.events.send(Event::Failed(format!("{e:#}")));
+        // One step and the answers it ends (decoding a drawing included).
+        let stepped = catch_unwind(AssertUnwindSafe(|| {
+            fault.strike();
+            let drawn = batch.step()?;
+            engine.deliver(drawn, &mut batch, &mut running, counters)
+        }));
+        let what = match stepped {
+            Ok(Ok(())) => {
+                counters.failing_in_a_row.store(0, Ordering::Relaxed);
+                continue;
             }
-            batch = Batch::new(&engine.lm.model);
-            counters.running.store(0, Ordering::Relaxed);
-        }
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(panic) => format!("panic: {}", panic_text(&*panic)),
+        };
+        fail_batch(&engine, &mut batch, &mut running, None, counters, &what);
     }
 }
 
@@ -219,7 +387,7 @@ fn interrupted(job: &Job, counters: &Counters) -> bool {
 
 impl Engine {
     /// The prompt's ids and the generation options of a job.
-    fn prepare(&self, job: &Job) -> anyhow::Result<(Vec<u32>, GenerateOptions)> {
+    fn prepare(&self, job: &Job) -> anyhow::Result<Prepared> {
         let tokenizer = &self.lm.tokenizer;
         let with_image = |instruction: &str, image: &Tensor| -> anyhow::Result<Vec<u32>> {
             let codes: Vec<u32> = self.vqgan.encode(image)?.flatten_all()?.to_vec1()?;
@@ -235,6 +403,13 @@ impl Engine {
                 report,
             ))?,
         };
+        if ids.len() > self.max_prompt_tokens {
+            return Ok(Prepared::TooLong(prompt_too_long(
+                ids.len(),
+                self.max_prompt_tokens,
+                self.lm.model.config().max_position_embeddings(),
+            )));
+        }
         let options = if job.task.draws() {
             let count = self.vqgan.config().tokens_per_image();
             GenerateOptions {
@@ -256,7 +431,7 @@ impl Engine {
                 stop_ids: tokenizer.stop_ids(),
             }
         };
-        Ok((ids, options))
+        Ok(Prepared::Ready(ids, options))
     }
 
     /// Prefills a job's prompt into the running batch; a job that cannot start is told why.
@@ -268,9 +443,17 @@ impl Engine {
         counters: &Counters,
     ) {
         let (ids, options) = match self.prepare(&job) {
-            Ok(p) => p,
+            Ok(Prepared::Ready(ids, options)) => (ids, options),
+            Ok(Prepared::TooLong(reason)) => {
+                let _ = job.events.send(Event::Rejected(reason));
+                return;
+            }
             Err(e) => {
-                let _ = job.events.send(Event::Failed(format!("{e:#}")));
+                tracing::error!(
+                    "request {}: preparing the prompt failed: {e:#}",
+                    job.request_id
+                );
+                let _ = job.events.send(Event::Failed);
                 return;
             }
         };
@@ -282,7 +465,8 @@ impl Engine {
                 return;
             }
             Err(e) => {
-                let _ = job.events.send(Event::Failed(e.to_string()));
+                tracing::error!("request {}: prefill failed: {e:#}", job.request_id);
+                let _ = job.events.send(Event::Failed);
                 return;
             }
         };
@@ -332,9 +516,11 @@ impl Engine {
             if d.last {
                 if let Some(r) = running.remove(&d.row) {
                     let events = r.job.events.clone();
-                    let event = self
-                        .answer(r)
-                        .unwrap_or_else(|e| Event::Failed(format!("{e:#}")));
+                    let id = r.job.request_id.clone();
+                    let event = self.answer(r).unwrap_or_else(|e| {
+                        tracing::error!("request {id}: the answer failed: {e:#}");
+                        Event::Failed
+                    });
                     let _ = events.send(event);
                 }
             } else if interrupted(&r.job, counters) {
