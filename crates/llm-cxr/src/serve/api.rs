@@ -429,17 +429,24 @@ async fn vqgan_input(s: &AppState, up: Upload) -> Result<candle_core::Tensor, Ap
         return Err(queue_full());
     }
     let config = s.vqgan.clone();
+    // The decoder runs outside the request's scope: its errors are told (and logged) here.
     let decoded = tokio::task::spawn_blocking(move || {
-        let img = cxr_image::decode_image(&bytes, &upload).map_err(|e| ApiError::image(&e))?;
-        cxr_vqgan::vqgan_input(&img, &config, &Device::Cpu).map_err(|e| {
-            tracing::info!("upload refused: preprocessing: {e}");
-            ApiError::bad("the image could not be read: it could not be preprocessed for the model")
-        })
+        let img = cxr_image::decode_image(&bytes, &upload).map_err(Ok)?;
+        cxr_vqgan::vqgan_input(&img, &config, &Device::Cpu).map_err(|e| Err(e.to_string()))
     })
     .await
     .map_err(|e| ApiError::internal(format!("decoding the upload: {e}")))?;
     drop(up._slot);
-    decoded
+    decoded.map_err(|e| match e {
+        Ok(e) => ApiError::image(&e),
+        Err(e) => {
+            tracing::info!(
+                "request {}: upload refused: preprocessing: {e}",
+                request_id()
+            );
+            ApiError::bad("the image could not be read: it could not be preprocessed for the model")
+        }
+    })
 }
 
 /// Queues a text job and answers it: whole, or as events.
