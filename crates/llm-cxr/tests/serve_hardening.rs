@@ -546,3 +546,19 @@ fn the_openapi_document_describes_every_designed_answer() {
         "bearer"
     );
 }
+
+/// Not a test: writes the tiny model and the random VQ-GAN into `$LLMCXR_FIXTURE_DIR` for
+/// `scripts/fuzz-api.sh` (`llm-cxr-tiny/`, `vq64.safetensors`, `vq64.json`).
+#[test]
+#[ignore = "a fixture writer for scripts/fuzz-api.sh"]
+fn write_fixture() {
+    let dir = PathBuf::from(std::env::var("LLMCXR_FIXTURE_DIR").expect("LLMCXR_FIXTURE_DIR"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (model, vqgan, config) = models(&dir).expect("the shared tokenizer");
+    println!(
+        "{} {} {}",
+        model.display(),
+        vqgan.display(),
+        config.display()
+    );
+}

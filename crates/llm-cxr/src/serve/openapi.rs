@@ -42,13 +42,19 @@ fn generating(ok: Value) -> Value {
     }))
 }
 
+/// One server-sent event (its `data` is JSON, or `[DONE]` at the end of a chat stream).
+fn event(names: Value) -> Value {
+    json!({"type": "object", "required": ["data"], "properties": {"event": names,
+        "data": {"type": "string", "contentMediaType": "application/json"}}})
+}
+
 /// The OpenAPI 3.1 description of the routes.
 pub fn openapi_document() -> Value {
     let text_answer = json!({
-        "description": "The answer (JSON), or server-sent events when `stream` is true: `token` events {\"delta\"}, then `done` {\"text\", \"finish_reason\", \"usage\"} or `error`.",
+        "description": "The answer (JSON), or server-sent events when `stream` is true: `token` events {\"delta\"}, then `done` {\"text\", \"finish_reason\", \"usage\"} or `error` {\"message\", \"request_id\"}.",
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/TextAnswer"}},
-            "text/event-stream": {"schema": {"type": "string"}}
+            "text/event-stream": {"schema": event(json!({"enum": ["token", "done", "error"]}))}
         }
     });
     let options = json!({
@@ -89,7 +95,7 @@ pub fn openapi_document() -> Value {
             "/v1/ask": {"post": {"summary": "A question about a CXR (VQA)", "requestBody": form(json!({"question": {"type": "string"}}), &["image", "question"]), "responses": generating(text_answer)}},
             "/v1/draw": {"post": {"summary": "Report -> CXR (exactly one image's codes, decoded by the VQ-GAN)",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["report"],
-                    "properties": {"report": {"type": "string"}, "temperature": options["temperature"], "top_p": options["top_p"], "top_k": options["top_k"], "seed": options["seed"]}}}}},
+                    "properties": {"report": {"type": "string", "minLength": 1, "pattern": "\\S"}, "temperature": options["temperature"], "top_p": options["top_p"], "top_k": options["top_k"], "seed": options["seed"]}}}}},
                 "responses": generating(json_answer("The drawing", json!({"$ref": "#/components/schemas/Drawing"})))}},
             "/v1/chat/completions": {"post": {"summary": "OpenAI-compatible chat completion (text); server-sent chunks when `stream` is true, ending with `data: [DONE]`. One choice per request: `n` must be 1.",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["messages"],
@@ -99,7 +105,7 @@ pub fn openapi_document() -> Value {
                         "n": {"type": "integer", "minimum": 1, "maximum": 1}, "stream": options["stream"]}}}}},
                 "responses": generating(json!({"description": "A chat.completion object, or chat.completion.chunk events",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
-                                "text/event-stream": {"schema": {"type": "string"}}}}))}}
+                                "text/event-stream": {"schema": event(json!({"const": "message"}))}}}))}}
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "Only when the server runs with --api-key"}},
