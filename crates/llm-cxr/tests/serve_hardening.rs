@@ -507,6 +507,7 @@ fn error_bodies_say_what_is_wrong_without_internal_detail() {
     assert_error(&r, 400, "multipart/form-data");
     let r = server.form("/v1/report", &[("image", &png), ("max_tokens", b"lots")]);
     assert_error(&r, 400, "field max_tokens: \"lots\" is not a valid value");
+    assert_error(&server.get("/nowhere"), 404, "no route /nowhere");
     // A declared length over the limit is refused before the body is read.
     let mut s = TcpStream::connect(&server.addr).unwrap();
     let head = format!(
@@ -540,6 +541,10 @@ fn the_openapi_document_describes_every_designed_answer() {
         }
         assert!(responses["429"]["headers"]["Retry-After"].is_object());
     }
+    // The server's own --max-tokens (256 by default) bounds the documented max_tokens.
+    let chat = &spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"]["properties"]["max_tokens"];
+    assert_eq!(chat["maximum"], 256);
     assert!(spec["paths"]["/health"]["get"]["responses"]["503"]["content"].is_object());
     assert_eq!(
         spec["components"]["securitySchemes"]["bearer"]["scheme"],

@@ -149,8 +149,16 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
-pub async fn openapi() -> Json<Value> {
-    Json(super::openapi_document())
+pub async fn openapi(State(s): State<Arc<AppState>>) -> Json<Value> {
+    Json(super::openapi::served_document(s.max_tokens))
+}
+
+/// Any path that is not a route: 404 in the error format, with the request id.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route {} (see /openapi.json)", uri.path()),
+    )
 }
 
 /// A few phantoms with their reports, for the page's example buttons (made once).

@@ -118,7 +118,7 @@ fn format_name(f: cxr_image::ImageFormat) -> &'static str {
 /// The `type` of an error, as OpenAI names them.
 pub fn kind(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        400 | 408 | 413 => "invalid_request_error",
+        400 | 404 | 408 | 413 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         429 => "rate_limit_error",

@@ -28,8 +28,6 @@ use cxr_instruct::Phrasings;
 use cxr_vqgan::VqganConfig;
 use scheduler::{Engine, Event, Finish, Job, Refused, Scheduler, Task};
 
-pub use openapi::openapi_document;
-
 use super::commands::chat::ModelArgs;
 
 #[derive(clap::Args)]
@@ -232,6 +230,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/v1/ask", post(api::ask))
         .route("/v1/draw", post(api::draw))
         .route("/v1/chat/completions", post(api::chat_completions))
+        .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -128,3 +128,34 @@ pub fn openapi_document() -> Value {
         }}
     })
 }
+
+/// The document as this server's flags make it: `max_tokens` bounded by `--max-tokens`.
+pub fn served_document(max_tokens: usize) -> Value {
+    let mut doc = openapi_document();
+    for (route, media) in [
+        ("/v1/report", "multipart/form-data"),
+        ("/v1/ask", "multipart/form-data"),
+        ("/v1/chat/completions", "application/json"),
+    ] {
+        let p = &mut doc["paths"][route]["post"]["requestBody"]["content"][media]["schema"]
+            ["properties"]["max_tokens"];
+        if p.is_object() {
+            p["maximum"] = max_tokens.into();
+        }
+    }
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_served_document_bounds_max_tokens() {
+        let doc = super::served_document(8);
+        let chat = &doc["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]
+            ["application/json"]["schema"]["properties"]["max_tokens"];
+        assert_eq!(chat["maximum"], 8);
+        let report = &doc["paths"]["/v1/report"]["post"]["requestBody"]["content"]
+            ["multipart/form-data"]["schema"]["properties"]["max_tokens"];
+        assert_eq!(report["maximum"], 8);
+    }
+}
