@@ -1,22 +1,22 @@
-//! The HTTP handlers: request parsing, validation, and the shape of answers (JSON, server-sent
-//! events, OpenAI's chat-completion objects).
+//! The handlers of the generating routes (report, ask, draw): request parsing, validation, and
+//! the shape of answers (JSON or server-sent events). Chat is in `chat`, the reading routes in
+//! `status`.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Multipart, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use candle_core::Device;
 use cxr_image::ImageError;
 use cxr_lm::Sampling;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -25,173 +25,16 @@ use tokio_stream::{Stream, StreamExt};
 use super::error::{request_id, ApiError};
 use super::{AppState, Event, Finish, Job, Refused, Task};
 
-pub async fn page() -> Html<&'static str> {
-    Html(include_str!("page.html"))
-}
-
-/// "ok" (200), or "degraded" (503) with the reason when the model cannot serve.
-pub async fn health(State(s): State<Arc<AppState>>) -> Response {
-    let c = &s.scheduler.counters;
-    let mut body = json!({
-        "status": "ok",
-        "model": s.model_name,
-        "queued": c.queued.load(Ordering::Relaxed),
-        "uptime_s": s.started.elapsed().as_secs(),
-    });
-    match c.degraded() {
-        None => Json(body).into_response(),
-        Some(reason) => {
-            body["status"] = "degraded".into();
-            body["reason"] = reason.into();
-            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-        }
-    }
-}
-
-/// Prometheus text exposition format 0.0.4.
-pub async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    use std::fmt::Write;
-    let c = &s.scheduler.counters;
-    let mut out = String::new();
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let metrics = [
-        (
-            "llmcxr_queued_requests",
-            "gauge",
-            "Requests waiting for the model.",
-            c.queued.load(Ordering::Relaxed) as u64,
-        ),
-        (
-            "llmcxr_admitted_total",
-            "counter",
-            "Requests that joined the running batch.",
-            load(&c.admitted),
-        ),
-        (
-            "llmcxr_running_rows",
-            "gauge",
-            "Requests in the running batch.",
-            c.running.load(Ordering::Relaxed) as u64,
-        ),
-        (
-            "llmcxr_steps_total",
-            "counter",
-            "Steps of the running batch (one id drawn for each of its rows).",
-            load(&c.steps),
-        ),
-        (
-            "llmcxr_step_rows_total",
-            "counter",
-            "Rows run in those steps (rows per step = this / steps).",
-            load(&c.step_rows),
-        ),
-        (
-            "llmcxr_generated_tokens_total",
-            "counter",
-            "Tokens generated, image codes included.",
-            load(&c.generated_tokens),
-        ),
-        (
-            "llmcxr_cancelled_total",
-            "counter",
-            "Requests whose client went away before the answer.",
-            load(&c.cancelled),
-        ),
-        (
-            "llmcxr_timed_out_total",
-            "counter",
-            "Requests whose deadline passed.",
-            load(&c.timed_out),
-        ),
-        (
-            "llmcxr_failed_batches_total",
-            "counter",
-            "Batches that failed (a panic or an error in the model); their requests got 500.",
-            load(&c.failed_batches),
-        ),
-        (
-            "llmcxr_worker_up",
-            "gauge",
-            "1 while the model worker thread runs.",
-            u64::from(c.worker_alive.load(Ordering::Relaxed)),
-        ),
-    ];
-    for (name, kind, help, value) in metrics {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP llmcxr_requests_total Requests answered, by route and status.\n# TYPE llmcxr_requests_total counter"
-    );
-    if let Ok(r) = s.requests.lock() {
-        for ((route, status), n) in r.iter() {
-            let _ = writeln!(
-                out,
-                "llmcxr_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP llmcxr_request_seconds Time to answer (to the first byte when streaming).\n# TYPE llmcxr_request_seconds summary"
-    );
-    if let Ok(l) = s.latency.lock() {
-        for (route, (sum, count)) in l.iter() {
-            let _ = writeln!(
-                out,
-                "llmcxr_request_seconds_sum{{route=\"{route}\"}} {sum}\nllmcxr_request_seconds_count{{route=\"{route}\"}} {count}"
-            );
-        }
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
-}
-
-pub async fn openapi(State(s): State<Arc<AppState>>) -> Json<Value> {
-    Json(super::openapi::served_document(s.max_tokens))
-}
-
-/// Any path that is not a route: 404 in the error format, with the request id.
-pub async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("no route {} (see /openapi.json)", uri.path()),
-    )
-}
-
-/// A few phantoms with their reports, for the page's example buttons (made once).
-pub async fn examples() -> Json<Value> {
-    static EXAMPLES: OnceLock<Value> = OnceLock::new();
-    let v = EXAMPLES.get_or_init(|| {
-        let items: Vec<Value> = (0..4)
-            .map(|i| {
-                let spec = cxr_phantom::PhantomSpec::sample(7, i);
-                let img = spec.render(256).to_luma8();
-                let mut png = Vec::new();
-                let _ = img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png);
-                json!({
-                    "png_base64": base64::engine::general_purpose::STANDARD.encode(&png),
-                    "report": spec.report,
-                })
-            })
-            .collect();
-        json!({ "examples": items })
-    });
-    Json(v.clone())
-}
-
 /// Options every generating request may carry.
 #[derive(Deserialize, Default)]
 pub struct Options {
-    max_tokens: Option<usize>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    top_k: Option<usize>,
-    seed: Option<u64>,
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<usize>,
+    pub seed: Option<u64>,
     #[serde(default)]
-    stream: bool,
+    pub stream: bool,
 }
 
 impl Options {
@@ -246,7 +89,7 @@ impl Options {
 }
 
 /// Queues a job; its events arrive on the returned channel.
-fn submit(
+pub(super) fn submit(
     s: &AppState,
     task: Task,
     max_tokens: usize,
@@ -277,7 +120,7 @@ fn queue_full() -> ApiError {
 
 /// Refuses a text over the prompt limit before it is queued (the worker checks the whole
 /// prompt again, image codes and template included, before its prefill).
-async fn check_prompt(s: &Arc<AppState>, text: String) -> Result<(), ApiError> {
+pub(super) async fn check_prompt(s: &Arc<AppState>, text: String) -> Result<(), ApiError> {
     let st = s.clone();
     let tokens =
         tokio::task::spawn_blocking(move || st.tokenizer.encode(&text).map(|ids| ids.len()))
@@ -295,7 +138,7 @@ async fn check_prompt(s: &Arc<AppState>, text: String) -> Result<(), ApiError> {
 }
 
 /// Waits for the job's one final event.
-async fn finish(mut rx: UnboundedReceiver<Event>) -> Result<Event, ApiError> {
+pub(super) async fn finish(mut rx: UnboundedReceiver<Event>) -> Result<Event, ApiError> {
     while let Some(e) = rx.recv().await {
         match e {
             Event::Delta(_) => continue,
@@ -324,7 +167,7 @@ fn stream_error(message: &str, id: &str) -> String {
     json!({"message": message, "request_id": id}).to_string()
 }
 
-fn finish_reason(f: Finish) -> &'static str {
+pub(super) fn finish_reason(f: Finish) -> &'static str {
     match f {
         Finish::Stop => "stop",
         Finish::Length => "length",
@@ -555,130 +398,6 @@ pub async fn draw(State(s): State<Arc<AppState>>, req: Request) -> Result<Respon
             "codes": codes,
             "grid": s.vqgan.grid_side(),
             "seconds": started.elapsed().as_secs_f64(),
-        }))
-        .into_response()),
-        _ => Err(ApiError::internal("an answer of the wrong kind")),
-    }
-}
-
-#[derive(Deserialize)]
-pub struct ChatMessage {
-    role: String,
-    content: String,
-}
-
-#[derive(Deserialize)]
-pub struct ChatRequest {
-    #[serde(default)]
-    model: Option<String>,
-    messages: Vec<ChatMessage>,
-    #[serde(default, alias = "max_completion_tokens")]
-    max_tokens: Option<usize>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    seed: Option<u64>,
-    /// Choices asked for: only 1 (a sampled request is cheaper sent again than batched here).
-    n: Option<u64>,
-    #[serde(default)]
-    stream: bool,
-}
-
-/// POST /v1/chat/completions, as OpenAI's. The prompt is the last user message in LLM-CXR's
-/// Alpaca template, the one the model was fine-tuned with (earlier turns are not part of it).
-pub async fn chat_completions(
-    State(s): State<Arc<AppState>>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let req: ChatRequest = s.limits.json(req).await?;
-    if let Some(n) = req.n.filter(|&n| n != 1) {
-        return Err(ApiError::bad(format!(
-            "n is {n}: this server answers one choice per request (n must be 1)"
-        )));
-    }
-    let Some(last) = req.messages.iter().rev().find(|m| m.role == "user") else {
-        return Err(ApiError::bad("messages hold no user message"));
-    };
-    for m in &req.messages {
-        if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
-            return Err(ApiError::bad(format!("unknown role {:?}", m.role)));
-        }
-    }
-    let prompt = cxr_instruct::prompt(&last.content, None);
-    let options = Options {
-        max_tokens: req.max_tokens,
-        temperature: Some(req.temperature.unwrap_or(1.0)),
-        top_p: Some(req.top_p.unwrap_or(1.0)),
-        top_k: None,
-        seed: req.seed,
-        stream: req.stream,
-    };
-    let (max_tokens, sampling) = (options.max_tokens(s.max_tokens)?, options.sampling()?);
-    check_prompt(&s, prompt.clone()).await?;
-    let rx = submit(&s, Task::Chat { prompt }, max_tokens, sampling)?;
-    let request = request_id();
-    let id = format!(
-        "chatcmpl-{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let model = req.model.unwrap_or_else(|| s.model_name.clone());
-    if req.stream {
-        let chunk = move |delta: Value, finish: Option<&str>| {
-            json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            })
-            .to_string()
-        };
-        let first = SseEvent::default().data(chunk(json!({"role": "assistant"}), None));
-        let body = UnboundedReceiverStream::new(rx).filter_map(move |e| match e {
-            Event::Delta(d) => Some(SseEvent::default().data(chunk(json!({ "content": d }), None))),
-            Event::Text { finish, .. } => {
-                Some(SseEvent::default().data(chunk(json!({}), Some(finish_reason(finish)))))
-            }
-            Event::TimedOut | Event::Rejected(_) | Event::Failed | Event::Image { .. } => {
-                Some(SseEvent::default().data(
-                    json!({"error": {"message": "generation failed or timed out", "request_id": request}})
-                        .to_string(),
-                ))
-            }
-        });
-        let done = tokio_stream::once(SseEvent::default().data("[DONE]"));
-        let events = tokio_stream::once(first)
-            .chain(body)
-            .chain(done)
-            .map(Ok::<_, Infallible>);
-        return Ok(Sse::new(events)
-            .keep_alive(KeepAlive::default())
-            .into_response());
-    }
-    match finish(rx).await? {
-        Event::Text {
-            text,
-            prompt_tokens,
-            completion_tokens,
-            finish,
-        } => Ok(Json(json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish_reason(finish),
-            }],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
         }))
         .into_response()),
         _ => Err(ApiError::internal("an answer of the wrong kind")),

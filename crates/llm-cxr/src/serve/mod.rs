@@ -10,9 +10,11 @@
 mod access;
 mod api;
 mod body;
+mod chat;
 mod error;
 mod openapi;
 mod scheduler;
+mod status;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -221,16 +223,16 @@ async fn serve(listener: tokio::net::TcpListener, app: Router, header_timeout: D
 pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
     // Layers run outermost last: the request id and log line first, then the access checks.
     Router::new()
-        .route("/", get(api::page))
-        .route("/health", get(api::health))
-        .route("/metrics", get(api::metrics))
-        .route("/openapi.json", get(api::openapi))
-        .route("/v1/examples", get(api::examples))
+        .route("/", get(status::page))
+        .route("/health", get(status::health))
+        .route("/metrics", get(status::metrics))
+        .route("/openapi.json", get(status::openapi))
+        .route("/v1/examples", get(status::examples))
         .route("/v1/report", post(api::report))
         .route("/v1/ask", post(api::ask))
         .route("/v1/draw", post(api::draw))
-        .route("/v1/chat/completions", post(api::chat_completions))
-        .fallback(api::not_found)
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .fallback(status::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
