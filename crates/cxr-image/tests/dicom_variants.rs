@@ -585,49 +585,7 @@ fn sixteen_bit_png_keeps_its_precision() {
 fn random_corruption_never_panics() {
     // Flip bytes inside valid files of every syntax: each decode returns Ok or a named error.
     // (Before the length check in `decode_dicom`, some of these cost 0.5 s and gigabytes each.)
-    let img = pattern();
-    let opts = DicomWriteOptions {
-        bits_stored: 12,
-        ..Default::default()
-    };
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let mut files = vec![
-        encode_dicom(&img, &opts).unwrap(),
-        transcoded(&img, &opts, uids::JPEGLS_LOSSLESS),
-        transcoded(
-            &img,
-            &DicomWriteOptions {
-                bits_stored: 8,
-                ..Default::default()
-            },
-            uids::JPEG_BASELINE8_BIT,
-        ),
-        std::fs::read(dir.join("j2k_lossless_12bit.dcm")).unwrap(),
-    ];
-    for (uid, frame) in [
-        (
-            uids::RLE_LOSSLESS,
-            rle_encode(
-                &stored_samples(&img, 12, Photometric::Monochrome2),
-                W,
-                H,
-                true,
-            ),
-        ),
-        (
-            uids::JPEG_LOSSLESS_SV1,
-            jpeg_lossless_encode(
-                &stored_samples(&img, 12, Photometric::Monochrome2),
-                W,
-                H,
-                12,
-            ),
-        ),
-    ] {
-        let mut obj = build_dicom(&img, &opts).unwrap();
-        encapsulate(&mut obj, uid, frame).unwrap();
-        files.push(to_bytes(&obj).unwrap());
-    }
+    let files: Vec<Vec<u8>> = one_file_per_syntax().into_iter().map(|(_, b)| b).collect();
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut next = move || {
         state ^= state << 13;
@@ -662,4 +620,89 @@ fn random_corruption_never_panics() {
         errors > 0,
         "corruption should be detected at least sometimes"
     );
+}
+
+/// A small valid file of every transfer syntax llm-cxr reads (and two photometric variants), by
+/// name: the corruption test above mutates them, and the fuzzer starts from them.
+fn one_file_per_syntax() -> Vec<(&'static str, Vec<u8>)> {
+    let img = pattern();
+    let opts = DicomWriteOptions {
+        bits_stored: 12,
+        ..Default::default()
+    };
+    let eight_bits = DicomWriteOptions {
+        bits_stored: 8,
+        ..Default::default()
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let samples = stored_samples(&img, 12, Photometric::Monochrome2);
+    let encapsulated = |uid: &str, frame: Vec<u8>| {
+        let mut obj = build_dicom(&img, &opts).unwrap();
+        encapsulate(&mut obj, uid, frame).unwrap();
+        to_bytes(&obj).unwrap()
+    };
+    vec![
+        ("explicit_le_12bit.dcm", encode_dicom(&img, &opts).unwrap()),
+        (
+            "explicit_le_rgb.dcm",
+            encode_dicom(
+                &img,
+                &DicomWriteOptions {
+                    photometric: Photometric::Rgb,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        ),
+        (
+            "explicit_le_monochrome1.dcm",
+            encode_dicom(
+                &img,
+                &DicomWriteOptions {
+                    photometric: Photometric::Monochrome1,
+                    rescale: Some((2.0, -100.0)),
+                    window: Some((1000.0, 3000.0)),
+                    ..opts.clone()
+                },
+            )
+            .unwrap(),
+        ),
+        (
+            "implicit_le.dcm",
+            transcoded(&img, &opts, uids::IMPLICIT_VR_LITTLE_ENDIAN),
+        ),
+        (
+            "deflated.dcm",
+            transcoded(&img, &opts, uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN),
+        ),
+        ("jpeg_ls.dcm", transcoded(&img, &opts, uids::JPEGLS_LOSSLESS)),
+        (
+            "jpeg_baseline.dcm",
+            transcoded(&img, &eight_bits, uids::JPEG_BASELINE8_BIT),
+        ),
+        (
+            "rle.dcm",
+            encapsulated(uids::RLE_LOSSLESS, rle_encode(&samples, W, H, true)),
+        ),
+        (
+            "jpeg_lossless.dcm",
+            encapsulated(uids::JPEG_LOSSLESS_SV1, jpeg_lossless_encode(&samples, W, H, 12)),
+        ),
+        (
+            "j2k_lossless.dcm",
+            std::fs::read(dir.join("j2k_lossless_12bit.dcm")).unwrap(),
+        ),
+    ]
+}
+
+/// Writes [`one_file_per_syntax`] to `<LLM_CXR_FUZZ_SEEDS>/dicom/`: the DICOM fuzzer's seeds.
+#[test]
+#[ignore = "a tool, not a check: scripts/fuzz.sh runs it with LLM_CXR_FUZZ_SEEDS set"]
+fn write_fuzz_seeds() {
+    let root = std::env::var_os("LLM_CXR_FUZZ_SEEDS").expect("set LLM_CXR_FUZZ_SEEDS to the corpus folder");
+    let dir = Path::new(&root).join("dicom");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes) in one_file_per_syntax() {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
 }

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Fuzzes every parser for a fixed time each: libFuzzer through cargo-fuzz, on seeds written by
+# the tests' own file builders. Any panic, abort, allocation over the limit or timeout fails the
+# run and leaves the input under target/fuzz-artifacts/<target>/.
+#
+#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET ...]     (default: 5 s, every target)
+#
+# Prints one JSON line per target ({"target", "runs", "seconds", "corpus"}) and writes them all to
+# target/fuzz-report.json. Runs on the stable toolchain: cargo-fuzz passes nightly-only flags, and
+# RUSTC_BOOTSTRAP=1 lets stable accept them (no second toolchain needs to be fetched).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=${1:-5}
+shift || true
+if [ $# -gt 0 ]; then
+    targets=("$@")
+else
+    targets=()
+    for f in fuzz/fuzz_targets/*.rs; do targets+=("$(basename "$f" .rs)"); done
+fi
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "fuzz: installing cargo-fuzz" >&2
+    cargo install cargo-fuzz --locked --version 0.13.2
+fi
+export RUSTC_BOOTSTRAP=1
+
+corpus=target/fuzz-corpus
+artifacts=target/fuzz-artifacts
+mkdir -p "$corpus" "$artifacts"
+# Seeds: small valid files of every kind, written by the tests that build such files.
+LLM_CXR_FUZZ_SEEDS="$PWD/$corpus" cargo test --release --locked -q -p llm-cxr --test fuzz_seeds \
+    -- --ignored --exact write_fuzz_seeds >/dev/null
+LLM_CXR_FUZZ_SEEDS="$PWD/$corpus" cargo test --release --locked -q -p cxr-image --test dicom_variants \
+    -- --ignored --exact write_fuzz_seeds >/dev/null
+
+(cd fuzz && cargo fuzz build -O --debug-assertions)
+
+report=target/fuzz-report.json
+: >"$report"
+for t in "${targets[@]}"; do
+    mkdir -p "$corpus/$t" "$artifacts/$t"
+    log="$artifacts/$t/run.log"
+    # 2 GiB of resident memory, 1 GiB in one allocation, 10 s for one input: each is a failure.
+    if ! (cd fuzz && cargo fuzz run -O --debug-assertions "$t" "../$corpus/$t" -- \
+        -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=10 \
+        -artifact_prefix="../$artifacts/$t/" -print_final_stats=1) >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "fuzz: $t failed; the input is under $artifacts/$t/" >&2
+        exit 1
+    fi
+    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
+    files=$(find "$corpus/$t" -type f | wc -l)
+    line="{\"target\": \"$t\", \"runs\": $runs, \"seconds\": $seconds, \"corpus\": $files}"
+    echo "$line" | tee -a "$report"
+done
