@@ -28,7 +28,10 @@ fn csv_rows_with_one_image_stem_are_refused_naming_both_lines() {
     let e = error(DatasetKind::Csv, &csv);
     assert!(e.contains("data.csv"), "{e}");
     assert!(e.contains("\"x\" appears twice"), "{e}");
-    assert!(e.contains("line 2 (a/x.png)") && e.contains("line 4 (b/x.png)"), "{e}");
+    assert!(
+        e.contains("line 2 (a/x.png)") && e.contains("line 4 (b/x.png)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -40,7 +43,10 @@ fn mimic_split_table_with_a_repeated_dicom_id_is_refused() {
     );
     let e = error(DatasetKind::Mimic, dir.path());
     assert!(e.contains("mimic-cxr-2.0.0-split.csv"), "{e}");
-    assert!(e.contains("\"d1\" appears twice: at line 2 and at line 3"), "{e}");
+    assert!(
+        e.contains("\"d1\" appears twice: at line 2 and at line 3"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -83,7 +89,10 @@ fn r2gen_entries_repeated_across_splits_are_refused() {
     let e = error(DatasetKind::OpenI, &json);
     assert!(e.contains("annotation.json"), "{e}");
     assert!(e.contains("\"CXR9_0\" appears twice"), "{e}");
-    assert!(e.contains("\"test\" entry") && e.contains("\"train\" entry"), "{e}");
+    assert!(
+        e.contains("\"test\" entry") && e.contains("\"train\" entry"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -91,5 +100,11 @@ fn unique_ids_are_still_read() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("data.csv");
     write(&csv, "image,report\na/x.png,Normal.\nb/y.png,Normal.\n");
-    assert_eq!(open_dataset(DatasetKind::Csv, &csv).unwrap().records().len(), 2);
+    assert_eq!(
+        open_dataset(DatasetKind::Csv, &csv)
+            .unwrap()
+            .records()
+            .len(),
+        2
+    );
 }

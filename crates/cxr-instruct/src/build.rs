@@ -14,7 +14,7 @@
 //! - Samples longer than `max_tokens` are dropped (the reference drops 2048+).
 //!
 //! Output: `shard-NNNNN.jsonl` (one [`Tokenized`] per line) and `manifest.json` ([`Manifest`]),
-//! each written atomically; one seed gives the same shards, byte for byte.
+//! the folder written whole and renamed into place; one seed gives the same shards, byte for byte.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -103,6 +103,9 @@ pub struct Manifest {
     pub image_vocab: Option<ImageVocab>,
     pub tasks: BTreeMap<Task, TaskStats>,
     pub shards: Vec<String>,
+    /// The VQ-GAN whose codes the samples hold, as the token folder records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vqgan: Option<cxr_vqgan::identity::VqganIdentity>,
 }
 
 impl Manifest {
@@ -341,19 +344,42 @@ pub fn tokenize_all(
     Ok(out)
 }
 
-/// Writes the shards and the manifest (each atomically); returns the shard paths.
+/// Writes the shards and the manifest; returns the shard paths. The folder is written whole
+/// into a temporary sibling, synced, and renamed into place (`cxr_data::replace_dir_atomic`), so
+/// a reader sees the old build or the new one, never shards of one with the manifest of another.
 pub fn write_shards(
     out_dir: &Path,
     samples: &[Tokenized],
     manifest: &mut Manifest,
     shard_size: usize,
 ) -> Result<Vec<PathBuf>, InstructError> {
+    let mut failed: Option<InstructError> = None;
+    cxr_data::replace_dir_atomic::<std::io::Error>(out_dir, |tmp| {
+        write_shards_into(tmp, samples, manifest, shard_size).map_err(|e| {
+            let message = e.to_string();
+            failed = Some(e);
+            std::io::Error::other(message)
+        })
+    })
+    .map_err(|e| {
+        failed.take().unwrap_or_else(|| InstructError::File {
+            path: out_dir.to_path_buf(),
+            reason: e.to_string(),
+        })
+    })?;
+    Ok(manifest.shards.iter().map(|n| out_dir.join(n)).collect())
+}
+
+fn write_shards_into(
+    out_dir: &Path,
+    samples: &[Tokenized],
+    manifest: &mut Manifest,
+    shard_size: usize,
+) -> Result<(), InstructError> {
     let io = |path: &Path, e: std::io::Error| InstructError::File {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    std::fs::create_dir_all(out_dir).map_err(|e| io(out_dir, e))?;
-    let mut paths = Vec::new();
     manifest.shards.clear();
     for (k, chunk) in samples.chunks(shard_size.max(1)).enumerate() {
         let name = format!("shard-{k:05}.jsonl");
@@ -363,14 +389,12 @@ pub fn write_shards(
             text += &serde_json::to_string(t).expect("samples serialise");
             text.push('\n');
         }
-        cxr_data::write_atomic(&path, text.as_bytes()).map_err(|e| io(&path, e))?;
+        std::fs::write(&path, text.as_bytes()).map_err(|e| io(&path, e))?;
         manifest.shards.push(name);
-        paths.push(path);
     }
     let path = out_dir.join("manifest.json");
     let json = serde_json::to_string_pretty(manifest).expect("manifest serialises");
-    cxr_data::write_atomic(&path, json.as_bytes()).map_err(|e| io(&path, e))?;
-    Ok(paths)
+    std::fs::write(&path, json.as_bytes()).map_err(|e| io(&path, e))
 }
 
 /// Reads a built folder back: the manifest and every sample, in order.

@@ -51,9 +51,19 @@ fn an_export_replaces_the_folder_whole_and_a_failed_one_leaves_it() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("folder.json") || e.contains("No such file"), "{e}");
-    assert_eq!(std::fs::read(out.join("config.json")).unwrap(), b"old config");
-    assert_eq!(names(root.path()), ["model"], "no temporaries left beside it");
+    assert!(
+        e.contains("folder.json") || e.contains("No such file"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("config.json")).unwrap(),
+        b"old config"
+    );
+    assert_eq!(
+        names(root.path()),
+        ["model"],
+        "no temporaries left beside it"
+    );
 
     cxr_lm::save_hf_with(
         &out,

@@ -61,8 +61,8 @@ impl VqganIdentity {
             }
             hasher.update(&buf[..n]);
         }
-        let json = serde_json::to_vec(config)
-            .map_err(|e| token_error(weights, format!("config: {e}")))?;
+        let json =
+            serde_json::to_vec(config).map_err(|e| token_error(weights, format!("config: {e}")))?;
         hasher.update(&json);
         Ok(VqganIdentity {
             sha256: format!("sha256:{}", hex(&hasher.finalize())),
@@ -86,9 +86,10 @@ impl VqganIdentity {
     /// Records this identity in a token folder (atomically).
     pub fn record(&self, tokens: &Path) -> Result<(), TokenFileError> {
         let path = tokens.join(IDENTITY_FILE);
-        let json = serde_json::to_string_pretty(self)
-            .map_err(|e| token_error(&path, e.to_string()))?;
-        cxr_data::write_atomic(&path, json.as_bytes()).map_err(|e| token_error(&path, e.to_string()))
+        let json =
+            serde_json::to_string_pretty(self).map_err(|e| token_error(&path, e.to_string()))?;
+        cxr_data::write_atomic(&path, json.as_bytes())
+            .map_err(|e| token_error(&path, e.to_string()))
     }
 
     /// Refuses a token folder whose codes came from another VQ-GAN than `self`, naming both;
@@ -102,6 +103,20 @@ impl VqganIdentity {
                 tokens,
                 format!(
                     "holds codes from VQ-GAN {theirs}, not from VQ-GAN {self}; codes of one VQ-GAN mean nothing to another: encode into a new folder"
+                ),
+            )),
+        }
+    }
+
+    /// Refuses a token folder unless it records this VQ-GAN: `whose` says where this identity
+    /// comes from (`--vqgan`, the model's `vqgan.json`), for the message.
+    pub fn require_folder(&self, tokens: &Path, whose: &str) -> Result<(), TokenFileError> {
+        match self.check_folder(tokens)? {
+            Some(()) => Ok(()),
+            None => Err(token_error(
+                tokens,
+                format!(
+                    "records no VQ-GAN ({IDENTITY_FILE} is missing), but {whose} is VQ-GAN {self}; encode the images with `llm-cxr vqgan encode` into a new folder"
                 ),
             )),
         }

@@ -39,7 +39,10 @@ fn distinct_ids_never_share_a_token_file() {
 fn a_token_folder_from_another_vqgan_is_refused_naming_both() {
     let dir = tempfile::tempdir().unwrap();
     let config = VqganConfig::preset("demo").unwrap();
-    let (w1, w2) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
+    let (w1, w2) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
     std::fs::write(&w1, b"weights one").unwrap();
     std::fs::write(&w2, b"weights two").unwrap();
     let one = VqganIdentity::of(&w1, &config).unwrap();
@@ -47,11 +50,17 @@ fn a_token_folder_from_another_vqgan_is_refused_naming_both() {
     assert_ne!(one.sha256, two.sha256);
     // The config is part of the identity: the same bytes read with another config differ.
     let other_config = VqganConfig::preset("demo-8x8").unwrap();
-    assert_ne!(one.sha256, VqganIdentity::of(&w1, &other_config).unwrap().sha256);
+    assert_ne!(
+        one.sha256,
+        VqganIdentity::of(&w1, &other_config).unwrap().sha256
+    );
     // And the path is not: a copy of the same weights is the same VQ-GAN.
     let copy = dir.path().join("copy.safetensors");
     std::fs::copy(&w1, &copy).unwrap();
-    assert_eq!(one.sha256, VqganIdentity::of(&copy, &config).unwrap().sha256);
+    assert_eq!(
+        one.sha256,
+        VqganIdentity::of(&copy, &config).unwrap().sha256
+    );
 
     let tokens = dir.path().join("tokens");
     std::fs::create_dir_all(&tokens).unwrap();
@@ -62,7 +71,10 @@ fn a_token_folder_from_another_vqgan_is_refused_naming_both() {
     assert_eq!(one.check_folder(&tokens).unwrap(), Some(()));
     let e = two.check_folder(&tokens).unwrap_err().to_string();
     assert!(e.contains(&one.sha256) && e.contains(&two.sha256), "{e}");
-    assert!(e.contains("a.safetensors") && e.contains("b.safetensors"), "{e}");
+    assert!(
+        e.contains("a.safetensors") && e.contains("b.safetensors"),
+        "{e}"
+    );
     assert!(e.contains("holds codes from VQ-GAN"), "{e}");
 
     std::fs::write(tokens.join(IDENTITY_FILE), b"{not json").unwrap();
