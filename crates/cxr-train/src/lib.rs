@@ -10,7 +10,10 @@
 mod simd;
 pub mod conv;
 pub mod group_norm;
+pub mod run_record;
 pub mod winograd;
+
+pub use run_record::{model_dir_fingerprint, Fingerprint, RunRecord};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
