@@ -13,7 +13,9 @@ pub mod group_norm;
 pub mod run_record;
 pub mod winograd;
 
-pub use run_record::{model_dir_fingerprint, Fingerprint, RunRecord};
+pub use run_record::{
+    file_fingerprint, files_fingerprint, model_dir_fingerprint, Fingerprint, RunRecord,
+};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -130,3 +130,27 @@ impl RunRecord {
         }
     }
 }
+
+/// The fingerprint of a list of training files by path and size, in order: cheap for hundreds of
+/// thousands of images, and it changes when an image is added, removed, renamed, reordered or
+/// rewritten with another size.
+pub fn files_fingerprint<P: AsRef<Path>>(paths: &[P]) -> String {
+    let mut f = Fingerprint::new();
+    for p in paths {
+        let p = p.as_ref();
+        f.str(&p.display().to_string());
+        match std::fs::metadata(p) {
+            Ok(m) => f.bytes(&m.len().to_le_bytes()),
+            Err(_) => f.str("missing"),
+        };
+    }
+    f.finish()
+}
+
+/// The fingerprint of one file's contents, or `none` without one.
+pub fn file_fingerprint(path: Option<&Path>) -> std::io::Result<String> {
+    match path {
+        Some(p) => Ok(Fingerprint::new().file(p)?.finish()),
+        None => Ok("none".to_string()),
+    }
+}

@@ -172,3 +172,34 @@ fn duplicate_image_ids_are_refused_by_data_build_and_encode() {
     let e = stderr(&o);
     assert!(e.contains("\"x\" appears twice"), "{e}");
 }
+
+#[test]
+fn a_second_run_on_an_output_folder_in_use_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let missing = dir.path().join("missing");
+    let (m, o) = (missing.to_str().unwrap(), out.to_str().unwrap());
+    let held = cxr_data::OutputLock::acquire(&out).unwrap();
+    for args in [
+        vec!["train", "--model", m, "--data", m, "--out", o],
+        vec!["vqgan", "train", "--data", m, "--out", o],
+        vec!["classifier", "train", "--data", m, "--out", o],
+    ] {
+        let r = llm_cxr(&args);
+        let e = stderr(&r);
+        assert!(!r.status.success(), "{args:?}: {e}");
+        assert!(
+            e.contains(&format!("{o} is in use by another llm-cxr run")),
+            "{args:?}: {e}"
+        );
+        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+    }
+    drop(held);
+    // `data build` replaces its folder whole, so its lock lies beside it.
+    let _beside = cxr_data::OutputLock::beside(&out).unwrap();
+    let r = llm_cxr(&[
+        "data", "build", "--data", m, "--tokens", m, "--model", m, "--out", o,
+    ]);
+    let e = stderr(&r);
+    assert!(e.contains("in use by another llm-cxr run"), "{e}");
+}

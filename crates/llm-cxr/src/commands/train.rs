@@ -163,6 +163,8 @@ fn stage(
     opts: &FinetuneOptions,
     args: &Args,
 ) -> anyhow::Result<()> {
+    // One run per output folder: a second one fails here, naming the first's pid.
+    let _lock = cxr_data::OutputLock::acquire(&opts.out)?;
     let final_dir = opts.out.join("model");
     // A finished stage records its step count; asked for more steps, it continues from its
     // checkpoint (the learning-rate schedule and data order depend on the step alone).
@@ -268,18 +270,16 @@ fn stage(
     if let Some(e) = write_error {
         return Err(e);
     }
-    cxr_lm::save_hf(
+    // The step count is written with the model, in the same folder swap: a stage is never
+    // recorded done over a torn model.
+    let state = serde_json::json!({"global_step": opts.steps}).to_string();
+    cxr_lm::save_hf_with(
         &final_dir,
         &net.config,
         &net.model_tensors()?,
         &tokenizer,
         image_vocab,
-    )?;
-    super::write_atomic(
-        &state_path,
-        serde_json::json!({"global_step": opts.steps})
-            .to_string()
-            .as_bytes(),
+        &[(TRAINER_STATE, state.as_bytes())],
     )?;
     println!("model written to {}", final_dir.display());
     Ok(())

@@ -258,6 +258,8 @@ fn paths(records: &[CxrRecord]) -> Vec<&Path> {
 }
 
 fn train(a: TrainArgs) -> anyhow::Result<()> {
+    // One run per output folder: a second one fails here, naming the first's pid.
+    let _lock = cxr_data::OutputLock::acquire(&a.out)?;
     let config = VqganConfig::from_name_or_file(&a.config)?;
     let mut records = Vec::new();
     for (i, path) in a.data.iter().enumerate() {
