@@ -137,6 +137,16 @@ impl Manifest {
 
 /// One JSON value per non-empty line; errors name the file and the line.
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, InstructError> {
+    Ok(read_jsonl_lines(path)?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect())
+}
+
+/// [`read_jsonl`] with each value's line number (1-based).
+fn read_jsonl_lines<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Vec<(usize, T)>, InstructError> {
     let bad = |reason: String| InstructError::File {
         path: path.to_path_buf(),
         reason,
@@ -145,8 +155,34 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>,
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| bad(format!("line {}: {e}", i + 1))))
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map(|v| (i + 1, v))
+                .map_err(|e| bad(format!("line {}: {e}", i + 1)))
+        })
         .collect()
+}
+
+/// [`read_jsonl`] of values about one image each: an image id given twice is refused, naming
+/// both lines (the second would silently replace the first).
+pub fn read_jsonl_by_image<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    image_id: impl Fn(&T) -> &str,
+) -> Result<Vec<T>, InstructError> {
+    let lines = read_jsonl_lines::<T>(path)?;
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (line, v) in &lines {
+        if let Some(first) = seen.insert(image_id(v), *line) {
+            return Err(InstructError::File {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "image id {:?} appears twice: at line {first} and at line {line}",
+                    image_id(v)
+                ),
+            });
+        }
+    }
+    Ok(lines.into_iter().map(|(_, v)| v).collect())
 }
 
 /// Structured findings of phantoms, by image id, from a dataset's `phantom-findings.jsonl`.
@@ -156,7 +192,7 @@ pub fn read_phantom_findings(path: &Path) -> Result<HashMap<String, Vec<Finding>
         dicom_id: String,
         findings: Vec<Finding>,
     }
-    Ok(read_jsonl::<Line>(path)?
+    Ok(read_jsonl_by_image::<Line>(path, |l| &l.dicom_id)?
         .into_iter()
         .map(|l| (l.dicom_id, l.findings))
         .collect())

@@ -173,7 +173,10 @@ fn read_vqa_file(path: &std::path::Path) -> anyhow::Result<Vec<cxr_instruct::llm
     if !path.exists() {
         return Ok(Vec::new());
     }
-    Ok(cxr_instruct::build::read_jsonl(path)?)
+    Ok(cxr_instruct::build::read_jsonl_by_image(
+        path,
+        |r: &cxr_instruct::llm_vqa::ReportVqa| &r.image_id,
+    )?)
 }
 
 fn write_vqa(a: VqaArgs) -> anyhow::Result<()> {
