@@ -273,13 +273,24 @@ fn stage(
     // The step count is written with the model, in the same folder swap: a stage is never
     // recorded done over a torn model.
     let state = serde_json::json!({"global_step": opts.steps}).to_string();
+    let mut extra: Vec<(&str, &[u8])> = vec![(TRAINER_STATE, state.as_bytes())];
+    // The VQ-GAN the base model was made for (`lm init --vqgan`) stays recorded beside it.
+    let identity_path = model.join(cxr_vqgan::identity::IDENTITY_FILE);
+    let identity = match std::fs::read(&identity_path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", identity_path.display())),
+    };
+    if let Some(bytes) = &identity {
+        extra.push((cxr_vqgan::identity::IDENTITY_FILE, bytes));
+    }
     cxr_lm::save_hf_with(
         &final_dir,
         &net.config,
         &net.model_tensors()?,
         &tokenizer,
         image_vocab,
-        &[(TRAINER_STATE, state.as_bytes())],
+        &extra,
     )?;
     println!("model written to {}", final_dir.display());
     Ok(())
