@@ -17,7 +17,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use cxr_train::{batch_indices, load_checkpoint, save_checkpoint, AdamW, AdamWConfig, TrainError};
+use cxr_train::{
+    batch_indices, load_checkpoint, save_checkpoint, AdamW, AdamWConfig, Fingerprint, RunRecord,
+    TrainError,
+};
 
 use crate::{txv_input, DenseNet, DenseNetConfig};
 
@@ -165,6 +168,42 @@ fn load_batch(
     Ok((x, rows(&|e| e.targets)?, rows(&|e| e.mask)?))
 }
 
+/// What a run is made of, checked on resume: the examples (each image's path and size, its
+/// targets and mask, in order), the initial weights, the config and the hyperparameters. The
+/// total step count may change (a run is extended), as may the checkpoint cadence.
+fn run_record(
+    config: &DenseNetConfig,
+    examples: &[Example],
+    opts: &TrainOptions,
+) -> Result<RunRecord, ClassifierTrainError> {
+    let mut data = Fingerprint::new();
+    data.str(&cxr_train::files_fingerprint(
+        &examples.iter().map(|e| &e.image).collect::<Vec<_>>(),
+    ));
+    for e in examples {
+        for v in e.targets.iter().chain(&e.mask) {
+            data.bytes(&v.to_le_bytes());
+        }
+    }
+    let init = cxr_train::file_fingerprint(opts.init.as_deref()).map_err(|e| {
+        ClassifierTrainError::Checkpoint {
+            path: opts.init.clone().unwrap_or_default(),
+            message: e.to_string(),
+        }
+    })?;
+    Ok(RunRecord::new()
+        .with("training data", data.finish())
+        .with("initial weights", init)
+        .with(
+            "config",
+            serde_json::to_string(config).expect("config serialises"),
+        )
+        .with("learning rate", format!("{:e}", opts.lr))
+        .with("batch", opts.batch)
+        .with("input size", opts.size)
+        .with("seed", opts.seed))
+}
+
 /// Trains (or resumes) and returns the model; `on_step` sees every step.
 pub fn train(
     config: &DenseNetConfig,
@@ -207,6 +246,7 @@ pub fn train(
         },
     )?;
     let ck_path = opts.out.join(CHECKPOINT);
+    let record = run_record(config, examples, opts)?;
     let mut step = 0;
     if ck_path.is_file() {
         let (tensors, meta) = load_checkpoint(&ck_path, &device)?;
@@ -224,6 +264,7 @@ pub fn train(
                 meta.get("seed")
             )));
         }
+        record.compare(&meta).map_err(bad)?;
         for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
             let t = tensors
                 .get(name)
@@ -241,7 +282,7 @@ pub fn train(
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
             .collect();
         tensors.extend(opt.state());
-        let meta = BTreeMap::from([
+        let mut meta = BTreeMap::from([
             ("step".to_string(), step.to_string()),
             ("seed".to_string(), opts.seed.to_string()),
             (
@@ -249,6 +290,7 @@ pub fn train(
                 serde_json::to_string(config).expect("config serialises"),
             ),
         ]);
+        record.write_to(&mut meta);
         Ok(save_checkpoint(&ck_path, &tensors, &meta)?)
     };
     while step < opts.steps {

@@ -4,24 +4,11 @@
 
 pub mod datasets;
 pub mod labels;
+pub mod output;
 pub mod report;
 
 pub use datasets::{open_dataset, CxrDataset, CxrRecord, DataError, DatasetKind, Split};
 pub use labels::{ChexpertLabels, Label, Observation};
 pub use report::ReportSections;
 
-use std::io::Write;
-use std::path::Path;
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, then renamed
-/// over the target, so a reader (or a resumed run) never sees a half-written file. The one file
-/// writer of llm-cxr.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
+pub use output::{replace_dir_atomic, write_atomic, LockError, OutputLock};

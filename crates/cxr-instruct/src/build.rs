@@ -14,7 +14,7 @@
 //! - Samples longer than `max_tokens` are dropped (the reference drops 2048+).
 //!
 //! Output: `shard-NNNNN.jsonl` (one [`Tokenized`] per line) and `manifest.json` ([`Manifest`]),
-//! each written atomically; one seed gives the same shards, byte for byte.
+//! the folder written whole and renamed into place; one seed gives the same shards, byte for byte.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -103,6 +103,9 @@ pub struct Manifest {
     pub image_vocab: Option<ImageVocab>,
     pub tasks: BTreeMap<Task, TaskStats>,
     pub shards: Vec<String>,
+    /// The VQ-GAN whose codes the samples hold, as the token folder records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vqgan: Option<cxr_vqgan::identity::VqganIdentity>,
 }
 
 impl Manifest {
@@ -134,6 +137,16 @@ impl Manifest {
 
 /// One JSON value per non-empty line; errors name the file and the line.
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, InstructError> {
+    Ok(read_jsonl_lines(path)?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect())
+}
+
+/// [`read_jsonl`] with each value's line number (1-based).
+fn read_jsonl_lines<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Vec<(usize, T)>, InstructError> {
     let bad = |reason: String| InstructError::File {
         path: path.to_path_buf(),
         reason,
@@ -142,8 +155,34 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>,
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| bad(format!("line {}: {e}", i + 1))))
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map(|v| (i + 1, v))
+                .map_err(|e| bad(format!("line {}: {e}", i + 1)))
+        })
         .collect()
+}
+
+/// [`read_jsonl`] of values about one image each: an image id given twice is refused, naming
+/// both lines (the second would silently replace the first).
+pub fn read_jsonl_by_image<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    image_id: impl Fn(&T) -> &str,
+) -> Result<Vec<T>, InstructError> {
+    let lines = read_jsonl_lines::<T>(path)?;
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (line, v) in &lines {
+        if let Some(first) = seen.insert(image_id(v), *line) {
+            return Err(InstructError::File {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "image id {:?} appears twice: at line {first} and at line {line}",
+                    image_id(v)
+                ),
+            });
+        }
+    }
+    Ok(lines.into_iter().map(|(_, v)| v).collect())
 }
 
 /// Structured findings of phantoms, by image id, from a dataset's `phantom-findings.jsonl`.
@@ -153,7 +192,7 @@ pub fn read_phantom_findings(path: &Path) -> Result<HashMap<String, Vec<Finding>
         dicom_id: String,
         findings: Vec<Finding>,
     }
-    Ok(read_jsonl::<Line>(path)?
+    Ok(read_jsonl_by_image::<Line>(path, |l| &l.dicom_id)?
         .into_iter()
         .map(|l| (l.dicom_id, l.findings))
         .collect())
@@ -341,19 +380,42 @@ pub fn tokenize_all(
     Ok(out)
 }
 
-/// Writes the shards and the manifest (each atomically); returns the shard paths.
+/// Writes the shards and the manifest; returns the shard paths. The folder is written whole
+/// into a temporary sibling, synced, and renamed into place (`cxr_data::replace_dir_atomic`), so
+/// a reader sees the old build or the new one, never shards of one with the manifest of another.
 pub fn write_shards(
     out_dir: &Path,
     samples: &[Tokenized],
     manifest: &mut Manifest,
     shard_size: usize,
 ) -> Result<Vec<PathBuf>, InstructError> {
+    let mut failed: Option<InstructError> = None;
+    cxr_data::replace_dir_atomic::<std::io::Error>(out_dir, |tmp| {
+        write_shards_into(tmp, samples, manifest, shard_size).map_err(|e| {
+            let message = e.to_string();
+            failed = Some(e);
+            std::io::Error::other(message)
+        })
+    })
+    .map_err(|e| {
+        failed.take().unwrap_or_else(|| InstructError::File {
+            path: out_dir.to_path_buf(),
+            reason: e.to_string(),
+        })
+    })?;
+    Ok(manifest.shards.iter().map(|n| out_dir.join(n)).collect())
+}
+
+fn write_shards_into(
+    out_dir: &Path,
+    samples: &[Tokenized],
+    manifest: &mut Manifest,
+    shard_size: usize,
+) -> Result<(), InstructError> {
     let io = |path: &Path, e: std::io::Error| InstructError::File {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    std::fs::create_dir_all(out_dir).map_err(|e| io(out_dir, e))?;
-    let mut paths = Vec::new();
     manifest.shards.clear();
     for (k, chunk) in samples.chunks(shard_size.max(1)).enumerate() {
         let name = format!("shard-{k:05}.jsonl");
@@ -363,14 +425,12 @@ pub fn write_shards(
             text += &serde_json::to_string(t).expect("samples serialise");
             text.push('\n');
         }
-        cxr_data::write_atomic(&path, text.as_bytes()).map_err(|e| io(&path, e))?;
+        std::fs::write(&path, text.as_bytes()).map_err(|e| io(&path, e))?;
         manifest.shards.push(name);
-        paths.push(path);
     }
     let path = out_dir.join("manifest.json");
     let json = serde_json::to_string_pretty(manifest).expect("manifest serialises");
-    cxr_data::write_atomic(&path, json.as_bytes()).map_err(|e| io(&path, e))?;
-    Ok(paths)
+    std::fs::write(&path, json.as_bytes()).map_err(|e| io(&path, e))
 }
 
 /// Reads a built folder back: the manifest and every sample, in order.

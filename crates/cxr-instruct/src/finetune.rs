@@ -220,13 +220,18 @@ pub struct Trainable {
     pub vars: Vec<(String, candle_core::Var)>,
     /// With LoRA: the base model directory (whose weights stay frozen) and the adapters' config.
     pub lora: Option<(PathBuf, cxr_lm::LoraConfig)>,
+    /// The base model's fingerprint (`cxr_train::model_dir_fingerprint`), which a resumed
+    /// checkpoint must share.
+    pub base: String,
 }
 
 impl Trainable {
     /// Every weight trained.
     pub fn load(dir: &Path) -> Result<Self, FinetuneError> {
         let (model, config, weights) = CausalLm::load_hf(dir, WeightMode::Train, &Device::Cpu)?;
-        Ok(Self::assemble(model, config, &weights, None))
+        let mut net = Self::assemble(model, config, &weights, None);
+        net.base = base_fingerprint(dir)?;
+        Ok(net)
     }
 
     /// LoRA: the base weights frozen (float inference layout), adapters on `lora.targets`.
@@ -241,7 +246,8 @@ impl Trainable {
         let weights = cxr_lm::Weights::read_hf(dir, WeightMode::Inference, &Device::Cpu)?
             .with_lora(lora.clone())?;
         let model = CausalLm::new(&config, &weights)?;
-        let net = Self::assemble(model, config, &weights, Some((dir.to_path_buf(), lora)));
+        let mut net = Self::assemble(model, config, &weights, Some((dir.to_path_buf(), lora)));
+        net.base = base_fingerprint(dir)?;
         if net.vars.is_empty() {
             return Err(FinetuneError::Data(format!(
                 "no linear layer of {} is named {:?}",
@@ -259,7 +265,13 @@ impl Trainable {
     ) -> Result<Self, FinetuneError> {
         let weights = cxr_lm::Weights::new(tensors, "tensors", WeightMode::Train, &Device::Cpu);
         let model = CausalLm::new(config, &weights)?;
-        Ok(Self::assemble(model, config.clone(), &weights, None))
+        let mut net = Self::assemble(model, config.clone(), &weights, None);
+        let mut f = cxr_train::Fingerprint::new();
+        for (name, var) in &net.vars {
+            f.str(&format!("{name} {:?}", var.dims()));
+        }
+        net.base = format!("tensors {}", f.finish());
+        Ok(net)
     }
 
     fn assemble(
@@ -275,6 +287,7 @@ impl Trainable {
             config,
             vars,
             lora,
+            base: String::new(),
         }
     }
 
@@ -315,6 +328,13 @@ impl Trainable {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
+}
+
+fn base_fingerprint(dir: &Path) -> Result<String, FinetuneError> {
+    cxr_train::model_dir_fingerprint(dir).map_err(|e| FinetuneError::Checkpoint {
+        path: dir.to_path_buf(),
+        reason: format!("cannot fingerprint the base model: {e}"),
+    })
 }
 
 /// Refuses a sample this model cannot train on, naming it.
@@ -374,9 +394,10 @@ pub fn finetune(
         }
     }
     let ck = opts.out.join(CHECKPOINT);
+    let record = crate::run_identity::run_record(&net, train, opts);
     let mut step = 0u64;
     if ck.is_file() {
-        step = resume(&ck, &net, &mut opt, opts)?;
+        step = resume(&ck, &net, &mut opt, opts, &record)?;
         tracing::info!("resumed from {} at step {step}", ck.display());
     }
     let per_step = opts.micro_batch.max(1) * opts.grad_accum.max(1);
@@ -434,7 +455,7 @@ pub fn finetune(
             None
         };
         if step.is_multiple_of(opts.checkpoint_every.max(1)) || step == opts.steps {
-            save(&ck, &net, &opt, step, opts)?;
+            save(&ck, &net, &opt, step, opts, &record)?;
         }
         on_step(&StepReport {
             step,
@@ -455,10 +476,11 @@ fn save(
     opt: &AdamW,
     step: u64,
     opts: &FinetuneOptions,
+    record: &cxr_train::RunRecord,
 ) -> Result<(), FinetuneError> {
     let mut tensors = net.tensors();
     tensors.extend(opt.state());
-    let meta = BTreeMap::from([
+    let mut meta = BTreeMap::from([
         ("step".to_string(), step.to_string()),
         ("seed".to_string(), opts.seed.to_string()),
         (
@@ -467,6 +489,7 @@ fn save(
         ),
         ("objective".to_string(), objective(opts)),
     ]);
+    record.write_to(&mut meta);
     Ok(save_checkpoint(path, &tensors, &meta)?)
 }
 
@@ -488,6 +511,7 @@ fn resume(
     net: &Trainable,
     opt: &mut AdamW,
     opts: &FinetuneOptions,
+    record: &cxr_train::RunRecord,
 ) -> Result<u64, FinetuneError> {
     let bad = |reason: String| FinetuneError::Checkpoint {
         path: path.to_path_buf(),
@@ -496,6 +520,7 @@ fn resume(
     let (tensors, meta) = load_checkpoint(path, &Device::Cpu)?;
     let get = |key: &str| meta.get(key).and_then(|v| v.parse::<u64>().ok());
     let step = get("step").ok_or_else(|| bad("no step in its metadata".into()))?;
+    record.compare(&meta).map_err(bad)?;
     let per_step = (opts.micro_batch.max(1) * opts.grad_accum.max(1)) as u64;
     // Checkpoints from before the objective was recorded trained the full softmax at one rate.
     let theirs = meta

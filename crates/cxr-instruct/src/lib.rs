@@ -6,6 +6,7 @@
 pub mod build;
 pub mod finetune;
 pub mod llm_vqa;
+pub mod run_identity;
 pub mod synth_vqa;
 pub mod template;
 pub mod text;

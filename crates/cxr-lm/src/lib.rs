@@ -120,7 +120,9 @@ pub fn load_tokenizer(dir: &Path) -> Result<(TextTokenizer, Option<ImageVocab>),
 
 /// Writes a model as an HF directory that transformers loads: `config.json` (with the image
 /// vocabulary under [`IMAGE_VOCAB_KEY`]), `model.safetensors` under the HF names, `tokenizer.json`
-/// and `tokenizer_config.json`. Each file is written to a temporary name and renamed.
+/// and `tokenizer_config.json`. The folder is written whole into a temporary sibling, every file
+/// synced, and renamed into place ([`cxr_data::replace_dir_atomic`]): a crash leaves the old
+/// folder or the new one, never a torn model, and whatever else the old folder held is gone.
 pub fn save_hf(
     dir: &Path,
     config: &LmConfig,
@@ -128,34 +130,68 @@ pub fn save_hf(
     tokenizer: &TextTokenizer,
     image_vocab: Option<ImageVocab>,
 ) -> Result<(), LmError> {
+    save_hf_with(dir, config, tensors, tokenizer, image_vocab, &[])
+}
+
+/// [`save_hf`], with extra files (name, bytes) written into the same folder in the same step.
+pub fn save_hf_with(
+    dir: &Path,
+    config: &LmConfig,
+    tensors: &[(String, candle_core::Tensor)],
+    tokenizer: &TextTokenizer,
+    image_vocab: Option<ImageVocab>,
+    extra: &[(&str, &[u8])],
+) -> Result<(), LmError> {
+    let mut failed: Option<LmError> = None;
+    cxr_data::replace_dir_atomic::<std::io::Error>(dir, |tmp| {
+        write_hf(tmp, config, tensors, tokenizer, image_vocab, extra).map_err(|e| {
+            let message = e.to_string();
+            failed = Some(e);
+            std::io::Error::other(message)
+        })
+    })
+    .map_err(|e| {
+        failed.take().unwrap_or_else(|| LmError::Io {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })
+    })
+}
+
+fn write_hf(
+    dir: &Path,
+    config: &LmConfig,
+    tensors: &[(String, candle_core::Tensor)],
+    tokenizer: &TextTokenizer,
+    image_vocab: Option<ImageVocab>,
+    extra: &[(&str, &[u8])],
+) -> Result<(), LmError> {
     let io = |e: String| LmError::Io {
         path: dir.to_path_buf(),
         reason: e,
     };
-    std::fs::create_dir_all(dir).map_err(|e| io(e.to_string()))?;
     let mut json = config.to_hf_json();
     if let Some(v) = image_vocab {
         json[IMAGE_VOCAB_KEY] = serde_json::to_value(v).map_err(|e| io(e.to_string()))?;
     }
-    let tmp = dir.join(".config.json.tmp");
     std::fs::write(
-        &tmp,
+        dir.join("config.json"),
         serde_json::to_string_pretty(&json).map_err(|e| io(e.to_string()))?,
     )
-    .and_then(|_| std::fs::rename(&tmp, dir.join("config.json")))
     .map_err(|e| io(e.to_string()))?;
     let map: std::collections::HashMap<String, candle_core::Tensor> =
         tensors.iter().cloned().collect();
-    let tmp = dir.join(".model.safetensors.tmp");
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("format".to_string(), "pt".to_string());
     let views: Vec<(String, candle_core::Tensor)> = map.into_iter().collect();
     safetensors::serialize_to_file(
         views.iter().map(|(k, v)| (k.as_str(), v)),
         Some(metadata),
-        &tmp,
+        &dir.join("model.safetensors"),
     )
     .map_err(|e| io(e.to_string()))?;
-    std::fs::rename(&tmp, dir.join("model.safetensors")).map_err(|e| io(e.to_string()))?;
+    for (name, bytes) in extra {
+        std::fs::write(dir.join(name), bytes).map_err(|e| io(e.to_string()))?;
+    }
     tokenizer.save(dir)
 }

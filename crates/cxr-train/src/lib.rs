@@ -10,7 +10,12 @@
 mod simd;
 pub mod conv;
 pub mod group_norm;
+pub mod run_record;
 pub mod winograd;
+
+pub use run_record::{
+    file_fingerprint, files_fingerprint, model_dir_fingerprint, Fingerprint, RunRecord,
+};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -6,12 +6,14 @@
 //!   more downsampling, 8 x 8 codes).
 //! - [`VqModel`] loads taming checkpoints (`.ckpt` with a `state_dict`, `loss.*` ignored) and
 //!   safetensors with the tensor names unchanged.
-//! - [`tokens`]: the one token-file format (`.npy`, row-major grid).
+//! - [`tokens`]: the one token-file format (`.npy`, row-major grid); [`identity`]: which
+//!   VQ-GAN made a folder of them.
 //! - [`train`]: L1 + clinical-information loss + codebook/commitment + PatchGAN (taming's loss
 //!   without LPIPS), resumable.
 //! - [`metrics`]: PSNR, SSIM, codebook usage and perplexity.
 
 pub mod discriminator;
+pub mod identity;
 pub mod metrics;
 mod model;
 pub mod tokens;

@@ -15,19 +15,33 @@ pub struct TokenFileError {
     pub message: String,
 }
 
-/// The token file name of an image: `<image_id>.npy`, characters other than ASCII letters,
-/// digits, `-`, `_` and `.` replaced by `_`.
+/// The token file name of an image: `<image_id>.npy` when the id is made of ASCII letters,
+/// digits, `-`, `_` and `.` only (the names token files have always had). Any other byte of the
+/// id is written `%XX` (its hex value), and so is `%` itself, so the mapping is one-to-one: two
+/// ids never share a token file (replacing them with `_` made `a/b` and `a_b` one file), and an
+/// escaped name, holding a `%`, is never a plain one. An escaped name too long for a file system
+/// (over 200 bytes) is cut and ends with a hash of the whole id.
 pub fn file_name(image_id: &str) -> String {
-    let safe: String = image_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    const LONGEST: usize = 200;
+    let mut safe = String::with_capacity(image_id.len());
+    for b in image_id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+            safe.push(b as char);
+        } else {
+            safe.push_str(&format!("%{b:02X}"));
+        }
+    }
+    // "", "." and ".." are not file names of their own (".npy" would hide the file).
+    if safe.is_empty() || safe.bytes().all(|b| b == b'.') {
+        safe = safe.replace('.', "%2E") + "%";
+    }
+    if safe.len() > LONGEST {
+        let digest = crate::identity::sha256_hex(image_id.as_bytes());
+        // Cut on a char boundary (all ASCII here) and mark the cut with `%~`, which escaping
+        // never makes.
+        safe.truncate(LONGEST - 19);
+        safe = format!("{safe}%~{}", &digest[..16]);
+    }
     format!("{safe}.npy")
 }
 

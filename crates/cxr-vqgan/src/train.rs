@@ -29,7 +29,9 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use cxr_classifier::DenseNet;
-use cxr_train::{batch_indices, load_checkpoint, save_checkpoint, AdamW, AdamWConfig, TrainError};
+use cxr_train::{
+    batch_indices, load_checkpoint, save_checkpoint, AdamW, AdamWConfig, RunRecord, TrainError,
+};
 
 use crate::discriminator::{hinge_d_loss, Discriminator};
 use crate::{vqgan_input, VqModel, VqganConfig};
@@ -260,6 +262,12 @@ pub struct Trainer<'a> {
     pub step: u64,
     opts: TrainOptions,
     device: Device,
+    /// What the run is made of (hyperparameters, initial weights), checked on resume.
+    record: RunRecord,
+    /// The training images' fingerprint, taken at the first step.
+    data: Option<String>,
+    /// The checkpoint resumed from and its metadata, for the data check at the first step.
+    resumed: Option<(PathBuf, BTreeMap<String, String>)>,
 }
 
 fn named_vars(varmap: &VarMap, disc: bool) -> Vec<(String, Var)> {
@@ -310,6 +318,28 @@ impl<'a> Trainer<'a> {
         };
         let gen = named_vars(&varmap, false);
         let dis = named_vars(&varmap, true);
+        let init_fingerprint = cxr_train::file_fingerprint(opts.init.as_deref()).map_err(|e| {
+            VqganTrainError::Checkpoint {
+                path: opts.init.clone().unwrap_or_default(),
+                message: e.to_string(),
+            }
+        })?;
+        let record = RunRecord::new()
+            .with("initial weights", init_fingerprint)
+            .with("learning rate", format!("{:e}", opts.lr))
+            .with("batch", opts.batch)
+            .with("gradient accumulation", opts.grad_accum.max(1))
+            .with("seed", opts.seed)
+            .with(
+                "clinical-information loss",
+                if classifier.is_some() { "on" } else { "off" },
+            )
+            .with("clinical-information weight", opts.cip_weight)
+            .with("clinical-information start", opts.cip_start)
+            .with("codebook weight", opts.codebook_weight)
+            .with("discriminator start", opts.disc_start)
+            .with("discriminator weight", opts.disc_weight)
+            .with("code restarts every", opts.restart_every);
         let mut trainer = Self {
             config: config.clone(),
             gen_vars: gen.iter().map(|(_, v)| v.clone()).collect(),
@@ -324,6 +354,9 @@ impl<'a> Trainer<'a> {
             step: 0,
             opts: opts.clone(),
             device,
+            record,
+            data: None,
+            resumed: None,
         };
         let ck = opts.out.join(CHECKPOINT);
         if ck.is_file() {
@@ -351,6 +384,7 @@ impl<'a> Trainer<'a> {
                 "was written for another config ({saved:?}); use a new output folder"
             )));
         }
+        self.record.compare(&meta).map_err(bad)?;
         if meta.get("seed").and_then(|s| s.parse::<u64>().ok()) != Some(self.opts.seed) {
             return Err(bad(
                 "was written with another seed; use a new output folder".into(),
@@ -381,6 +415,27 @@ impl<'a> Trainer<'a> {
             .map(|u| u as u32)
             .collect();
         self.step = step;
+        self.resumed = Some((path.to_path_buf(), meta));
+        Ok(())
+    }
+
+    /// On the first step: the training images' fingerprint, refused when a resumed
+    /// checkpoint was trained on others.
+    fn check_data(&mut self, paths: &[PathBuf]) -> Result<(), VqganTrainError> {
+        if self.data.is_some() {
+            return Ok(());
+        }
+        let data = cxr_train::files_fingerprint(paths);
+        if let Some((path, meta)) = &self.resumed {
+            RunRecord::new()
+                .with("training images", &data)
+                .compare(meta)
+                .map_err(|message| VqganTrainError::Checkpoint {
+                    path: path.clone(),
+                    message,
+                })?;
+        }
+        self.data = Some(data);
         Ok(())
     }
 
@@ -413,7 +468,7 @@ impl<'a> Trainer<'a> {
             "train.code_usage".into(),
             Tensor::from_vec(usage, self.config.n_embed, &self.device)?,
         ));
-        let meta = BTreeMap::from([
+        let mut meta = BTreeMap::from([
             ("step".to_string(), self.step.to_string()),
             ("seed".to_string(), self.opts.seed.to_string()),
             ("config".to_string(), config),
@@ -426,6 +481,12 @@ impl<'a> Trainer<'a> {
                 self.opt_d.steps().to_string(),
             ),
         ]);
+        self.record.write_to(&mut meta);
+        if let Some(data) = &self.data {
+            RunRecord::new()
+                .with("training images", data)
+                .write_to(&mut meta);
+        }
         Ok(save_checkpoint(
             &self.opts.out.join(CHECKPOINT),
             &tensors,
@@ -435,6 +496,7 @@ impl<'a> Trainer<'a> {
 
     /// One update (all micro-batches); the images are indices into `paths`.
     pub fn step(&mut self, paths: &[PathBuf]) -> Result<StepReport, VqganTrainError> {
+        self.check_data(paths)?;
         let started = std::time::Instant::now();
         let o = self.opts.clone();
         let accum = o.grad_accum.max(1);

@@ -22,6 +22,7 @@ impl CsvDataset {
         let c_subject = optional_column(&header, &["subject_id", "patient_id"]);
         let c_study = optional_column(&header, &["study_id"]);
         let mut records = Vec::with_capacity(rows.len());
+        let mut ids = super::unique_ids::UniqueIds::new();
         for (line, r) in rows {
             let cell = |c: Option<usize>| {
                 c.and_then(|i| r.get(i))
@@ -42,10 +43,12 @@ impl CsvDataset {
                 })?),
                 None => None,
             };
+            let image_id = Path::new(&image)
+                .file_stem()
+                .map_or(image.clone(), |s| s.to_string_lossy().into_owned());
+            ids.insert(path, &image_id, || format!("line {line} ({image})"))?;
             records.push(CxrRecord {
-                image_id: Path::new(&image)
-                    .file_stem()
-                    .map_or(image.clone(), |s| s.to_string_lossy().into_owned()),
+                image_id,
                 image_path: base.join(&image),
                 subject_id: cell(c_subject),
                 study_id: cell(c_study),

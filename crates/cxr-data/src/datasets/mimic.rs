@@ -79,6 +79,7 @@ impl MimicCxrJpg {
         ];
         let mut reports: HashMap<String, Option<String>> = HashMap::new();
         let mut records = Vec::with_capacity(rows.len());
+        let mut ids = super::unique_ids::UniqueIds::new();
         for (line, r) in rows {
             let get = |i: usize| r.get(i).unwrap_or("").trim().to_string();
             let (dicom_id, study_id, subject_id) = (get(c_dicom), get(c_study), get(c_subject));
@@ -87,6 +88,7 @@ impl MimicCxrJpg {
                 line,
                 message: format!("unknown split {:?}", get(c_split)),
             })?;
+            ids.insert(&split_path, &dicom_id, || format!("line {line}"))?;
             let dir = study_dir(root, &subject_id, &study_id);
             let report = match reports.get(&study_id) {
                 Some(r) => r.clone(),

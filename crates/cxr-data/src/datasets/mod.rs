@@ -6,6 +6,7 @@ mod csv_table;
 mod folder;
 pub mod mimic;
 mod openi;
+pub mod unique_ids;
 
 use std::path::{Path, PathBuf};
 
@@ -128,13 +129,16 @@ impl DataError {
 }
 
 /// Opens a dataset of the given layout at `path` (a folder, or a file for CSV / R2Gen JSON).
+/// Two records with one image id are refused, naming both.
 pub fn open_dataset(kind: DatasetKind, path: &Path) -> Result<Box<dyn CxrDataset>, DataError> {
-    Ok(match kind {
+    let dataset: Box<dyn CxrDataset> = match kind {
         DatasetKind::Mimic => Box::new(MimicCxrJpg::open(path)?),
         DatasetKind::OpenI => Box::new(OpenI::open(path)?),
         DatasetKind::Csv => Box::new(CsvDataset::open(path)?),
         DatasetKind::Folder => Box::new(folder::ImageFolder::open(path)?),
-    })
+    };
+    unique_ids::check_records(path, dataset.records())?;
+    Ok(dataset)
 }
 
 /// Reads a whole CSV (plain or gzip) into header + rows, naming the file on failure.

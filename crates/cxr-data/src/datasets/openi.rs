@@ -52,6 +52,7 @@ fn read_r2gen(path: &Path) -> Result<Vec<CxrRecord>, DataError> {
         })
     };
     let mut records = Vec::new();
+    let mut ids = super::unique_ids::UniqueIds::new();
     for (split_name, entries) in splits {
         for e in entries {
             let split = Split::parse(e.split.as_deref().unwrap_or(&split_name));
@@ -61,8 +62,12 @@ fn read_r2gen(path: &Path) -> Result<Vec<CxrRecord>, DataError> {
             };
             let (study, subject) = (id_string(e.study_id), id_string(e.subject_id));
             for (k, rel) in e.image_path.iter().enumerate() {
+                let image_id = format!("{}_{k}", e.id);
+                ids.insert(path, &image_id, || {
+                    format!("{split_name:?} entry {:?}, image {rel}", e.id)
+                })?;
                 records.push(CxrRecord {
-                    image_id: format!("{}_{k}", e.id),
+                    image_id,
                     image_path: base.join(rel),
                     subject_id: subject.clone(),
                     study_id: study.clone().or_else(|| Some(e.id.clone())),
@@ -103,6 +108,7 @@ fn read_xml_folder(root: &Path) -> Result<Vec<CxrRecord>, DataError> {
         ));
     }
     let mut records = Vec::new();
+    let mut ids = super::unique_ids::UniqueIds::new();
     for xml_path in xml_files {
         let text = std::fs::read_to_string(&xml_path).map_err(|e| DataError::io(&xml_path, e))?;
         let doc = roxmltree::Document::parse(&text)
@@ -126,6 +132,7 @@ fn read_xml_folder(root: &Path) -> Result<Vec<CxrRecord>, DataError> {
             let Some(id) = image.attribute("id") else {
                 continue;
             };
+            ids.insert(root, id, || xml_path.display().to_string())?;
             let image_path = ["png", "jpg", "jpeg", "dcm"]
                 .iter()
                 .map(|ext| image_dir.join(format!("{id}.{ext}")))

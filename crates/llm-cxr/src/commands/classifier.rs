@@ -49,6 +49,8 @@ pub struct TrainArgs {
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     let Command::Train(args) = cmd;
+    // One run per output folder: a second one fails here, naming the first's pid.
+    let _lock = cxr_data::OutputLock::acquire(&args.out)?;
     let ds = open_dataset(args.kind.into(), &args.data)?;
     let records = ds.records();
     let train_records: Vec<_> = records

@@ -83,9 +83,17 @@ pub struct BuildArgs {
     #[arg(long)]
     pub tokens: PathBuf,
     /// The model directory whose tokenizer and image vocabulary the samples use (made by
-    /// `llm-cxr lm init`).
+    /// `llm-cxr lm init`). When it records a VQ-GAN (`lm init --vqgan`), token files of any
+    /// other are refused.
     #[arg(long)]
     pub model: PathBuf,
+    /// The VQ-GAN the token files must come from (weights); the token folder's `vqgan.json`
+    /// must name it, or the build is refused.
+    #[arg(long)]
+    pub vqgan: Option<PathBuf>,
+    /// The config of --vqgan (a preset or a JSON file); default: the one stored in its weights.
+    #[arg(long, requires = "vqgan")]
+    pub vqgan_config: Option<String>,
     #[arg(long, value_enum, default_value = "1")]
     pub stage: StageArg,
     /// Train every image in both directions (CXR -> report and report -> CXR); by default, as
@@ -165,7 +173,10 @@ fn read_vqa_file(path: &std::path::Path) -> anyhow::Result<Vec<cxr_instruct::llm
     if !path.exists() {
         return Ok(Vec::new());
     }
-    Ok(cxr_instruct::build::read_jsonl(path)?)
+    Ok(cxr_instruct::build::read_jsonl_by_image(
+        path,
+        |r: &cxr_instruct::llm_vqa::ReportVqa| &r.image_id,
+    )?)
 }
 
 fn write_vqa(a: VqaArgs) -> anyhow::Result<()> {
@@ -248,7 +259,9 @@ fn build_data(a: BuildArgs) -> anyhow::Result<()> {
         "--text-fraction must be in [0, 1), got {}",
         a.text_fraction
     );
+    let _lock = cxr_data::OutputLock::beside(&a.out)?;
     let records = split_records(&a.data, a.kind, a.split)?;
+    let vqgan = check_token_origin(&a)?;
     let (tokenizer, image_vocab) = cxr_lm::load_tokenizer(&a.model)?;
     let image_vocab = image_vocab.with_context(|| {
         format!(
@@ -312,6 +325,7 @@ fn build_data(a: BuildArgs) -> anyhow::Result<()> {
         shard_size: a.shard_size,
     };
     let (samples, mut manifest) = build::samples(&inputs, &opts)?;
+    manifest.vqgan = vqgan;
     let bar = super::progress(samples.len() as u64, "tokenize");
     let mut tokenized = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(256) {
@@ -328,4 +342,23 @@ fn build_data(a: BuildArgs) -> anyhow::Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+/// The VQ-GAN the token folder records, after refusing it when it is not the one given with
+/// `--vqgan` or recorded in the model directory (by `lm init --vqgan`).
+fn check_token_origin(a: &BuildArgs) -> anyhow::Result<Option<cxr_vqgan::identity::VqganIdentity>> {
+    use cxr_vqgan::identity::{VqganIdentity, IDENTITY_FILE};
+    if let Some(path) = &a.vqgan {
+        let given = super::vqgan::VqganArgs {
+            vqgan: path.clone(),
+            config: a.vqgan_config.clone(),
+        }
+        .identity()?;
+        given.require_folder(&a.tokens, "--vqgan")?;
+    }
+    if let Some(recorded) = VqganIdentity::recorded(&a.model)? {
+        let whose = format!("the model's {}", a.model.join(IDENTITY_FILE).display());
+        recorded.require_folder(&a.tokens, &whose)?;
+    }
+    Ok(VqganIdentity::recorded(&a.tokens)?)
 }

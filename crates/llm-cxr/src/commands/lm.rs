@@ -37,7 +37,8 @@ pub struct InitArgs {
     #[arg(long, value_enum)]
     pub image_init: Option<ImageInitArg>,
     /// The VQ-GAN whose codebook starts the image rows (safetensors or taming .ckpt); its
-    /// codebook size must equal --codes.
+    /// codebook size must equal --codes. Its identity is recorded as OUT/vqgan.json, and
+    /// `data build` then refuses token files of any other VQ-GAN.
     #[arg(long)]
     pub vqgan: Option<PathBuf>,
     /// The VQ-GAN's config (a preset or JSON file) when its weights do not carry one (taming's
@@ -140,7 +141,35 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         })
         .collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    cxr_lm::save_hf(&args.out, &config, &tensors, &lm.tokenizer, Some(vocab))?;
+    // The VQ-GAN whose codes the model will read, recorded beside it: `data build` refuses
+    // token files of any other.
+    let identity = match &args.vqgan {
+        Some(path) => Some(
+            super::vqgan::VqganArgs {
+                vqgan: path.clone(),
+                config: args.vqgan_config.clone(),
+            }
+            .identity()?,
+        ),
+        None => None,
+    };
+    let identity_json = identity
+        .as_ref()
+        .map(serde_json::to_vec_pretty)
+        .transpose()?;
+    let extra: Vec<(&str, &[u8])> = identity_json
+        .as_deref()
+        .map(|j| (cxr_vqgan::identity::IDENTITY_FILE, j))
+        .into_iter()
+        .collect();
+    cxr_lm::save_hf_with(
+        &args.out,
+        &config,
+        &tensors,
+        &lm.tokenizer,
+        Some(vocab),
+        &extra,
+    )?;
     println!(
         "{}: vocabulary {} -> {} rows; `### Response:\\n` = {:?}; image code k = id {} + k; written to {}",
         args.base.display(),

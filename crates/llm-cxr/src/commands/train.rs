@@ -163,6 +163,8 @@ fn stage(
     opts: &FinetuneOptions,
     args: &Args,
 ) -> anyhow::Result<()> {
+    // One run per output folder: a second one fails here, naming the first's pid.
+    let _lock = cxr_data::OutputLock::acquire(&opts.out)?;
     let final_dir = opts.out.join("model");
     // A finished stage records its step count; asked for more steps, it continues from its
     // checkpoint (the learning-rate schedule and data order depend on the step alone).
@@ -268,18 +270,27 @@ fn stage(
     if let Some(e) = write_error {
         return Err(e);
     }
-    cxr_lm::save_hf(
+    // The step count is written with the model, in the same folder swap: a stage is never
+    // recorded done over a torn model.
+    let state = serde_json::json!({"global_step": opts.steps}).to_string();
+    let mut extra: Vec<(&str, &[u8])> = vec![(TRAINER_STATE, state.as_bytes())];
+    // The VQ-GAN the base model was made for (`lm init --vqgan`) stays recorded beside it.
+    let identity_path = model.join(cxr_vqgan::identity::IDENTITY_FILE);
+    let identity = match std::fs::read(&identity_path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", identity_path.display())),
+    };
+    if let Some(bytes) = &identity {
+        extra.push((cxr_vqgan::identity::IDENTITY_FILE, bytes));
+    }
+    cxr_lm::save_hf_with(
         &final_dir,
         &net.config,
         &net.model_tensors()?,
         &tokenizer,
         image_vocab,
-    )?;
-    super::write_atomic(
-        &state_path,
-        serde_json::json!({"global_step": opts.steps})
-            .to_string()
-            .as_bytes(),
+        &extra,
     )?;
     println!("model written to {}", final_dir.display());
     Ok(())

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use cxr_classifier::candle_core::{Device, Tensor};
 use cxr_classifier::{DenseNet, DenseNetConfig, CHEXPERT_OUTPUTS};
 use cxr_data::{open_dataset, CxrRecord, Split};
+use cxr_vqgan::identity::VqganIdentity;
 use cxr_vqgan::metrics::{codebook_usage, psnr, ssim, CodebookUsage};
 use cxr_vqgan::train::{TrainOptions, Trainer, WEIGHTS};
 use cxr_vqgan::{tokens, vqgan_input, VqModel, VqganConfig};
@@ -22,7 +23,9 @@ pub enum Command {
     /// loss-curve.png and reconstructions.png.
     Train(TrainArgs),
     /// Encode a dataset's images into token files: OUT/<image_id>.npy, a (side, side) uint16
-    /// array of code indices, row-major. Existing files are kept, so a killed run resumes.
+    /// array of code indices, row-major, and OUT/vqgan.json, the VQ-GAN's identity (a SHA-256
+    /// of its weights and config). Existing files of the same VQ-GAN are kept, so a killed run
+    /// resumes; a folder of another VQ-GAN's codes is refused.
     Encode(EncodeArgs),
     /// Decode token files (.npy) into PNG images.
     Decode(DecodeArgs),
@@ -59,6 +62,27 @@ impl VqganArgs {
             .map(VqganConfig::from_name_or_file)
             .transpose()?;
         Ok(VqModel::load_auto(&self.vqgan, config.as_ref(), &Device::Cpu)?.0)
+    }
+
+    /// The config the weights run with: `--config`, else the one stored in the weights.
+    fn config(&self) -> anyhow::Result<VqganConfig> {
+        Ok(match self.config.as_deref() {
+            Some(c) => VqganConfig::from_name_or_file(c)?,
+            None => cxr_vqgan::stored_config(&self.vqgan)?,
+        })
+    }
+
+    /// The VQ-GAN's identity (a hash of its weights and config), without loading it.
+    pub fn identity(&self) -> anyhow::Result<VqganIdentity> {
+        Ok(VqganIdentity::of(&self.vqgan, &self.config()?)?)
+    }
+
+    /// The model and its identity.
+    pub fn load_identified(&self) -> anyhow::Result<(VqModel, VqganIdentity)> {
+        let config = self.config()?;
+        let identity = VqganIdentity::of(&self.vqgan, &config)?;
+        let model = VqModel::load(&config, &self.vqgan, &Device::Cpu)?;
+        Ok((model, identity))
     }
 }
 
@@ -234,12 +258,17 @@ fn paths(records: &[CxrRecord]) -> Vec<&Path> {
 }
 
 fn train(a: TrainArgs) -> anyhow::Result<()> {
+    // One run per output folder: a second one fails here, naming the first's pid.
+    let _lock = cxr_data::OutputLock::acquire(&a.out)?;
     let config = VqganConfig::from_name_or_file(&a.config)?;
     let mut records = Vec::new();
     for (i, path) in a.data.iter().enumerate() {
         let kind = a.kind[i.min(a.kind.len() - 1)];
         records.extend(open_dataset(kind.into(), path)?.records().iter().cloned());
     }
+    // Each dataset's ids are unique; across datasets they must be too.
+    let names: Vec<String> = a.data.iter().map(|p| p.display().to_string()).collect();
+    cxr_data::datasets::unique_ids::check_records(Path::new(&names.join(" + ")), &records)?;
     let train_paths: Vec<PathBuf> = split_records(&records, SplitArg::Train)
         .into_iter()
         .map(|r| r.image_path)
@@ -357,16 +386,39 @@ fn write_plots(
 }
 
 fn encode(a: EncodeArgs) -> anyhow::Result<()> {
-    let model = a.model.load()?;
+    let (model, identity) = a.model.load_identified()?;
     let config = model.config().clone();
+    // The lock file lies beside the folder, which holds token files and their identity only.
+    let _lock = cxr_data::OutputLock::beside(&a.out)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    // Image ids are unique (open_dataset refuses duplicates), and so are their file names.
     let ds = open_dataset(a.data.kind.into(), &a.data.data)?;
+    // Token files of this VQ-GAN are kept (a killed run resumes); another VQ-GAN's folder is
+    // refused; a folder that records none (made by hand or by an older llm-cxr) is encoded anew.
+    let keep_existing = match identity.check_folder(&a.out)? {
+        Some(()) => true,
+        None => {
+            let stale = std::fs::read_dir(&a.out)
+                .with_context(|| format!("reading {}", a.out.display()))?
+                .filter_map(Result::ok)
+                .any(|e| e.path().extension().is_some_and(|x| x == "npy"));
+            if stale {
+                tracing::warn!(
+                    "{} holds token files of an unrecorded VQ-GAN: every image is encoded again",
+                    a.out.display()
+                );
+            }
+            false
+        }
+    };
+    // Recorded before any token file, so a killed run's files are known to be this VQ-GAN's.
+    identity.record(&a.out)?;
     let records: Vec<CxrRecord> = ds
         .records()
         .iter()
-        .filter(|r| !a.out.join(tokens::file_name(&r.image_id)).is_file())
+        .filter(|r| !keep_existing || !a.out.join(tokens::file_name(&r.image_id)).is_file())
         .cloned()
         .collect();
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let bar = super::progress(records.len() as u64, "encode");
     for chunk in records.chunks(a.batch.max(1)) {
         let codes: Vec<Vec<u32>> = model
@@ -381,7 +433,12 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
         bar.inc(chunk.len() as u64);
     }
     bar.finish();
-    println!("{} token files in {}", records.len(), a.out.display());
+    println!(
+        "{} token files in {} (VQ-GAN {})",
+        records.len(),
+        a.out.display(),
+        identity.sha256
+    );
     Ok(())
 }
 
