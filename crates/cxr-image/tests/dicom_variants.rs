@@ -675,7 +675,10 @@ fn one_file_per_syntax() -> Vec<(&'static str, Vec<u8>)> {
             "deflated.dcm",
             transcoded(&img, &opts, uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN),
         ),
-        ("jpeg_ls.dcm", transcoded(&img, &opts, uids::JPEGLS_LOSSLESS)),
+        (
+            "jpeg_ls.dcm",
+            transcoded(&img, &opts, uids::JPEGLS_LOSSLESS),
+        ),
         (
             "jpeg_baseline.dcm",
             transcoded(&img, &eight_bits, uids::JPEG_BASELINE8_BIT),
@@ -686,7 +689,10 @@ fn one_file_per_syntax() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "jpeg_lossless.dcm",
-            encapsulated(uids::JPEG_LOSSLESS_SV1, jpeg_lossless_encode(&samples, W, H, 12)),
+            encapsulated(
+                uids::JPEG_LOSSLESS_SV1,
+                jpeg_lossless_encode(&samples, W, H, 12),
+            ),
         ),
         (
             "j2k_lossless.dcm",
@@ -699,7 +705,8 @@ fn one_file_per_syntax() -> Vec<(&'static str, Vec<u8>)> {
 #[test]
 #[ignore = "a tool, not a check: scripts/fuzz.sh runs it with LLM_CXR_FUZZ_SEEDS set"]
 fn write_fuzz_seeds() {
-    let root = std::env::var_os("LLM_CXR_FUZZ_SEEDS").expect("set LLM_CXR_FUZZ_SEEDS to the corpus folder");
+    let root = std::env::var_os("LLM_CXR_FUZZ_SEEDS")
+        .expect("set LLM_CXR_FUZZ_SEEDS to the corpus folder");
     let dir = Path::new(&root).join("dicom");
     std::fs::create_dir_all(&dir).unwrap();
     for (name, bytes) in one_file_per_syntax() {

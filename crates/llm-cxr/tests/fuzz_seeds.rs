@@ -16,18 +16,27 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 #[ignore = "a tool, not a check: scripts/fuzz.sh runs it with LLM_CXR_FUZZ_SEEDS set"]
 fn write_fuzz_seeds() -> Result<()> {
     let corpus = PathBuf::from(
-        std::env::var_os("LLM_CXR_FUZZ_SEEDS").ok_or("set LLM_CXR_FUZZ_SEEDS to the corpus folder")?,
+        std::env::var_os("LLM_CXR_FUZZ_SEEDS")
+            .ok_or("set LLM_CXR_FUZZ_SEEDS to the corpus folder")?,
     );
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     images(&corpus.join("image"), &repo)?;
     gguf(&corpus.join("gguf"))?;
     safetensors(&corpus.join("safetensors"))?;
     let fixtures = repo.join("crates/cxr-classifier/tests/fixtures");
-    for name in ["densenet_small_state_dict.pt", "densenet_small_lightning.ckpt"] {
-        put(&corpus.join("pickle"), name, &std::fs::read(fixtures.join(name))?)?;
+    for name in [
+        "densenet_small_state_dict.pt",
+        "densenet_small_lightning.ckpt",
+    ] {
+        put(
+            &corpus.join("pickle"),
+            name,
+            &std::fs::read(fixtures.join(name))?,
+        )?;
     }
     npy(&corpus.join("npy"))?;
     datasets(&corpus.join("dataset"))?;
+    multipart(&corpus.join("multipart"))?;
     Ok(())
 }
 
@@ -54,9 +63,21 @@ fn images(dir: &Path, repo: &Path) -> Result<()> {
         Ok(out.into_inner())
     };
     let luma8 = image::DynamicImage::ImageLuma8(img.to_luma8());
-    put(dir, "gray8.png", &encode(image::ImageFormat::Png, luma8.clone())?)?;
-    put(dir, "gray8.jpg", &encode(image::ImageFormat::Jpeg, luma8.clone())?)?;
-    put(dir, "rgb.png", &encode(image::ImageFormat::Png, luma8.to_rgb8().into())?)?;
+    put(
+        dir,
+        "gray8.png",
+        &encode(image::ImageFormat::Png, luma8.clone())?,
+    )?;
+    put(
+        dir,
+        "gray8.jpg",
+        &encode(image::ImageFormat::Jpeg, luma8.clone())?,
+    )?;
+    put(
+        dir,
+        "rgb.png",
+        &encode(image::ImageFormat::Png, luma8.to_rgb8().into())?,
+    )?;
     let luma16 = image::DynamicImage::ImageLuma16(img.to_luma16());
     put(dir, "gray16.png", &encode(image::ImageFormat::Png, luma16)?)?;
     let dcm = repo.join("crates/cxr-image/tests/fixtures/native_8bit.dcm");
@@ -80,10 +101,17 @@ fn gguf(dir: &Path) -> Result<()> {
         ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
         (
             "tokenizer.ggml.tokens",
-            Value::Array(["a", "b", "ab", "<|endoftext|>"].map(|t| Value::String(t.into())).to_vec()),
+            Value::Array(
+                ["a", "b", "ab", "<|endoftext|>"]
+                    .map(|t| Value::String(t.into()))
+                    .to_vec(),
+            ),
         ),
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
-        ("tokenizer.ggml.merges", Value::Array(vec![Value::String("a b".into())])),
+        (
+            "tokenizer.ggml.merges",
+            Value::Array(vec![Value::String("a b".into())]),
+        ),
         ("tokenizer.ggml.eos_token_id", Value::U32(3)),
     ];
     let table = Tensor::arange(0f32, 32.0, &Device::Cpu)?.reshape((4, 8))?;
@@ -95,7 +123,10 @@ fn gguf(dir: &Path) -> Result<()> {
     gguf_file::write(
         &mut f,
         &md,
-        &[("token_embd.weight", &f32_table), ("output_norm.weight", &f16_norm)],
+        &[
+            ("token_embd.weight", &f32_table),
+            ("output_norm.weight", &f16_norm),
+        ],
     )?;
     Ok(())
 }
@@ -107,13 +138,19 @@ fn safetensors(dir: &Path) -> Result<()> {
     let a = Tensor::arange(0f32, 12.0, &dev)?.reshape((3, 4))?;
     let b = Tensor::ones((2, 2), DType::F16, &dev)?;
     candle_core::safetensors::save(
-        &[("a.weight", a.clone()), ("b.bias", b)].into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        &[("a.weight", a.clone()), ("b.bias", b)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
         dir.join("f32_f16.safetensors"),
     )?;
     let c = a.to_dtype(DType::BF16)?;
     let d = Tensor::new(&[1i64, 2, 3], &dev)?;
     candle_core::safetensors::save(
-        &[("c", c), ("d", d)].into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        &[("c", c), ("d", d)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
         dir.join("bf16_i64.safetensors"),
     )?;
     Ok(())
@@ -123,7 +160,11 @@ fn safetensors(dir: &Path) -> Result<()> {
 fn npy(dir: &Path) -> Result<()> {
     for side in [8usize, 16] {
         let codes: Vec<u16> = (0..side * side).map(|i| (i * 7 % 1024) as u16).collect();
-        put(dir, &format!("u2_{side}.npy"), &cxr_vqgan::tokens::to_npy(&codes, side))?;
+        put(
+            dir,
+            &format!("u2_{side}.npy"),
+            &cxr_vqgan::tokens::to_npy(&codes, side),
+        )?;
     }
     let mut header = "{'descr': '<i8', 'fortran_order': False, 'shape': (2, 2), }".to_string();
     while (10 + header.len() + 1) % 64 != 0 {
@@ -173,4 +214,43 @@ fn datasets(dir: &Path) -> Result<()> {
         put(dir, name, &bytes)?;
     }
     Ok(())
+}
+
+/// Upload forms as the web page and curl send them: an image with options, and a question.
+fn multipart(dir: &Path) -> Result<()> {
+    let part = |name: &str, file: Option<&str>, value: &[u8]| {
+        let mut p = format!("--fuzzboundary\r\nContent-Disposition: form-data; name=\"{name}\"");
+        if let Some(f) = file {
+            p += &format!("; filename=\"{f}\"\r\nContent-Type: application/octet-stream");
+        }
+        let mut bytes = (p + "\r\n\r\n").into_bytes();
+        bytes.extend_from_slice(value);
+        bytes.extend_from_slice(b"\r\n");
+        bytes
+    };
+    let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+    let mut report = part("image", Some("scan.png"), png);
+    for (k, v) in [
+        ("temperature", "0"),
+        ("max_tokens", "16"),
+        ("stream", "true"),
+        ("seed", "7"),
+    ] {
+        report.extend(part(k, None, v.as_bytes()));
+    }
+    report.extend_from_slice(b"--fuzzboundary--\r\n");
+    put(dir, "report", &report)?;
+    let mut ask = b"multipart/form-data; boundary=other\n".to_vec();
+    let body = [
+        part("image", Some("scan.dcm"), b"DICM"),
+        part("question", None, b"Is there a pneumothorax?"),
+    ]
+    .concat();
+    ask.extend(
+        String::from_utf8(body)?
+            .replace("fuzzboundary", "other")
+            .into_bytes(),
+    );
+    ask.extend_from_slice(b"--other--\r\n");
+    put(dir, "ask", &ask)
 }

@@ -233,6 +233,23 @@ async fn read_form(s: &AppState, req: Request) -> Result<Upload, ApiError> {
     fields(form, slot).await
 }
 
+/// Parses an upload form's fields as the report and ask routes do, from a whole body and its
+/// `Content-Type`: the fuzzer's way in. The error is the message a client would get.
+pub async fn parse_upload_form(content_type: &str, body: Vec<u8>) -> Result<(), String> {
+    let request = Request::builder()
+        .header(axum::http::header::CONTENT_TYPE, content_type)
+        .body(axum::body::Body::from(body))
+        .map_err(|e| e.to_string())?;
+    let form = <Multipart as axum::extract::FromRequest<()>>::from_request(request, &())
+        .await
+        .map_err(|e| e.body_text())?;
+    let slot = Arc::new(tokio::sync::Semaphore::new(1))
+        .acquire_owned()
+        .await
+        .map_err(|e| e.to_string())?;
+    fields(form, slot).await.map(drop).map_err(|e| e.message)
+}
+
 async fn fields(mut form: Multipart, slot: OwnedSemaphorePermit) -> Result<Upload, ApiError> {
     let mut up = Upload {
         image: None,

@@ -26,6 +26,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
+pub use api::parse_upload_form;
 use cxr_instruct::Phrasings;
 use cxr_vqgan::VqganConfig;
 use scheduler::{Engine, Event, Finish, Job, Refused, Scheduler, Task};
