@@ -9,6 +9,7 @@
 #[macro_use]
 mod simd;
 pub mod conv;
+pub mod pth;
 pub mod group_norm;
 pub mod winograd;
 

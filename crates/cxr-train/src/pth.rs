@@ -1,0 +1,185 @@
+//! PyTorch zip checkpoints (`.pt`, `.pth`, `.ckpt`, `pytorch_model.bin`) read with every
+//! allocation bounded by the file before it happens. The one checked loader for the language
+//! model, the classifier and the VQ-GAN.
+//!
+//! candle's pickle reader allocates what the file declares before reading it: a string opcode's
+//! 32-bit length, and each tensor's shape product (unchecked, so a wrapped product reads a
+//! different size than the shape says). Here the zip directory is checked first (every entry
+//! inside the file), `data.pkl` is read whole (at most [`MAX_PICKLE_BYTES`]) and its opcodes walked
+//! so that no string runs past its end, and each tensor's element count x dtype size, computed
+//! with checked arithmetic, must fit inside its storage entry, before candle reads anything.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::pickle::PthTensors;
+use candle_core::Tensor;
+
+/// The largest `data.pkl` accepted: it holds only names, shapes and storage keys (about 100 bytes
+/// per tensor; a 7B model's is under 100 KB).
+pub const MAX_PICKLE_BYTES: u64 = 64 << 20;
+/// Deflate's largest expansion (RFC 1951: 258 bytes out of 2 bits, about 1032:1): an entry that
+/// declares more than this over its compressed size is forged. PyTorch itself stores entries
+/// uncompressed, where the two sizes must be equal.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Why a checkpoint was refused: the file and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", path.display())]
+pub struct PthError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Every tensor of the checkpoint at `path`, under its state-dict name; `key` selects an entry of
+/// a top-level dict (Lightning's and taming's `state_dict`). Tensors keep their stored dtype.
+pub fn read_pth(path: &Path, key: Option<&str>) -> Result<Vec<(String, Tensor)>, PthError> {
+    let bad = |reason: String| PthError {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let pth = check_pth(path, key)?;
+    let mut names: Vec<&String> = pth.tensor_infos().keys().collect();
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        match pth.get(name) {
+            Ok(Some(t)) => out.push((name.clone(), t)),
+            Ok(None) => {}
+            Err(e) => return Err(bad(format!("tensor {name}: {e}"))),
+        }
+    }
+    Ok(out)
+}
+
+/// Checks a checkpoint without reading tensor data, and returns candle's lazy reader over it:
+/// every later `get` allocates at most its storage entry's size. For fuzzing, and for loaders
+/// that read tensors one at a time.
+pub fn check_pth(path: &Path, key: Option<&str>) -> Result<PthTensors, PthError> {
+    let bad = |reason: String| PthError {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let file_size = file.metadata().map_err(|e| bad(e.to_string()))?.len();
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| bad(format!("not a PyTorch zip checkpoint: {e}")))?;
+    let mut sizes: HashMap<String, u64> = HashMap::new();
+    let mut pickles = Vec::new();
+    for i in 0..zip.len() {
+        let entry = zip
+            .by_index_raw(i)
+            .map_err(|e| bad(format!("zip entry {i}: {e}")))?;
+        let name = entry.name().map(|n| n.to_string()).unwrap_or_default();
+        let (size, packed) = (entry.size(), entry.compressed_size());
+        let stored = entry.compression() == zip::CompressionMethod::Stored;
+        if packed > file_size
+            || (stored && size != packed)
+            || size > packed.saturating_mul(MAX_DEFLATE_RATIO)
+        {
+            return Err(bad(format!(
+                "zip entry {name:?} declares {size} bytes ({packed} compressed) in a file of {file_size}"
+            )));
+        }
+        if name.ends_with("data.pkl") {
+            pickles.push((i, name.clone(), size));
+        }
+        sizes.insert(name, size);
+    }
+    if pickles.is_empty() {
+        return Err(bad("no data.pkl in the archive".into()));
+    }
+    for (i, name, size) in pickles {
+        if size > MAX_PICKLE_BYTES {
+            return Err(bad(format!(
+                "{name} is {size} bytes, more than the limit of {MAX_PICKLE_BYTES}"
+            )));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        zip.by_index(i)
+            .map_err(|e| bad(format!("{name}: {e}")))?
+            .take(size)
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        check_pickle(&bytes).map_err(|e| bad(format!("{name}: {e}")))?;
+    }
+    let pth = PthTensors::new(path, key).map_err(|e| bad(e.to_string()))?;
+    for (name, info) in pth.tensor_infos() {
+        let dims = info.layout.dims();
+        let bytes = dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .and_then(|n| n.checked_mul(info.dtype.size_in_bytes()))
+            .ok_or_else(|| bad(format!("tensor {name}: shape {dims:?} overflows")))?;
+        let start = info.layout.start_offset();
+        let end = start
+            .checked_add(bytes)
+            .ok_or_else(|| bad(format!("tensor {name}: offset {start} overflows")))?;
+        let held = sizes.get(&info.path).copied().ok_or_else(|| {
+            bad(format!(
+                "tensor {name}: its storage {:?} is not in the archive",
+                info.path
+            ))
+        })?;
+        if end as u64 > held {
+            return Err(bad(format!(
+                "tensor {name}: shape {dims:?} of {:?} needs bytes {start}..{end} of storage {:?}, which holds {held}",
+                info.dtype, info.path
+            )));
+        }
+    }
+    Ok(pth)
+}
+
+/// Walks the opcodes candle's unpickler knows and refuses a string longer than the bytes left.
+/// Unknown opcodes stop the walk (candle refuses them itself).
+fn check_pickle(data: &[u8]) -> Result<(), String> {
+    let mut pos = 0usize;
+    let need = |pos: usize, n: usize, what: &str| -> Result<usize, String> {
+        let end = pos.checked_add(n).filter(|&e| e <= data.len());
+        end.ok_or_else(|| {
+            format!(
+                "{what} at byte {pos} needs {n} bytes, only {} remain",
+                data.len().saturating_sub(pos)
+            )
+        })
+    };
+    while pos < data.len() {
+        let op = data[pos];
+        pos += 1;
+        pos = match op {
+            b'.' => return Ok(()),
+            0x80 | b'q' | b'K' | b'h' => need(pos, 1, "an opcode argument")?,
+            b'M' => need(pos, 2, "an opcode argument")?,
+            b'r' | b'J' | b'j' => need(pos, 4, "an opcode argument")?,
+            b'G' => need(pos, 8, "a float")?,
+            b'X' => {
+                let at = need(pos, 4, "a string length")?;
+                let len = u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]);
+                let len = usize::try_from(len).map_err(|_| format!("string length {len}"))?;
+                need(at, len, &format!("a string of {len} bytes"))?
+            }
+            0x8a => {
+                let at = need(pos, 1, "a long's length")?;
+                need(at, data[pos] as usize, "a long")?
+            }
+            b'c' => {
+                // Module and class names, each up to a newline.
+                let mut at = pos;
+                for _ in 0..2 {
+                    let nl = data[at..]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .ok_or_else(|| format!("a global name at byte {at} has no end"))?;
+                    at += nl + 1;
+                }
+                at
+            }
+            b')' | b'R' | b'(' | b't' | b'Q' | 0x85..=0x89 | b'N' | b's' | b'u' | b'}'
+            | b'd' | b'b' | 0x81 | b']' | b'a' | b'e' => pos,
+            _ => return Ok(()),
+        };
+    }
+    Ok(())
+}
