@@ -209,3 +209,89 @@ fn gguf_metadata_value_limit_is_enforced() {
     let e = gguf_error(&gguf_bytes(&kv, &[], &[]));
     assert!(e.contains("more than 4194304 values"), "{e}");
 }
+
+/// A safetensors file holding one f32 tensor `w` of shape [2, 3].
+fn safetensors_bytes() -> Vec<u8> {
+    let data: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 3], &data)
+        .unwrap();
+    safetensors::serialize([("w", view)], None).unwrap()
+}
+
+fn safetensors_error(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    let e = cxr_lm::weights::read_hf_tensors(&path, &Device::Cpu)
+        .err()
+        .expect("the corrupt safetensors was accepted")
+        .to_string();
+    assert!(e.contains("m.safetensors"), "the error does not name the file: {e}");
+    e
+}
+
+#[test]
+fn safetensors_header_claiming_2_pow_60_bytes_is_refused() {
+    let mut bytes = safetensors_bytes();
+    bytes[..8].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    let e = safetensors_error(&bytes);
+    assert!(e.contains("header too large"), "{e}");
+}
+
+#[test]
+fn truncated_safetensors_is_refused() {
+    let bytes = safetensors_bytes();
+    // Inside the tensor data, inside the header, inside the length prefix.
+    for (keep, says) in [
+        (bytes.len() - 4, "incomplete metadata"),
+        (20, "invalid header length"),
+        (4, "header too small"),
+    ] {
+        let e = safetensors_error(&bytes[..keep]);
+        assert!(e.contains(says), "{keep}: {e}");
+    }
+}
+
+#[test]
+fn safetensors_offsets_out_of_range_are_refused() {
+    let bytes = safetensors_bytes();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+    // The same header length, with the tensor's end moved past the data.
+    let forged = header.replace("[0,24]", "[0,99]");
+    assert_eq!(forged.len(), header.len(), "{header}");
+    let mut out = bytes.clone();
+    out[8..8 + n].copy_from_slice(forged.as_bytes());
+    let e = safetensors_error(&out);
+    assert!(e.contains("invalid shape, data type, or offset for tensor"), "{e}");
+    // A shape that disagrees with its byte range.
+    let forged = header.replace("[2,3]", "[9,9]");
+    out[8..8 + n].copy_from_slice(forged.as_bytes());
+    let e = safetensors_error(&out);
+    assert!(e.contains("invalid shape, data type, or offset for tensor"), "{e}");
+}
+
+#[test]
+fn weight_map_shards_must_be_plain_file_names() {
+    let dir = tempfile::tempdir().unwrap();
+    for shard in ["../x.safetensors", "/etc/passwd", "sub/x.safetensors", "..", "a\\b"] {
+        let index = serde_json::json!({"weight_map": {"w": shard}});
+        std::fs::write(
+            dir.path().join("model.safetensors.index.json"),
+            index.to_string(),
+        )
+        .unwrap();
+        let e = cxr_lm::weights::weight_files(dir.path())
+            .err()
+            .expect("an escaping shard name was accepted")
+            .to_string();
+        assert!(
+            e.contains("model.safetensors.index.json") && e.contains("not a plain file name"),
+            "{shard}: {e}"
+        );
+    }
+    let index = serde_json::json!({"weight_map": {"w": "model-00001-of-00002.safetensors"}});
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let files = cxr_lm::weights::weight_files(dir.path()).unwrap();
+    assert_eq!(files, vec![dir.path().join("model-00001-of-00002.safetensors")]);
+}
