@@ -201,11 +201,14 @@ pub fn var_builder(path: &Path, device: &Device) -> candle_core::Result<VarBuild
     }
     // Checked first (cxr_train::pth): a forged shape or string length is an error, not an
     // allocation of what it declares; tensors are then read lazily, as candle's `from_pth` does.
-    let check = |key| cxr_train::pth::check_pth(path, key);
-    let pth = match check(Some("state_dict")) {
-        Ok(p) if !p.tensor_infos().is_empty() => p,
-        _ => check(None).map_err(|e| candle_core::Error::Msg(e.reason))?,
+    // A bare state_dict has tensors at the top; a Lightning/taming checkpoint has none there.
+    let check = |key| {
+        cxr_train::pth::check_pth(path, key).map_err(|e| candle_core::Error::Msg(e.reason))
     };
+    let mut pth = check(None)?;
+    if pth.tensor_infos().is_empty() {
+        pth = check(Some("state_dict"))?;
+    }
     Ok(VarBuilder::from_backend(Box::new(pth), DType::F32, device.clone()))
 }
 

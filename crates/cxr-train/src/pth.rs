@@ -132,8 +132,18 @@ pub fn check_pth(path: &Path, key: Option<&str>) -> Result<PthTensors, PthError>
     Ok(pth)
 }
 
-/// Walks the opcodes candle's unpickler knows and refuses a string longer than the bytes left.
-/// Unknown opcodes stop the walk (candle refuses them itself).
+/// What candle's unpickler may build from one `data.pkl`, estimated as [`OBJECT_BYTES`] per
+/// object plus string bytes. It copies an object on every memo get and put, so a pickle of a few
+/// hundred bytes that doubles a list through the memo 40 times would need terabytes; a real
+/// state dict needs about 1 KB per tensor.
+pub const MAX_PICKLE_OBJECT_BYTES: u64 = 256 << 20;
+/// The size of candle's pickle `Object` (rounded up).
+const OBJECT_BYTES: u64 = 64;
+
+/// Walks the opcodes candle's unpickler knows, as its stack machine does but with sizes for
+/// objects: refuses a string or argument longer than the bytes left, and a pickle whose objects
+/// would exceed [`MAX_PICKLE_OBJECT_BYTES`]. Unknown opcodes or a malformed stack stop the walk
+/// (candle refuses those itself).
 fn check_pickle(data: &[u8]) -> Result<(), String> {
     let mut pos = 0usize;
     let need = |pos: usize, n: usize, what: &str| -> Result<usize, String> {
@@ -145,41 +155,128 @@ fn check_pickle(data: &[u8]) -> Result<(), String> {
             )
         })
     };
+    // Each stack entry is the estimated size of an object, `None` a mark.
+    let mut stack: Vec<Option<u64>> = Vec::new();
+    let mut memo: HashMap<u32, u64> = HashMap::new();
+    let mut total = 0u64;
+    let mut alloc = |bytes: u64| -> Result<u64, String> {
+        total = total.saturating_add(bytes);
+        if total > MAX_PICKLE_OBJECT_BYTES {
+            return Err(format!(
+                "its objects would take more than {MAX_PICKLE_OBJECT_BYTES} bytes (the limit)"
+            ));
+        }
+        Ok(bytes)
+    };
+    macro_rules! pop {
+        () => {
+            match stack.pop() {
+                Some(Some(v)) => v,
+                _ => return Ok(()),
+            }
+        };
+    }
+    macro_rules! pop_to_mark {
+        () => {{
+            let Some(mark) = stack.iter().rposition(Option::is_none) else {
+                return Ok(());
+            };
+            let sum = stack[mark + 1..].iter().flatten().fold(0u64, |a, &b| a.saturating_add(b));
+            stack.truncate(mark);
+            sum
+        }};
+    }
+    let u32_at = |p: usize| u32::from_le_bytes([data[p], data[p + 1], data[p + 2], data[p + 3]]);
     while pos < data.len() {
         let op = data[pos];
         pos += 1;
-        pos = match op {
+        match op {
             b'.' => return Ok(()),
-            0x80 | b'q' | b'K' | b'h' => need(pos, 1, "an opcode argument")?,
-            b'M' => need(pos, 2, "an opcode argument")?,
-            b'r' | b'J' | b'j' => need(pos, 4, "an opcode argument")?,
-            b'G' => need(pos, 8, "a float")?,
+            0x80 => pos = need(pos, 1, "an opcode argument")?,
+            b'K' | b'M' | b'J' | b'G' => {
+                let n = match op {
+                    b'K' => 1,
+                    b'M' => 2,
+                    b'J' => 4,
+                    _ => 8,
+                };
+                pos = need(pos, n, "an opcode argument")?;
+                stack.push(Some(alloc(OBJECT_BYTES)?));
+            }
             b'X' => {
                 let at = need(pos, 4, "a string length")?;
-                let len = u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]);
-                let len = usize::try_from(len).map_err(|_| format!("string length {len}"))?;
-                need(at, len, &format!("a string of {len} bytes"))?
+                let len = u32_at(pos) as usize;
+                pos = need(at, len, &format!("a string of {len} bytes"))?;
+                stack.push(Some(alloc(OBJECT_BYTES + len as u64)?));
             }
             0x8a => {
                 let at = need(pos, 1, "a long's length")?;
-                need(at, data[pos] as usize, "a long")?
+                pos = need(at, data[pos] as usize, "a long")?;
+                stack.push(Some(alloc(OBJECT_BYTES)?));
             }
             b'c' => {
                 // Module and class names, each up to a newline.
-                let mut at = pos;
+                let start = pos;
                 for _ in 0..2 {
-                    let nl = data[at..]
+                    let nl = data[pos..]
                         .iter()
                         .position(|&b| b == b'\n')
-                        .ok_or_else(|| format!("a global name at byte {at} has no end"))?;
-                    at += nl + 1;
+                        .ok_or_else(|| format!("a global name at byte {pos} has no end"))?;
+                    pos += nl + 1;
                 }
-                at
+                stack.push(Some(alloc(OBJECT_BYTES + (pos - start) as u64)?));
             }
-            b')' | b'R' | b'(' | b't' | b'Q' | 0x85..=0x89 | b'N' | b's' | b'u' | b'}'
-            | b'd' | b'b' | 0x81 | b']' | b'a' | b'e' => pos,
+            b'q' | b'r' | b'h' | b'j' => {
+                let n = if matches!(op, b'q' | b'h') { 1 } else { 4 };
+                let at = need(pos, n, "a memo index")?;
+                let id = if n == 1 { data[pos] as u32 } else { u32_at(pos) };
+                pos = at;
+                if matches!(op, b'q' | b'r') {
+                    let Some(Some(top)) = stack.last().copied() else {
+                        return Ok(());
+                    };
+                    memo.insert(id, alloc(top)?);
+                } else {
+                    let Some(&v) = memo.get(&id) else {
+                        return Ok(());
+                    };
+                    stack.push(Some(alloc(v)?));
+                }
+            }
+            b')' | b'}' | b'd' | b']' | b'N' | 0x88 | 0x89 => {
+                stack.push(Some(alloc(OBJECT_BYTES)?))
+            }
+            b'(' => stack.push(None),
+            b'Q' | 0x85 => {
+                let v = pop!();
+                stack.push(Some(v.saturating_add(alloc(OBJECT_BYTES)?)));
+            }
+            b'R' | b'b' | 0x81 | 0x86 => {
+                let (a, b) = (pop!(), pop!());
+                stack.push(Some(a.saturating_add(b).saturating_add(alloc(OBJECT_BYTES)?)));
+            }
+            0x87 => {
+                let (a, b, c) = (pop!(), pop!(), pop!());
+                let sum = a.saturating_add(b).saturating_add(c);
+                stack.push(Some(sum.saturating_add(alloc(OBJECT_BYTES)?)));
+            }
+            b't' => {
+                let sum = pop_to_mark!();
+                stack.push(Some(sum.saturating_add(alloc(OBJECT_BYTES)?)));
+            }
+            b'a' | b's' | b'e' | b'u' => {
+                let added = match op {
+                    b'a' => pop!(),
+                    b's' => pop!().saturating_add(pop!()),
+                    _ => pop_to_mark!(),
+                };
+                match stack.last_mut() {
+                    Some(Some(top)) => *top = top.saturating_add(added),
+                    _ => return Ok(()),
+                }
+            }
             _ => return Ok(()),
-        };
+        }
     }
     Ok(())
 }

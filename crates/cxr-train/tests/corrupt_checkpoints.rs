@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use cxr_train::pth::{read_pth, MAX_PICKLE_BYTES};
+use cxr_train::pth::{read_pth, MAX_PICKLE_BYTES, MAX_PICKLE_OBJECT_BYTES};
 
 fn unicode(out: &mut Vec<u8>, s: &str) {
     out.push(b'X');
@@ -157,4 +157,22 @@ fn missing_storage_and_oversized_pickle_are_refused() {
     let e = read_pth(&path, None).err().unwrap().to_string();
     assert!(e.contains("no data.pkl"), "{e}");
     assert_eq!(MAX_PICKLE_BYTES, 64 << 20);
+}
+
+#[test]
+fn pickle_that_doubles_through_its_memo_is_refused() {
+    // [] then 40 times: [memo[i], memo[i]] -> memo[i + 1]. 250 bytes of pickle; candle copies on
+    // every memo get, so it would build 2^40 objects.
+    let mut pickle = vec![0x80, 2, b']', b'q', 0];
+    for i in 0..40u8 {
+        pickle.extend([b']', b'(', b'h', i, b'h', i, b'e', b'q', i + 1]);
+    }
+    pickle.push(b'.');
+    let dir = tempfile::tempdir().unwrap();
+    let e = pth_error(&dir, &pickle, &floats(6));
+    assert!(
+        e.contains("data.pkl")
+            && e.contains(&format!("more than {MAX_PICKLE_OBJECT_BYTES} bytes")),
+        "{e}"
+    );
 }
