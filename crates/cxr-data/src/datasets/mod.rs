@@ -6,6 +6,7 @@ mod csv_table;
 mod folder;
 pub mod mimic;
 mod openi;
+mod paths;
 
 use std::path::{Path, PathBuf};
 
