@@ -295,3 +295,23 @@ fn weight_map_shards_must_be_plain_file_names() {
     let files = cxr_lm::weights::weight_files(dir.path()).unwrap();
     assert_eq!(files, vec![dir.path().join("model-00001-of-00002.safetensors")]);
 }
+
+#[test]
+fn chat_template_that_loops_for_ever_runs_out_of_fuel() {
+    // 10^10 iterations: without a bound this renders for hours and 10 GB of output.
+    let template = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+    let kv = llama_kv(|kv| kv.push(("tokenizer.chat_template", V::Str(template))));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    std::fs::write(&path, gguf_bytes(&kv, &[], &[])).unwrap();
+    let g = read_gguf(&path, &Device::Cpu).unwrap();
+    let tok = cxr_lm::TextTokenizer::from_json(&g.tokenizer_json, "m.gguf")
+        .unwrap()
+        .with_chat(g.chat_template, None, None);
+    let message = cxr_lm::ChatMessage {
+        role: "user".into(),
+        content: "hi".into(),
+    };
+    let e = tok.render_chat(&[message]).unwrap_err().to_string();
+    assert!(e.contains("m.gguf") && e.contains("chat template") && e.contains("fuel"), "{e}");
+}
