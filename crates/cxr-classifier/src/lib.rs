@@ -202,14 +202,17 @@ pub fn var_builder(path: &Path, device: &Device) -> candle_core::Result<VarBuild
     // Checked first (cxr_train::pth): a forged shape or string length is an error, not an
     // allocation of what it declares; tensors are then read lazily, as candle's `from_pth` does.
     // A bare state_dict has tensors at the top; a Lightning/taming checkpoint has none there.
-    let check = |key| {
-        cxr_train::pth::check_pth(path, key).map_err(|e| candle_core::Error::Msg(e.reason))
-    };
+    let check =
+        |key| cxr_train::pth::check_pth(path, key).map_err(|e| candle_core::Error::Msg(e.reason));
     let mut pth = check(None)?;
     if pth.tensor_infos().is_empty() {
         pth = check(Some("state_dict"))?;
     }
-    Ok(VarBuilder::from_backend(Box::new(pth), DType::F32, device.clone()))
+    Ok(VarBuilder::from_backend(
+        Box::new(pth),
+        DType::F32,
+        device.clone(),
+    ))
 }
 
 impl DenseNet {

@@ -26,10 +26,10 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn load_error(path: &Path) -> String {
-    let e = DenseNet::load(&small(), path, &Device::Cpu)
-        .err()
-        .expect("the corrupt file was accepted")
-        .to_string();
+    let Err(e) = DenseNet::load(&small(), path, &Device::Cpu) else {
+        panic!("the corrupt file was accepted");
+    };
+    let e = e.to_string();
     assert!(
         e.contains(&*path.file_name().unwrap().to_string_lossy()),
         "the error does not name the file: {e}"
@@ -41,8 +41,8 @@ fn load_error(path: &Path) -> String {
 fn with_short_storage(src: &Path, dst: &Path, short: &str) {
     let mut zin = zip::ZipArchive::new(std::fs::File::open(src).unwrap()).unwrap();
     let mut zout = zip::ZipWriter::new(std::fs::File::create(dst).unwrap());
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for i in 0..zin.len() {
         let mut entry = zin.by_index(i).unwrap();
         let name = entry.name().unwrap().to_string();

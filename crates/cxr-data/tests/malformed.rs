@@ -11,10 +11,10 @@ fn write(path: &std::path::Path, text: &str) {
 }
 
 fn error(kind: DatasetKind, path: &std::path::Path) -> String {
-    open_dataset(kind, path)
-        .err()
-        .expect("the malformed dataset was accepted")
-        .to_string()
+    match open_dataset(kind, path) {
+        Ok(_) => panic!("the malformed dataset was accepted"),
+        Err(e) => e.to_string(),
+    }
 }
 
 #[test]
@@ -63,7 +63,10 @@ fn mimic_rows_of_the_wrong_width_name_their_line() {
         "dicom_id,study_id,subject_id,split\nd1,50000001,10000032,train\nd2,50000001\n",
     );
     let e = error(DatasetKind::Mimic, dir.path());
-    assert!(e.contains("mimic-cxr-2.0.0-split.csv") && e.contains("line 3"), "{e}");
+    assert!(
+        e.contains("mimic-cxr-2.0.0-split.csv") && e.contains("line 3"),
+        "{e}"
+    );
     write(
         &dir.path().join("mimic-cxr-2.0.0-split.csv"),
         "dicom_id,study_id,subject_id,split\nd1,50000001,10000032,sometimes\n",
@@ -97,7 +100,9 @@ fn r2gen_image_paths_must_stay_inside_the_images_folder() {
     write(&json, r#"{"train": [{"id": "CXR1", "report": 3}]}"#);
     let e = error(DatasetKind::OpenI, &json);
     assert!(
-        e.contains("annotation.json") && e.contains("not an R2Gen annotation.json") && e.contains("line 1"),
+        e.contains("annotation.json")
+            && e.contains("not an R2Gen annotation.json")
+            && e.contains("line 1"),
         "{e}"
     );
 }
@@ -112,7 +117,10 @@ fn openi_xml_image_ids_and_broken_xml_are_named() {
     );
     let e = error(DatasetKind::OpenI, dir.path());
     assert!(
-        e.contains("7.xml") && e.contains("line 4") && e.contains("parentImage") && e.contains("not a plain name"),
+        e.contains("7.xml")
+            && e.contains("line 4")
+            && e.contains("parentImage")
+            && e.contains("not a plain name"),
         "{e}"
     );
     write(&xml, "<eCitation><parentImage id=\"a\"></eCitation>");
@@ -126,13 +134,19 @@ fn csv_rows_with_nul_or_wrong_width_are_named() {
     let csv = dir.path().join("data.csv");
     write(&csv, "image,report\na.png,ok\nb\0.png,text\n");
     let e = error(DatasetKind::Csv, &csv);
-    assert!(e.contains("data.csv") && e.contains("line 3") && e.contains("NUL"), "{e}");
+    assert!(
+        e.contains("data.csv") && e.contains("line 3") && e.contains("NUL"),
+        "{e}"
+    );
     write(&csv, "image,report\na.png,ok\nb.png,text,extra\n");
     let e = error(DatasetKind::Csv, &csv);
     assert!(e.contains("data.csv") && e.contains("line 3"), "{e}");
     write(&csv, "image,report\n,text\n");
     let e = error(DatasetKind::Csv, &csv);
-    assert!(e.contains("line 2") && e.contains("empty image path"), "{e}");
+    assert!(
+        e.contains("line 2") && e.contains("empty image path"),
+        "{e}"
+    );
 }
 
 #[cfg(unix)]

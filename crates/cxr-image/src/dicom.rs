@@ -163,10 +163,11 @@ pub fn decode_dicom(bytes: &[u8], path: &Path) -> Result<GrayImage, ImageError> 
     }
     // Codecs panic on some corrupt streams (dicom-rs's RLE reader indexes past its segment
     // table, found by `random_corruption_never_panics`): a broken file is an error, not a crash.
-    let decoded =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data_frame(0)))
-            .map_err(|_| corrupt(path, "pixel data decoder failed"))?
-            .map_err(|e| corrupt(path, format!("cannot decode pixel data: {e}")))?;
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        obj.decode_pixel_data_frame(0)
+    }))
+    .map_err(|_| corrupt(path, "pixel data decoder failed"))?
+    .map_err(|e| corrupt(path, format!("cannot decode pixel data: {e}")))?;
     if decoded.rows() != rows || decoded.columns() != cols {
         return Err(corrupt(
             path,

@@ -86,7 +86,10 @@ fn deflated_pixel_element_claiming_4_gib_is_refused_without_allocating_it() {
     let says = "element (7FE0,0010) claims 4294967280 bytes but only 128 remain";
     let e = decode_image(&file, path).unwrap_err();
     assert!(matches!(e, ImageError::Corrupt { .. }), "{e:?}");
-    assert!(e.to_string().contains("deflated-4gib.dcm") && e.to_string().contains(says), "{e}");
+    assert!(
+        e.to_string().contains("deflated-4gib.dcm") && e.to_string().contains(says),
+        "{e}"
+    );
     let e = inspect_dicom(&file, path).unwrap_err().to_string();
     assert!(e.contains(says), "{e}");
     // Before the inflated stream was walked, this file cost 4.1 GB of resident memory.
@@ -163,8 +166,9 @@ fn frame_count_beyond_the_limit_is_refused() {
     let e = decode_image(&to_bytes(&obj).unwrap(), Path::new("frames.dcm")).unwrap_err();
     assert!(matches!(e, ImageError::UnsupportedDicom { .. }), "{e:?}");
     assert!(
-        e.to_string()
-            .contains(&format!("NumberOfFrames 100000 (1 to {MAX_FRAMES} accepted")),
+        e.to_string().contains(&format!(
+            "NumberOfFrames 100000 (1 to {MAX_FRAMES} accepted"
+        )),
         "{e}"
     );
 }

@@ -99,7 +99,7 @@ pub fn read_gguf_from<R: Read + Seek>(
             "attention head count {heads} (key/value heads {kv_heads}) must be nonzero"
         )));
     }
-    if hidden % heads != 0 {
+    if !hidden.is_multiple_of(heads) {
         return Err(bad(format!(
             "embedding_length {hidden} is not a multiple of the head count {heads}"
         )));
@@ -231,7 +231,7 @@ fn check_tensor_ranges(content: &Content, file_end: u64) -> Result<(), String> {
             .try_fold(1usize, |n, &d| n.checked_mul(d))
             .ok_or_else(|| format!("tensor {name}: dimensions {dims:?} overflow"))?;
         let block = info.ggml_dtype.block_size();
-        if elems % block != 0 {
+        if !elems.is_multiple_of(block) {
             return Err(format!(
                 "tensor {name}: {elems} elements are not whole blocks of {block} ({:?})",
                 info.ggml_dtype
@@ -288,16 +288,19 @@ fn hf_name(gguf: &str) -> Option<String> {
 fn unpermute_rows(q: QTensor, heads: usize, device: &Device) -> candle_core::Result<QTensor> {
     let (rows, cols) = q.shape().dims2()?;
     let dtype = q.dtype();
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         candle_core::bail!("{rows} rows are not {heads} heads of an even dimension");
     }
-    if cols % dtype.block_size() != 0 {
+    if !cols.is_multiple_of(dtype.block_size()) {
         candle_core::bail!("{cols} columns are not whole blocks of {dtype:?}");
     }
     let row_bytes = cols / dtype.block_size() * dtype.type_size();
     let data = q.data()?;
     if data.len() != rows * row_bytes {
-        candle_core::bail!("{} bytes of data for {rows} rows of {row_bytes}", data.len());
+        candle_core::bail!(
+            "{} bytes of data for {rows} rows of {row_bytes}",
+            data.len()
+        );
     }
     let d = rows / heads;
     let mut out = vec![0u8; data.len()];

@@ -100,7 +100,10 @@ fn gguf_error(bytes: &[u8]) -> String {
         Ok(_) => panic!("the corrupt GGUF was accepted"),
         Err(e) => {
             let e = e.to_string();
-            assert!(e.contains("m.gguf"), "the error does not name the file: {e}");
+            assert!(
+                e.contains("m.gguf"),
+                "the error does not name the file: {e}"
+            );
             e
         }
     }
@@ -130,7 +133,10 @@ fn valid_crafted_gguf_loads() {
 
 #[test]
 fn gguf_alignment_zero_is_refused() {
-    for (alignment, says) in [(0, "general.alignment is 0"), (48, "general.alignment is 48")] {
+    for (alignment, says) in [
+        (0, "general.alignment is 0"),
+        (48, "general.alignment is 48"),
+    ] {
         let kv = llama_kv(|kv| kv.push(("general.alignment", V::U32(alignment))));
         let e = gguf_error(&gguf_bytes(&kv, &[], &[]));
         assert!(e.contains(says) && e.contains("power of two"), "{e}");
@@ -152,7 +158,10 @@ fn gguf_wrapping_dimension_product_is_refused() {
     // 2^32 x 2^32 wraps to 0 elements: candle would read 0 bytes for a 2^64-element tensor.
     let t = q_proj(vec![1 << 32, 1 << 32], 0);
     let e = gguf_error(&gguf_bytes(&llama_kv(|_| {}), &[t], &[0u8; 64]));
-    assert!(e.contains("blk.0.attn_q.weight") && e.contains("overflow"), "{e}");
+    assert!(
+        e.contains("blk.0.attn_q.weight") && e.contains("overflow"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -163,7 +172,10 @@ fn gguf_tensor_data_past_the_end_is_refused() {
     assert!(e.contains("run past the end of the file"), "{e}");
     let t = q_proj(vec![8, 1 << 20], 0);
     let e = gguf_error(&gguf_bytes(&llama_kv(|_| {}), &[t], &[0u8; 256]));
-    assert!(e.contains("blk.0.attn_q.weight") && e.contains("run past the end"), "{e}");
+    assert!(
+        e.contains("blk.0.attn_q.weight") && e.contains("run past the end"),
+        "{e}"
+    );
     let mut bytes = gguf_bytes(&llama_kv(|_| {}), &[q_proj(vec![8, 8], 0)], &[0u8; 256]);
     bytes.truncate(bytes.len() - 100);
     let e = gguf_error(&bytes);
@@ -213,8 +225,8 @@ fn gguf_metadata_value_limit_is_enforced() {
 /// A safetensors file holding one f32 tensor `w` of shape [2, 3].
 fn safetensors_bytes() -> Vec<u8> {
     let data: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 3], &data)
-        .unwrap();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 3], &data).unwrap();
     safetensors::serialize([("w", view)], None).unwrap()
 }
 
@@ -223,10 +235,12 @@ fn safetensors_error(bytes: &[u8]) -> String {
     let path = dir.path().join("m.safetensors");
     std::fs::write(&path, bytes).unwrap();
     let e = cxr_lm::weights::read_hf_tensors(&path, &Device::Cpu)
-        .err()
-        .expect("the corrupt safetensors was accepted")
+        .expect_err("the corrupt safetensors was accepted")
         .to_string();
-    assert!(e.contains("m.safetensors"), "the error does not name the file: {e}");
+    assert!(
+        e.contains("m.safetensors"),
+        "the error does not name the file: {e}"
+    );
     e
 }
 
@@ -263,18 +277,30 @@ fn safetensors_offsets_out_of_range_are_refused() {
     let mut out = bytes.clone();
     out[8..8 + n].copy_from_slice(forged.as_bytes());
     let e = safetensors_error(&out);
-    assert!(e.contains("invalid shape, data type, or offset for tensor"), "{e}");
+    assert!(
+        e.contains("invalid shape, data type, or offset for tensor"),
+        "{e}"
+    );
     // A shape that disagrees with its byte range.
     let forged = header.replace("[2,3]", "[9,9]");
     out[8..8 + n].copy_from_slice(forged.as_bytes());
     let e = safetensors_error(&out);
-    assert!(e.contains("invalid shape, data type, or offset for tensor"), "{e}");
+    assert!(
+        e.contains("invalid shape, data type, or offset for tensor"),
+        "{e}"
+    );
 }
 
 #[test]
 fn weight_map_shards_must_be_plain_file_names() {
     let dir = tempfile::tempdir().unwrap();
-    for shard in ["../x.safetensors", "/etc/passwd", "sub/x.safetensors", "..", "a\\b"] {
+    for shard in [
+        "../x.safetensors",
+        "/etc/passwd",
+        "sub/x.safetensors",
+        "..",
+        "a\\b",
+    ] {
         let index = serde_json::json!({"weight_map": {"w": shard}});
         std::fs::write(
             dir.path().join("model.safetensors.index.json"),
@@ -282,8 +308,7 @@ fn weight_map_shards_must_be_plain_file_names() {
         )
         .unwrap();
         let e = cxr_lm::weights::weight_files(dir.path())
-            .err()
-            .expect("an escaping shard name was accepted")
+            .expect_err("an escaping shard name was accepted")
             .to_string();
         assert!(
             e.contains("model.safetensors.index.json") && e.contains("not a plain file name"),
@@ -291,15 +316,23 @@ fn weight_map_shards_must_be_plain_file_names() {
         );
     }
     let index = serde_json::json!({"weight_map": {"w": "model-00001-of-00002.safetensors"}});
-    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
     let files = cxr_lm::weights::weight_files(dir.path()).unwrap();
-    assert_eq!(files, vec![dir.path().join("model-00001-of-00002.safetensors")]);
+    assert_eq!(
+        files,
+        vec![dir.path().join("model-00001-of-00002.safetensors")]
+    );
 }
 
 #[test]
 fn chat_template_that_loops_for_ever_runs_out_of_fuel() {
     // 10^10 iterations: without a bound this renders for hours and 10 GB of output.
-    let template = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+    let template =
+        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
     let kv = llama_kv(|kv| kv.push(("tokenizer.chat_template", V::Str(template))));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
@@ -313,5 +346,8 @@ fn chat_template_that_loops_for_ever_runs_out_of_fuel() {
         content: "hi".into(),
     };
     let e = tok.render_chat(&[message]).unwrap_err().to_string();
-    assert!(e.contains("m.gguf") && e.contains("chat template") && e.contains("fuel"), "{e}");
+    assert!(
+        e.contains("m.gguf") && e.contains("chat template") && e.contains("fuel"),
+        "{e}"
+    );
 }

@@ -9,8 +9,8 @@
 #[macro_use]
 mod simd;
 pub mod conv;
-pub mod pth;
 pub mod group_norm;
+pub mod pth;
 pub mod winograd;
 
 use std::collections::{BTreeMap, HashMap};

@@ -181,7 +181,10 @@ fn check_pickle(data: &[u8]) -> Result<(), String> {
             let Some(mark) = stack.iter().rposition(Option::is_none) else {
                 return Ok(());
             };
-            let sum = stack[mark + 1..].iter().flatten().fold(0u64, |a, &b| a.saturating_add(b));
+            let sum = stack[mark + 1..]
+                .iter()
+                .flatten()
+                .fold(0u64, |a, &b| a.saturating_add(b));
             stack.truncate(mark);
             sum
         }};
@@ -229,7 +232,11 @@ fn check_pickle(data: &[u8]) -> Result<(), String> {
             b'q' | b'r' | b'h' | b'j' => {
                 let n = if matches!(op, b'q' | b'h') { 1 } else { 4 };
                 let at = need(pos, n, "a memo index")?;
-                let id = if n == 1 { data[pos] as u32 } else { u32_at(pos) };
+                let id = if n == 1 {
+                    data[pos] as u32
+                } else {
+                    u32_at(pos)
+                };
                 pos = at;
                 if matches!(op, b'q' | b'r') {
                     let Some(Some(top)) = stack.last().copied() else {
@@ -253,7 +260,9 @@ fn check_pickle(data: &[u8]) -> Result<(), String> {
             }
             b'R' | b'b' | 0x81 | 0x86 => {
                 let (a, b) = (pop!(), pop!());
-                stack.push(Some(a.saturating_add(b).saturating_add(alloc(OBJECT_BYTES)?)));
+                stack.push(Some(
+                    a.saturating_add(b).saturating_add(alloc(OBJECT_BYTES)?),
+                ));
             }
             0x87 => {
                 let (a, b, c) = (pop!(), pop!(), pop!());

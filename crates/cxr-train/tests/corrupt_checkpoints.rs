@@ -52,8 +52,8 @@ fn state_dict_pickle(name: &str, shape: &[i32], numel: i32) -> Vec<u8> {
 /// A stored (uncompressed) zip as torch writes it: `archive/data.pkl` and `archive/data/0`.
 fn write_pth(path: &Path, pickle: &[u8], data: &[u8]) {
     let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     zip.start_file("archive/data.pkl", opts).unwrap();
     zip.write_all(pickle).unwrap();
     zip.start_file("archive/data/0", opts).unwrap();
@@ -68,7 +68,7 @@ fn floats(n: usize) -> Vec<u8> {
 fn pth_error(dir: &tempfile::TempDir, pickle: &[u8], data: &[u8]) -> String {
     let path: PathBuf = dir.path().join("m.pth");
     write_pth(&path, pickle, data);
-    let e = read_pth(&path, None).err().expect("the corrupt checkpoint was accepted");
+    let e = read_pth(&path, None).expect_err("the corrupt checkpoint was accepted");
     let e = e.to_string();
     assert!(e.contains("m.pth"), "the error does not name the file: {e}");
     e
@@ -95,16 +95,25 @@ fn huge_declared_shape_is_refused_before_allocating() {
     let pickle = state_dict_pickle("w", &[1 << 30, 1 << 30], 6);
     let e = pth_error(&dir, &pickle, &floats(6));
     assert!(
-        e.contains("tensor w") && e.contains("needs bytes 0..4611686018427387904") && e.contains("which holds 24"),
+        e.contains("tensor w")
+            && e.contains("needs bytes 0..4611686018427387904")
+            && e.contains("which holds 24"),
         "{e}"
     );
     // A shape whose product overflows.
     let big = i32::MAX;
-    let e = pth_error(&dir, &state_dict_pickle("w", &[big, big, big], 6), &floats(6));
+    let e = pth_error(
+        &dir,
+        &state_dict_pickle("w", &[big, big, big], 6),
+        &floats(6),
+    );
     assert!(e.contains("tensor w") && e.contains("overflows"), "{e}");
     // One element more than the storage holds.
     let e = pth_error(&dir, &state_dict_pickle("w", &[7], 7), &floats(6));
-    assert!(e.contains("needs bytes 0..28") && e.contains("which holds 24"), "{e}");
+    assert!(
+        e.contains("needs bytes 0..28") && e.contains("which holds 24"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -128,7 +137,9 @@ fn truncated_checkpoint_is_refused() {
     let bytes = std::fs::read(&path).unwrap();
     for keep in [bytes.len() - 10, bytes.len() / 2, 10] {
         std::fs::write(&path, &bytes[..keep]).unwrap();
-        let e = read_pth(&path, None).err().expect("truncated file accepted").to_string();
+        let e = read_pth(&path, None)
+            .expect_err("truncated file accepted")
+            .to_string();
         assert!(
             e.contains("m.pth") && e.contains("not a PyTorch zip checkpoint"),
             "{e}"
@@ -142,13 +153,16 @@ fn missing_storage_and_oversized_pickle_are_refused() {
     let path = dir.path().join("m.pth");
     // The storage entry is absent.
     let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     zip.start_file("archive/data.pkl", opts).unwrap();
     zip.write_all(&state_dict_pickle("w", &[2, 3], 6)).unwrap();
     zip.finish().unwrap();
     let e = read_pth(&path, None).err().unwrap().to_string();
-    assert!(e.contains("storage \"archive/data/0\" is not in the archive"), "{e}");
+    assert!(
+        e.contains("storage \"archive/data/0\" is not in the archive"),
+        "{e}"
+    );
     // No data.pkl at all.
     let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
     zip.start_file("archive/other", opts).unwrap();
@@ -171,8 +185,7 @@ fn pickle_that_doubles_through_its_memo_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let e = pth_error(&dir, &pickle, &floats(6));
     assert!(
-        e.contains("data.pkl")
-            && e.contains(&format!("more than {MAX_PICKLE_OBJECT_BYTES} bytes")),
+        e.contains("data.pkl") && e.contains(&format!("more than {MAX_PICKLE_OBJECT_BYTES} bytes")),
         "{e}"
     );
 }

@@ -28,7 +28,10 @@ fn shape_whose_product_wraps_is_refused() {
     assert!(e.contains("overflows"), "{e}");
     // A 1-D length whose square root squared overflows.
     let bytes = npy(
-        &format!("{{'descr': '<u2', 'fortran_order': False, 'shape': ({}, ), }}", u64::MAX),
+        &format!(
+            "{{'descr': '<u2', 'fortran_order': False, 'shape': ({}, ), }}",
+            u64::MAX
+        ),
         &[0u8; 8],
     );
     let e = from_npy(&bytes, 1024).unwrap_err();
@@ -40,7 +43,10 @@ fn header_length_past_the_file_is_refused() {
     let mut bytes = to_npy(&[1, 2, 3, 4], 2);
     bytes[8..10].copy_from_slice(&u16::MAX.to_le_bytes());
     let e = from_npy(&bytes, 8).unwrap_err();
-    assert!(e.contains("header claims 65535 bytes but the file has"), "{e}");
+    assert!(
+        e.contains("header claims 65535 bytes but the file has"),
+        "{e}"
+    );
     // Version 2 has a 32-bit header length.
     let mut bytes = b"\x93NUMPY\x02\x00".to_vec();
     bytes.extend(u32::MAX.to_le_bytes());
@@ -61,7 +67,9 @@ fn shape_larger_than_the_data_and_bad_dtypes_are_refused() {
         "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }",
         &[0u8; 16],
     );
-    assert!(from_npy(&bytes, 8).unwrap_err().contains("dtype <f4 is not supported"));
+    assert!(from_npy(&bytes, 8)
+        .unwrap_err()
+        .contains("dtype <f4 is not supported"));
     let bytes = npy(
         "{'descr': '<u2', 'fortran_order': True, 'shape': (2, 2), }",
         &[0u8; 8],
@@ -71,7 +79,9 @@ fn shape_larger_than_the_data_and_bad_dtypes_are_refused() {
         "{'descr': '<u2', 'fortran_order': False, 'shape': (2, 3), }",
         &[0u8; 12],
     );
-    assert!(from_npy(&bytes, 8).unwrap_err().contains("not a square grid"));
+    assert!(from_npy(&bytes, 8)
+        .unwrap_err()
+        .contains("not a square grid"));
 }
 
 #[test]

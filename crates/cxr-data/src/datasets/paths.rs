@@ -48,16 +48,32 @@ mod tests {
 
     #[test]
     fn real_ids_and_paths_pass_and_escapes_do_not() {
-        for id in ["02aa804e-bde0afdd-112c0b34-7bc16630-4e384014", "10000032", "CXR1_1_IM-0001-3001"] {
+        for id in [
+            "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014",
+            "10000032",
+            "CXR1_1_IM-0001-3001",
+        ] {
             check_plain_id(id).unwrap();
         }
         for id in ["", ".", "..", "a/b", "..\\x", "C:x", "a\0b"] {
             assert!(check_plain_id(id).is_err(), "{id:?}");
         }
-        for rel in ["CXR2384_IM-0942/0.png", "train/patient00001/study1/view1_frontal.jpg", "a..b.png"] {
+        for rel in [
+            "CXR2384_IM-0942/0.png",
+            "train/patient00001/study1/view1_frontal.jpg",
+            "a..b.png",
+        ] {
             check_relative_path(rel).unwrap();
         }
-        for rel in ["../x.png", "a/../../x.png", "/etc/passwd", "\\\\server\\x", "a\\..\\..\\x", "C:\\x", "a\0"] {
+        for rel in [
+            "../x.png",
+            "a/../../x.png",
+            "/etc/passwd",
+            "\\\\server\\x",
+            "a\\..\\..\\x",
+            "C:\\x",
+            "a\0",
+        ] {
             assert!(check_relative_path(rel).is_err(), "{rel:?}");
         }
     }
