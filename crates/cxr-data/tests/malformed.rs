@@ -158,3 +158,25 @@ fn folder_with_a_symlink_loop_is_read_without_recursing_forever() {
     let ds = open_dataset(DatasetKind::Folder, dir.path()).unwrap();
     assert_eq!(ds.records().len(), 1);
 }
+
+#[test]
+fn gzipped_table_inflating_past_the_limit_is_refused() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mimic-cxr-2.0.0-split.csv.gz");
+    let f = fs::File::create(&path).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    gz.write_all(b"dicom_id,study_id,subject_id,split\n")
+        .unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..(cxr_data::datasets::MAX_INFLATED_TABLE_BYTES >> 20) + 1 {
+        gz.write_all(&chunk).unwrap();
+    }
+    gz.finish().unwrap();
+    assert!(fs::metadata(&path).unwrap().len() < 1 << 20);
+    let e = error(DatasetKind::Mimic, dir.path());
+    assert!(
+        e.contains("mimic-cxr-2.0.0-split.csv.gz") && e.contains("inflates past 134217728 bytes"),
+        "{e}"
+    );
+}
