@@ -140,10 +140,31 @@ pub const MAX_PICKLE_OBJECT_BYTES: u64 = 256 << 20;
 /// The size of candle's pickle `Object` (rounded up).
 const OBJECT_BYTES: u64 = 64;
 
+/// Nesting of pickled containers: candle's objects are recursive, so dropping (or printing) one
+/// nested a million deep overflows the stack; a state dict nests about 6 deep.
+pub const MAX_PICKLE_DEPTH: u32 = 256;
+
+/// What the walk knows of one object candle would build: its estimated bytes and nesting.
+#[derive(Clone, Copy)]
+struct Estimate {
+    bytes: u64,
+    depth: u32,
+}
+
+impl Estimate {
+    fn join(self, other: Estimate) -> Estimate {
+        Estimate {
+            bytes: self.bytes.saturating_add(other.bytes),
+            depth: self.depth.max(other.depth),
+        }
+    }
+}
+
 /// Walks the opcodes candle's unpickler knows, as its stack machine does but with sizes for
-/// objects: refuses a string or argument longer than the bytes left, and a pickle whose objects
-/// would exceed [`MAX_PICKLE_OBJECT_BYTES`]. Unknown opcodes or a malformed stack stop the walk
-/// (candle refuses those itself).
+/// objects: refuses a string or argument longer than the bytes left, a pickle whose objects
+/// would exceed [`MAX_PICKLE_OBJECT_BYTES`], and containers nested deeper than
+/// [`MAX_PICKLE_DEPTH`]. Unknown opcodes or a malformed stack stop the walk (candle refuses those
+/// itself).
 fn check_pickle(data: &[u8]) -> Result<(), String> {
     let mut pos = 0usize;
     let need = |pos: usize, n: usize, what: &str| -> Result<usize, String> {
@@ -155,18 +176,33 @@ fn check_pickle(data: &[u8]) -> Result<(), String> {
             )
         })
     };
-    // Each stack entry is the estimated size of an object, `None` a mark.
-    let mut stack: Vec<Option<u64>> = Vec::new();
-    let mut memo: HashMap<u32, u64> = HashMap::new();
+    // `None` is a mark.
+    let mut stack: Vec<Option<Estimate>> = Vec::new();
+    let mut memo: HashMap<u32, Estimate> = HashMap::new();
     let mut total = 0u64;
-    let mut alloc = |bytes: u64| -> Result<u64, String> {
+    // Adds `bytes` to what the objects built so far take.
+    let mut alloc = |bytes: u64| -> Result<(), String> {
         total = total.saturating_add(bytes);
         if total > MAX_PICKLE_OBJECT_BYTES {
             return Err(format!(
                 "its objects would take more than {MAX_PICKLE_OBJECT_BYTES} bytes (the limit)"
             ));
         }
-        Ok(bytes)
+        Ok(())
+    };
+    let leaf = |bytes: u64| Estimate { bytes, depth: 0 };
+    // A new container holding `inner`.
+    let wrap = |inner: Estimate| -> Result<Estimate, String> {
+        let depth = inner.depth + 1;
+        if depth > MAX_PICKLE_DEPTH {
+            return Err(format!(
+                "objects nested deeper than {MAX_PICKLE_DEPTH} (the limit)"
+            ));
+        }
+        Ok(Estimate {
+            bytes: inner.bytes.saturating_add(OBJECT_BYTES),
+            depth,
+        })
     };
     macro_rules! pop {
         () => {
@@ -181,12 +217,12 @@ fn check_pickle(data: &[u8]) -> Result<(), String> {
             let Some(mark) = stack.iter().rposition(Option::is_none) else {
                 return Ok(());
             };
-            let sum = stack[mark + 1..]
+            let all = stack[mark + 1..]
                 .iter()
                 .flatten()
-                .fold(0u64, |a, &b| a.saturating_add(b));
+                .fold(leaf(0), |a, &b| a.join(b));
             stack.truncate(mark);
-            sum
+            all
         }};
     }
     let u32_at = |p: usize| u32::from_le_bytes([data[p], data[p + 1], data[p + 2], data[p + 3]]);
@@ -204,18 +240,21 @@ fn check_pickle(data: &[u8]) -> Result<(), String> {
                     _ => 8,
                 };
                 pos = need(pos, n, "an opcode argument")?;
-                stack.push(Some(alloc(OBJECT_BYTES)?));
+                alloc(OBJECT_BYTES)?;
+                stack.push(Some(leaf(OBJECT_BYTES)));
             }
             b'X' => {
                 let at = need(pos, 4, "a string length")?;
                 let len = u32_at(pos) as usize;
                 pos = need(at, len, &format!("a string of {len} bytes"))?;
-                stack.push(Some(alloc(OBJECT_BYTES + len as u64)?));
+                alloc(OBJECT_BYTES + len as u64)?;
+                stack.push(Some(leaf(OBJECT_BYTES + len as u64)));
             }
             0x8a => {
                 let at = need(pos, 1, "a long's length")?;
                 pos = need(at, data[pos] as usize, "a long")?;
-                stack.push(Some(alloc(OBJECT_BYTES)?));
+                alloc(OBJECT_BYTES)?;
+                stack.push(Some(leaf(OBJECT_BYTES)));
             }
             b'c' => {
                 // Module and class names, each up to a newline.
@@ -227,7 +266,9 @@ fn check_pickle(data: &[u8]) -> Result<(), String> {
                         .ok_or_else(|| format!("a global name at byte {pos} has no end"))?;
                     pos += nl + 1;
                 }
-                stack.push(Some(alloc(OBJECT_BYTES + (pos - start) as u64)?));
+                let bytes = OBJECT_BYTES + (pos - start) as u64;
+                alloc(bytes)?;
+                stack.push(Some(leaf(bytes)));
             }
             b'q' | b'r' | b'h' | b'j' => {
                 let n = if matches!(op, b'q' | b'h') { 1 } else { 4 };
@@ -238,50 +279,62 @@ fn check_pickle(data: &[u8]) -> Result<(), String> {
                     u32_at(pos)
                 };
                 pos = at;
+                // candle copies the object on put and on get.
                 if matches!(op, b'q' | b'r') {
                     let Some(Some(top)) = stack.last().copied() else {
                         return Ok(());
                     };
-                    memo.insert(id, alloc(top)?);
+                    alloc(top.bytes)?;
+                    memo.insert(id, top);
                 } else {
                     let Some(&v) = memo.get(&id) else {
                         return Ok(());
                     };
-                    stack.push(Some(alloc(v)?));
+                    alloc(v.bytes)?;
+                    stack.push(Some(v));
                 }
             }
             b')' | b'}' | b'd' | b']' | b'N' | 0x88 | 0x89 => {
-                stack.push(Some(alloc(OBJECT_BYTES)?))
+                alloc(OBJECT_BYTES)?;
+                stack.push(Some(leaf(OBJECT_BYTES)));
             }
             b'(' => stack.push(None),
             b'Q' | 0x85 => {
                 let v = pop!();
-                stack.push(Some(v.saturating_add(alloc(OBJECT_BYTES)?)));
+                alloc(OBJECT_BYTES)?;
+                stack.push(Some(wrap(v)?));
             }
             b'R' | b'b' | 0x81 | 0x86 => {
                 let (a, b) = (pop!(), pop!());
-                stack.push(Some(
-                    a.saturating_add(b).saturating_add(alloc(OBJECT_BYTES)?),
-                ));
+                alloc(OBJECT_BYTES)?;
+                stack.push(Some(wrap(a.join(b))?));
             }
             0x87 => {
                 let (a, b, c) = (pop!(), pop!(), pop!());
-                let sum = a.saturating_add(b).saturating_add(c);
-                stack.push(Some(sum.saturating_add(alloc(OBJECT_BYTES)?)));
+                alloc(OBJECT_BYTES)?;
+                stack.push(Some(wrap(a.join(b).join(c))?));
             }
             b't' => {
-                let sum = pop_to_mark!();
-                stack.push(Some(sum.saturating_add(alloc(OBJECT_BYTES)?)));
+                let all = pop_to_mark!();
+                alloc(OBJECT_BYTES)?;
+                stack.push(Some(wrap(all)?));
             }
             b'a' | b's' | b'e' | b'u' => {
                 let added = match op {
                     b'a' => pop!(),
-                    b's' => pop!().saturating_add(pop!()),
+                    b's' => pop!().join(pop!()),
                     _ => pop_to_mark!(),
                 };
-                match stack.last_mut() {
-                    Some(Some(top)) => *top = top.saturating_add(added),
-                    _ => return Ok(()),
+                let Some(Some(top)) = stack.last().copied() else {
+                    return Ok(());
+                };
+                let grown = wrap(added)?;
+                let grown = Estimate {
+                    bytes: top.bytes.saturating_add(added.bytes),
+                    depth: top.depth.max(grown.depth),
+                };
+                if let Some(last) = stack.last_mut() {
+                    *last = Some(grown);
                 }
             }
             _ => return Ok(()),

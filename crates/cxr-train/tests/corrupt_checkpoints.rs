@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use cxr_train::pth::{read_pth, MAX_PICKLE_BYTES, MAX_PICKLE_OBJECT_BYTES};
+use cxr_train::pth::{read_pth, MAX_PICKLE_BYTES, MAX_PICKLE_DEPTH, MAX_PICKLE_OBJECT_BYTES};
 
 fn unicode(out: &mut Vec<u8>, s: &str) {
     out.push(b'X');
@@ -186,6 +186,23 @@ fn pickle_that_doubles_through_its_memo_is_refused() {
     let e = pth_error(&dir, &pickle, &floats(6));
     assert!(
         e.contains("data.pkl") && e.contains(&format!("more than {MAX_PICKLE_OBJECT_BYTES} bytes")),
+        "{e}"
+    );
+}
+
+#[test]
+fn pickle_nested_a_million_deep_is_refused() {
+    // A tuple in a tuple ... a million deep: dropping it would overflow candle's stack.
+    let depth = 1_000_000;
+    let mut pickle = vec![0x80, 2];
+    pickle.extend(std::iter::repeat_n(b'(', depth));
+    pickle.push(b')');
+    pickle.extend(std::iter::repeat_n(b't', depth));
+    pickle.push(b'.');
+    let dir = tempfile::tempdir().unwrap();
+    let e = pth_error(&dir, &pickle, &floats(6));
+    assert!(
+        e.contains("data.pkl") && e.contains(&format!("nested deeper than {MAX_PICKLE_DEPTH}")),
         "{e}"
     );
 }
