@@ -199,13 +199,20 @@ pub fn var_builder(path: &Path, device: &Device) -> candle_core::Result<VarBuild
         // SAFETY: the file is memory-mapped read-only; it must not change while mapped.
         return unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) };
     }
-    let lightning = candle_core::pickle::read_pth_tensor_info(path, false, Some("state_dict"))
-        .is_ok_and(|t| !t.is_empty());
-    if lightning {
-        VarBuilder::from_pth_with_state(path, DType::F32, "state_dict", device)
-    } else {
-        VarBuilder::from_pth(path, DType::F32, device)
+    // Checked first (cxr_train::pth): a forged shape or string length is an error, not an
+    // allocation of what it declares; tensors are then read lazily, as candle's `from_pth` does.
+    // A bare state_dict has tensors at the top; a Lightning/taming checkpoint has none there.
+    let check =
+        |key| cxr_train::pth::check_pth(path, key).map_err(|e| candle_core::Error::Msg(e.reason));
+    let mut pth = check(None)?;
+    if pth.tensor_infos().is_empty() {
+        pth = check(Some("state_dict"))?;
     }
+    Ok(VarBuilder::from_backend(
+        Box::new(pth),
+        DType::F32,
+        device.clone(),
+    ))
 }
 
 impl DenseNet {

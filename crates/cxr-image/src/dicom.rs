@@ -11,7 +11,11 @@
 //! path, the technical attribute name and sizes; [`DicomSummary`] lists which PHI tags exist by
 //! name only.
 
+mod limits;
+
 use std::path::Path;
+
+pub use limits::{MAX_FRAMES, MAX_INFLATED_BYTES};
 
 use dicom_core::value::{PixelFragmentSequence, Value};
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
@@ -41,153 +45,11 @@ fn parse(bytes: &[u8], path: &Path) -> Result<FileObject, ImageError> {
             "missing the DICM magic after the 128-byte preamble",
         ));
     }
-    check_element_lengths(&bytes[128..], path)?;
+    limits::check_element_lengths(&bytes[128..], path)?;
     let obj = OpenFileOptions::new()
         .from_reader(&bytes[128..])
         .map_err(|e| classify_parse_error(path, &e.to_string()))?;
     Ok(obj)
-}
-
-/// Walks the element headers and refuses any element whose declared length runs past the end of
-/// the file. dicom-parser reserves and zero-fills a value's declared length before reading it, so
-/// one corrupt length field would otherwise cost up to 4 GiB; after this check every allocation is
-/// bounded by the file's size. `data` starts at the `DICM` magic. Deflated data sets are not
-/// walked (their lengths live inside the compressed stream).
-fn check_element_lengths(data: &[u8], path: &Path) -> Result<(), ImageError> {
-    const UNDEFINED: u32 = u32::MAX;
-    let u16_at = |p: usize, little: bool| {
-        let b = [data[p], data[p + 1]];
-        if little {
-            u16::from_le_bytes(b)
-        } else {
-            u16::from_be_bytes(b)
-        }
-    };
-    let u32_at = |p: usize, little: bool| {
-        let b = [data[p], data[p + 1], data[p + 2], data[p + 3]];
-        if little {
-            u32::from_le_bytes(b)
-        } else {
-            u32::from_be_bytes(b)
-        }
-    };
-    let too_long = |group: u16, element: u16, len: u32, remaining: usize| {
-        corrupt(
-            path,
-            format!("element ({group:04X},{element:04X}) claims {len} bytes but only {remaining} remain"),
-        )
-    };
-    // (header size, value length) of the element at `pos`.
-    let header = |pos: usize, explicit: bool, little: bool| -> Option<(usize, u32)> {
-        if !explicit {
-            return (pos + 8 <= data.len()).then(|| (8, u32_at(pos + 4, little)));
-        }
-        if pos + 8 > data.len() {
-            return None;
-        }
-        // PS3.5 7.1.2: these VRs have a 2-byte length; every other one, and (as dicom-parser reads
-        // it) any unknown VR, has a reserved field and a 4-byte length.
-        let short = matches!(
-            &data[pos + 4..pos + 6],
-            b"AE"
-                | b"AS"
-                | b"AT"
-                | b"CS"
-                | b"DA"
-                | b"DS"
-                | b"DT"
-                | b"FL"
-                | b"FD"
-                | b"IS"
-                | b"LO"
-                | b"LT"
-                | b"PN"
-                | b"SH"
-                | b"SL"
-                | b"SS"
-                | b"ST"
-                | b"TM"
-                | b"UI"
-                | b"UL"
-                | b"US"
-        );
-        if short {
-            Some((8, u16_at(pos + 6, little) as u32))
-        } else {
-            (pos + 12 <= data.len()).then(|| (12, u32_at(pos + 8, little)))
-        }
-    };
-
-    let mut pos = 4;
-    let mut ts = String::new();
-    while pos + 8 <= data.len() && u16_at(pos, true) == 0x0002 {
-        let element = u16_at(pos + 2, true);
-        let Some((h, len)) = header(pos, true, true) else {
-            break;
-        };
-        let remaining = data.len() - pos - h;
-        if len == UNDEFINED || len as usize > remaining {
-            return Err(too_long(0x0002, element, len, remaining));
-        }
-        if element == 0x0010 {
-            ts = String::from_utf8_lossy(&data[pos + h..pos + h + len as usize])
-                .trim_end_matches(['\0', ' '])
-                .to_string();
-        }
-        pos += h + len as usize;
-    }
-    let (explicit, little) = match ts.as_str() {
-        uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN => return Ok(()),
-        uids::IMPLICIT_VR_LITTLE_ENDIAN => (false, true),
-        "1.2.840.10008.1.2.2" => (true, false), // explicit VR big endian (retired, still found)
-        _ => (true, true),
-    };
-    let mut in_fragments = false;
-    while pos + 8 <= data.len() {
-        let (group, element) = (u16_at(pos, little), u16_at(pos + 2, little));
-        if group == 0xFFFE {
-            // Item and delimiters: always a 4-byte length, never a VR.
-            let len = u32_at(pos + 4, little);
-            pos += 8;
-            match element {
-                0xE000 if in_fragments => {
-                    if len == UNDEFINED || len as usize > data.len() - pos {
-                        return Err(too_long(group, element, len, data.len() - pos));
-                    }
-                    pos += len as usize;
-                }
-                0xE0DD => in_fragments = false,
-                _ => {} // an item of a sequence: its elements follow and are walked too
-            }
-            continue;
-        }
-        let Some((h, len)) = header(pos, explicit, little) else {
-            break;
-        };
-        let value = pos + h;
-        if len == UNDEFINED {
-            in_fragments = (group, element) == (0x7FE0, 0x0010);
-            pos = value;
-            continue;
-        }
-        let remaining = data.len() - value;
-        if len as usize > remaining {
-            return Err(too_long(group, element, len, remaining));
-        }
-        // A sequence of defined length: walk into its items (implicit VR has no VR to say so,
-        // but its value then starts with an item tag).
-        let starts_item = value + 4 <= data.len()
-            && u16_at(value, little) == 0xFFFE
-            && u16_at(value + 2, little) == 0xE000;
-        let is_sequence = (explicit && &data[pos + 4..pos + 6] == b"SQ")
-            || (len > 0 && starts_item && (!explicit || &data[pos + 4..pos + 6] == b"UN"));
-        pos = if is_sequence {
-            value
-        } else {
-            value + len as usize
-        };
-    }
-    Ok(())
 }
 
 /// dicom-object reports an unknown transfer syntax as a parse error; give it its own variant.
@@ -258,11 +120,32 @@ pub fn decode_dicom(bytes: &[u8], path: &Path) -> Result<GrayImage, ImageError> 
             "BitsAllocated {bits_allocated} / BitsStored {bits_stored} (BitsStored up to 16 in 8- or 16-bit words)"
         )));
     }
+    let frames = int_attr(&obj, tags::NUMBER_OF_FRAMES).unwrap_or(1);
+    if frames == 0 || frames > MAX_FRAMES {
+        return Err(unsupported(format!(
+            "NumberOfFrames {frames} (1 to {MAX_FRAMES} accepted; the first is used)"
+        )));
+    }
     let pixel_data = obj
         .element_opt(tags::PIXEL_DATA)
         .ok()
         .flatten()
         .ok_or_else(|| missing("PixelData"))?;
+    if let Value::PixelSequence(seq) = pixel_data.value() {
+        // Codecs allocate what their own header says: it must agree with the checked attributes.
+        let first = seq.fragments().first().map_or(&[][..], |f| f.as_slice());
+        if let Some(size) = limits::codestream_size(&ts_uid, first, path)? {
+            if (size.width, size.height, size.components) != (cols, rows, samples) {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "the first frame's codestream declares {}x{} with {} components but the header says {cols}x{rows} with {samples}",
+                        size.width, size.height, size.components
+                    ),
+                ));
+            }
+        }
+    }
     if !ts.is_encapsulated_pixel_data() {
         // A native frame must be fully present before dicom-pixeldata slices it.
         let needed = rows as u64 * cols as u64 * samples as u64 * (bits_allocated as u64 / 8);
@@ -280,10 +163,11 @@ pub fn decode_dicom(bytes: &[u8], path: &Path) -> Result<GrayImage, ImageError> 
     }
     // Codecs panic on some corrupt streams (dicom-rs's RLE reader indexes past its segment
     // table, found by `random_corruption_never_panics`): a broken file is an error, not a crash.
-    let decoded =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()))
-            .map_err(|_| corrupt(path, "pixel data decoder failed"))?
-            .map_err(|e| corrupt(path, format!("cannot decode pixel data: {e}")))?;
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        obj.decode_pixel_data_frame(0)
+    }))
+    .map_err(|_| corrupt(path, "pixel data decoder failed"))?
+    .map_err(|e| corrupt(path, format!("cannot decode pixel data: {e}")))?;
     if decoded.rows() != rows || decoded.columns() != cols {
         return Err(corrupt(
             path,

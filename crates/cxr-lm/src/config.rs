@@ -7,6 +7,13 @@ use serde_json::Value;
 
 use crate::LmError;
 
+/// The longest context a config may declare (1M tokens; Llama 3.1 declares 131,072): the rotary
+/// tables are allocated from it when the model is built.
+pub const MAX_POSITIONS: usize = 1 << 20;
+/// Positions x head dimension: each of the cos and sin tables holds half this many f32
+/// (at most 512 MiB each; Llama 3.1 needs 1/16 of it).
+pub const MAX_ROPE_TABLE: usize = 1 << 28;
+
 /// Which architecture a checkpoint holds, from `config.json`'s `model_type`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LmConfig {
@@ -263,7 +270,8 @@ impl LmConfig {
         Ok(config)
     }
 
-    /// Checks the shapes fit together, so that a bad config fails here and not inside a matmul.
+    /// Checks the shapes fit together, so that a bad config fails here and not inside a matmul
+    /// (or a division by a zero head count), and bounds the rotary tables built from it.
     pub fn validate(&self, origin: &str) -> Result<(), LmError> {
         let bad = |reason: String| {
             Err(LmError::Config {
@@ -271,6 +279,26 @@ impl LmConfig {
                 reason,
             })
         };
+        let (positions, head_dim) = match self {
+            LmConfig::GptNeox(c) => (
+                c.max_position_embeddings,
+                c.hidden_size / c.num_attention_heads.max(1),
+            ),
+            LmConfig::Llama(c) => (c.max_position_embeddings, c.head_dim),
+        };
+        if positions == 0 || positions > MAX_POSITIONS {
+            return bad(format!(
+                "max_position_embeddings {positions} is outside 1..={MAX_POSITIONS}"
+            ));
+        }
+        if positions
+            .checked_mul(head_dim)
+            .is_none_or(|n| n > MAX_ROPE_TABLE)
+        {
+            return bad(format!(
+                "max_position_embeddings {positions} x head dimension {head_dim} exceeds {MAX_ROPE_TABLE} (the rotary table limit)"
+            ));
+        }
         match self {
             LmConfig::GptNeox(c) => {
                 if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
@@ -287,6 +315,12 @@ impl LmConfig {
                 }
             }
             LmConfig::Llama(c) => {
+                if c.num_attention_heads == 0 || c.head_dim == 0 {
+                    return bad(format!(
+                        "num_attention_heads {} and head_dim {} must be nonzero",
+                        c.num_attention_heads, c.head_dim
+                    ));
+                }
                 if c.num_key_value_heads == 0 || c.num_attention_heads % c.num_key_value_heads != 0
                 {
                     return bad(format!(

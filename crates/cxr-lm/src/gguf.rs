@@ -6,7 +6,10 @@
 //! HF's, serves every source. Supported: `general.architecture` = `llama` (SmolLM2, TinyLlama,
 //! Llama-2/3) with a `gpt2` (byte-level BPE) tokenizer.
 
+mod header;
+
 use std::collections::HashMap;
+use std::io::{Read, Seek};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -30,13 +33,32 @@ pub struct GgufModel {
     pub eos_token: Option<String>,
 }
 
+pub use header::{MAX_METADATA_VALUES, MAX_TENSORS};
+
 pub fn read_gguf(path: &Path, device: &Device) -> Result<GgufModel, LmError> {
+    let mut file = std::fs::File::open(path).map_err(|e| LmError::Weights {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    read_gguf_from(&mut file, path, device)
+}
+
+/// [`read_gguf`] on any reader (a file, or bytes in a `Cursor` for a fuzz target); `path` only
+/// names the source in errors. The header is walked and checked (alignment, counts, lengths)
+/// before candle parses it, and every tensor's data range is checked against the reader's end
+/// before anything is read or allocated for it.
+pub fn read_gguf_from<R: Read + Seek>(
+    file: &mut R,
+    path: &Path,
+    device: &Device,
+) -> Result<GgufModel, LmError> {
     let bad = |reason: String| LmError::Weights {
         path: path.to_path_buf(),
         reason,
     };
-    let mut file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-    let content = Content::read(&mut file).map_err(|e| bad(format!("not a GGUF file: {e}")))?;
+    let facts = header::check_header(file).map_err(bad)?;
+    let content = Content::read(file).map_err(|e| bad(format!("not a GGUF file: {e}")))?;
+    check_tensor_ranges(&content, facts.file_size).map_err(bad)?;
     let md = &content.metadata;
     let get = |key: &str| {
         md.get(key)
@@ -72,6 +94,16 @@ pub fn read_gguf(path: &Path, device: &Device) -> Result<GgufModel, LmError> {
     let hidden = num("embedding_length")?;
     let heads = num("attention.head_count")?;
     let kv_heads = num("attention.head_count_kv").unwrap_or(heads);
+    if heads == 0 || kv_heads == 0 {
+        return Err(bad(format!(
+            "attention head count {heads} (key/value heads {kv_heads}) must be nonzero"
+        )));
+    }
+    if !hidden.is_multiple_of(heads) {
+        return Err(bad(format!(
+            "embedding_length {hidden} is not a multiple of the head count {heads}"
+        )));
+    }
     let has_output = content.tensor_infos.contains_key("output.weight");
     // llama.cpp writes Llama 3.1's scaling as a tensor of per-frequency factors, not as
     // parameters that an HF config could hold again: refused rather than silently ignored.
@@ -120,7 +152,7 @@ pub fn read_gguf(path: &Path, device: &Device) -> Result<GgufModel, LmError> {
     for name in content.tensor_infos.keys() {
         let Some(hf) = hf_name(name) else { continue };
         let q = content
-            .tensor(&mut file, name, device)
+            .tensor(file, name, device)
             .map_err(|e| bad(format!("{name}: {e}")))?;
         let q = if name.ends_with("attn_q.weight") {
             unpermute_rows(q, heads, device).map_err(|e| bad(format!("{name}: {e}")))?
@@ -188,6 +220,41 @@ pub fn read_gguf(path: &Path, device: &Device) -> Result<GgufModel, LmError> {
     })
 }
 
+/// Refuses any tensor whose element count overflows, is not whole blocks of its type, or whose
+/// data runs past `file_end`: candle computes these with unchecked products, and a wrapped one
+/// would slice out of range.
+fn check_tensor_ranges(content: &Content, file_end: u64) -> Result<(), String> {
+    for (name, info) in &content.tensor_infos {
+        let dims = info.shape.dims();
+        let elems = dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| format!("tensor {name}: dimensions {dims:?} overflow"))?;
+        let block = info.ggml_dtype.block_size();
+        if !elems.is_multiple_of(block) {
+            return Err(format!(
+                "tensor {name}: {elems} elements are not whole blocks of {block} ({:?})",
+                info.ggml_dtype
+            ));
+        }
+        let bytes = (elems / block)
+            .checked_mul(info.ggml_dtype.type_size())
+            .and_then(|b| u64::try_from(b).ok())
+            .ok_or_else(|| format!("tensor {name}: size of {dims:?} overflows"))?;
+        let start = content.tensor_data_offset.checked_add(info.offset);
+        match start.and_then(|s| s.checked_add(bytes).map(|e| (s, e))) {
+            Some((_, end)) if end <= file_end => {}
+            _ => {
+                return Err(format!(
+                    "tensor {name}: {bytes} bytes at offset {} run past the end of the file ({file_end} bytes)",
+                    info.offset
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// GGUF tensor name -> HF name (llama family).
 fn hf_name(gguf: &str) -> Option<String> {
     let fixed = match gguf {
@@ -221,8 +288,20 @@ fn hf_name(gguf: &str) -> Option<String> {
 fn unpermute_rows(q: QTensor, heads: usize, device: &Device) -> candle_core::Result<QTensor> {
     let (rows, cols) = q.shape().dims2()?;
     let dtype = q.dtype();
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
+        candle_core::bail!("{rows} rows are not {heads} heads of an even dimension");
+    }
+    if !cols.is_multiple_of(dtype.block_size()) {
+        candle_core::bail!("{cols} columns are not whole blocks of {dtype:?}");
+    }
     let row_bytes = cols / dtype.block_size() * dtype.type_size();
     let data = q.data()?;
+    if data.len() != rows * row_bytes {
+        candle_core::bail!(
+            "{} bytes of data for {rows} rows of {row_bytes}",
+            data.len()
+        );
+    }
     let d = rows / heads;
     let mut out = vec![0u8; data.len()];
     for h in 0..heads {

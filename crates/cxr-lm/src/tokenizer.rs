@@ -17,6 +17,11 @@ pub struct TextTokenizer {
 }
 
 /// One turn of a conversation.
+/// Template instructions one chat rendering may run: real templates need about 100 per message
+/// (SmolLM2, Llama 3), so this is ample for any conversation a context window holds; minijinja
+/// itself caps `range` at 100,000 items and a repeated string at 100 MB.
+pub const CHAT_TEMPLATE_FUEL: u64 = 10_000_000;
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ChatMessage {
     pub role: String,
@@ -201,6 +206,8 @@ impl TextTokenizer {
             reason: format!("chat template: {e}"),
         };
         let mut env = minijinja::Environment::new();
+        // The template comes from the model's files: a loop nest must end, not run for hours.
+        env.set_fuel(Some(CHAT_TEMPLATE_FUEL));
         env.add_function(
             "raise_exception",
             |msg: String| -> Result<String, minijinja::Error> {

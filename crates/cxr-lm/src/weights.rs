@@ -394,7 +394,11 @@ pub fn read_hf_tensors(path: &Path, device: &Device) -> Result<HashMap<String, T
                 tensors.insert(name, t);
             }
         } else {
-            for (name, t) in candle_core::pickle::read_all_with_key(&file, None).map_err(io)? {
+            let checked = cxr_train::pth::read_pth(&file, None).map_err(|e| LmError::Weights {
+                path: file.clone(),
+                reason: e.reason,
+            })?;
+            for (name, t) in checked {
                 tensors.insert(name, f32(t).map_err(io)?);
             }
         }
@@ -439,8 +443,24 @@ pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>, LmError> {
                 .collect();
             files.sort();
             files.dedup();
+            // A shard is a file beside the index: a name that climbs out (`..`), is absolute or
+            // holds a separator would read any file the process can.
+            if let Some(f) = files.iter().find(|f| !is_plain_file_name(f)) {
+                return Err(bad(format!(
+                    "weight_map names shard {f:?}, which is not a plain file name inside the model folder"
+                )));
+            }
             return Ok(files.into_iter().map(|f| path.join(f)).collect());
         }
     }
     Err(missing())
+}
+
+/// A single normal path component: no separator of any platform, not `.` or `..`, no NUL.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && !name.contains(':')
 }

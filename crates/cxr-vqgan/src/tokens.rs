@@ -86,7 +86,7 @@ pub fn from_npy(bytes: &[u8], n_embed: usize) -> Result<(Vec<u16>, usize), Strin
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err("not a .npy file (no \\x93NUMPY magic)".into());
     }
-    let (header_len, start) = match bytes[6] {
+    let (header_len, start): (usize, usize) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
         2 | 3 if bytes.len() >= 12 => (
             u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
@@ -94,8 +94,17 @@ pub fn from_npy(bytes: &[u8], n_embed: usize) -> Result<(Vec<u16>, usize), Strin
         ),
         v => return Err(format!("unsupported .npy version {v}")),
     };
+    let data_start = start
+        .checked_add(header_len)
+        .filter(|&end| end <= bytes.len())
+        .ok_or_else(|| {
+            format!(
+                "header claims {header_len} bytes but the file has {}",
+                bytes.len()
+            )
+        })?;
     let header = bytes
-        .get(start..start + header_len)
+        .get(start..data_start)
         .and_then(|h| std::str::from_utf8(h).ok())
         .ok_or("truncated or non-UTF-8 .npy header")?;
     let field = |key: &str| -> Option<&str> {
@@ -117,11 +126,15 @@ pub fn from_npy(bytes: &[u8], n_embed: usize) -> Result<(Vec<u16>, usize), Strin
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().map_err(|_| format!("bad shape entry {s:?}")))
         .collect::<Result<_, _>>()?;
-    let count: usize = shape.iter().product();
+    // Checked: a product that wraps could otherwise match the data's length.
+    let count = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} overflows"))?;
     let side = (count as f64).sqrt().round() as usize;
     let square = match shape.as_slice() {
         [a, b] if a == b => true,
-        [n] | [1, n] => side * side == *n,
+        [n] | [1, n] => side.checked_mul(side) == Some(*n),
         _ => false,
     };
     if !square || count == 0 {
@@ -140,8 +153,8 @@ pub fn from_npy(bytes: &[u8], n_embed: usize) -> Result<(Vec<u16>, usize), Strin
             ))
         }
     };
-    let data = &bytes[start + header_len..];
-    if data.len() != count * width {
+    let data = &bytes[data_start..];
+    if count.checked_mul(width) != Some(data.len()) {
         return Err(format!(
             "{} data bytes for {count} codes of {width} bytes",
             data.len()

@@ -35,6 +35,15 @@ impl CsvDataset {
                 line,
                 message: "empty image path".into(),
             })?;
+            // Absolute paths are part of this layout (a CSV indexing images elsewhere); a NUL
+            // would be cut short by the OS.
+            if image.contains('\0') {
+                return Err(DataError::Row {
+                    path: path.to_path_buf(),
+                    line,
+                    message: "image path contains NUL".into(),
+                });
+            }
             let split = match cell(c_split) {
                 Some(s) => Some(Split::parse(&s).ok_or_else(|| DataError::Row {
                     path: path.to_path_buf(),

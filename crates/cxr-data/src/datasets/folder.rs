@@ -21,12 +21,24 @@ fn is_image(p: &Path) -> bool {
     })
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+/// Deeper than any dataset's tree (MIMIC's is 4): a bound on the recursion.
+const MAX_DEPTH: usize = 32;
+
+fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+    if depth > MAX_DEPTH {
+        return Err(DataError::format(
+            dir,
+            format!("folders nested deeper than {MAX_DEPTH}"),
+        ));
+    }
     let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
     for entry in entries {
-        let path = entry.map_err(|e| DataError::io(dir, e))?.path();
-        if path.is_dir() {
-            walk(&path, out)?;
+        let entry = entry.map_err(|e| DataError::io(dir, e))?;
+        let path = entry.path();
+        // Symlinked folders are not followed: a link to an ancestor would recurse forever.
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir {
+            walk(&path, depth + 1, out)?;
         } else if is_image(&path) {
             out.push(path);
         }
@@ -47,7 +59,7 @@ impl ImageFolder {
             return Err(DataError::format(dir, "not a folder of images"));
         }
         let mut paths = Vec::new();
-        walk(dir, &mut paths)?;
+        walk(dir, 0, &mut paths)?;
         paths.sort();
         if paths.is_empty() {
             return Err(DataError::format(

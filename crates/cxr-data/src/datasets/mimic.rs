@@ -24,7 +24,8 @@ fn find_table(root: &Path, stem: &str) -> Option<PathBuf> {
 
 /// `files/p10/p10000032/s50414267`: the folder of a study.
 pub fn study_dir(root: &Path, subject_id: &str, study_id: &str) -> PathBuf {
-    let group = &subject_id[..subject_id.len().min(2)];
+    // By characters: a byte slice would split a multi-byte first character.
+    let group: String = subject_id.chars().take(2).collect();
     root.join("files")
         .join(format!("p{group}"))
         .join(format!("p{subject_id}"))
@@ -88,6 +89,17 @@ impl MimicCxrJpg {
                 line,
                 message: format!("unknown split {:?}", get(c_split)),
             })?;
+            for (column, id) in [
+                ("dicom_id", &dicom_id),
+                ("subject_id", &subject_id),
+                ("study_id", &study_id),
+            ] {
+                super::paths::check_plain_id(id).map_err(|e| DataError::Row {
+                    path: split_path.clone(),
+                    line,
+                    message: format!("{column}: {e}"),
+                })?;
+            }
             ids.insert(&split_path, &dicom_id, || format!("line {line}"))?;
             let dir = study_dir(root, &subject_id, &study_id);
             let report = match reports.get(&study_id) {

@@ -6,6 +6,7 @@ mod csv_table;
 mod folder;
 pub mod mimic;
 mod openi;
+mod paths;
 pub mod unique_ids;
 
 use std::path::{Path, PathBuf};
@@ -141,13 +142,41 @@ pub fn open_dataset(kind: DatasetKind, path: &Path) -> Result<Box<dyn CxrDataset
     Ok(dataset)
 }
 
+/// The most a gzipped table may inflate to: 2.5x MIMIC-CXR's largest (the metadata table, about
+/// 50 MB). Parsed rows take up to ~8x their text for short rows, so this bounds memory at ~1 GB.
+pub const MAX_INFLATED_TABLE_BYTES: u64 = 128 << 20;
+
+/// Fails the read once more than [`MAX_INFLATED_TABLE_BYTES`] came out of the decoder.
+struct InflateLimit<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for InflateLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > MAX_INFLATED_TABLE_BYTES {
+            return Err(std::io::Error::other(format!(
+                "the gzipped table inflates past {MAX_INFLATED_TABLE_BYTES} bytes"
+            )));
+        }
+        Ok(n)
+    }
+}
+
 /// Reads a whole CSV (plain or gzip) into header + rows, naming the file on failure.
 pub(crate) fn read_csv(
     path: &Path,
 ) -> Result<(csv::StringRecord, Vec<(u64, csv::StringRecord)>), DataError> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let reader: Box<dyn std::io::Read> = if path.extension().is_some_and(|e| e == "gz") {
-        Box::new(flate2::read::MultiGzDecoder::new(file))
+        // Capped: gzip expands up to ~1000:1, so a small file could otherwise fill memory.
+        use std::io::Read;
+        Box::new(InflateLimit {
+            inner: flate2::read::MultiGzDecoder::new(file).take(MAX_INFLATED_TABLE_BYTES + 1),
+            read: 0,
+        })
     } else {
         Box::new(file)
     };

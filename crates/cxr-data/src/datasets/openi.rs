@@ -62,6 +62,9 @@ fn read_r2gen(path: &Path) -> Result<Vec<CxrRecord>, DataError> {
             };
             let (study, subject) = (id_string(e.study_id), id_string(e.subject_id));
             for (k, rel) in e.image_path.iter().enumerate() {
+                super::paths::check_relative_path(rel).map_err(|why| {
+                    DataError::format(path, format!("entry {:?}: image_path: {why}", e.id))
+                })?;
                 let image_id = format!("{}_{k}", e.id);
                 ids.insert(path, &image_id, || {
                     format!("{split_name:?} entry {:?}, image {rel}", e.id)
@@ -132,6 +135,14 @@ fn read_xml_folder(root: &Path) -> Result<Vec<CxrRecord>, DataError> {
             let Some(id) = image.attribute("id") else {
                 continue;
             };
+            super::paths::check_plain_id(id).map_err(|why| {
+                let line = doc.text_pos_at(image.range().start).row;
+                DataError::Row {
+                    path: xml_path.clone(),
+                    line: line.into(),
+                    message: format!("parentImage: {why}"),
+                }
+            })?;
             ids.insert(root, id, || xml_path.display().to_string())?;
             let image_path = ["png", "jpg", "jpeg", "dcm"]
                 .iter()

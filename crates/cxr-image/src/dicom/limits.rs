@@ -1,0 +1,286 @@
+//! Bounds checked before dicom-rs allocates anything a DICOM file declares.
+//!
+//! dicom-parser reserves and zero-fills each value's declared length before reading it, so one
+//! corrupt length field would cost up to 4 GiB; codecs size their output from their own
+//! codestream header, not from the Rows/Columns we check. Here: every element's length must fit
+//! in what follows it (for a deflated data set, in the inflated stream, itself capped); the frame
+//! count is capped; and a JPEG, JPEG-LS or JPEG 2000 frame must declare the validated Rows,
+//! Columns and samples before a decoder sees it.
+
+use std::io::Read;
+use std::path::Path;
+
+use dicom_dictionary_std::uids;
+
+use super::corrupt;
+use crate::ImageError;
+
+/// The most frames a file may declare. Radiographs hold one; we decode only the first, but
+/// dicom-pixeldata sizes per-frame tables from this count.
+pub const MAX_FRAMES: u32 = 1024;
+/// What a deflated data set may inflate to: the same limit as any file on disk.
+pub const MAX_INFLATED_BYTES: u64 = crate::MAX_FILE_BYTES;
+
+const UNDEFINED: u32 = u32::MAX;
+
+/// Walks the element headers and refuses any element whose declared length runs past the end of
+/// the data. `data` starts at the `DICM` magic. A deflated data set is inflated (at most
+/// [`MAX_INFLATED_BYTES`]) and the inflated stream walked the same way: after this check every
+/// allocation dicom-parser makes is bounded by the file's size, or the inflated size.
+pub(super) fn check_element_lengths(data: &[u8], path: &Path) -> Result<(), ImageError> {
+    let mut pos = 4;
+    let mut ts = String::new();
+    while pos + 8 <= data.len() && u16_at(data, pos, true) == 0x0002 {
+        let element = u16_at(data, pos + 2, true);
+        let Some((h, len)) = header(data, pos, true, true) else {
+            break;
+        };
+        let remaining = data.len() - pos - h;
+        if len == UNDEFINED || len as usize > remaining {
+            return Err(too_long(path, 0x0002, element, len, remaining));
+        }
+        if element == 0x0010 {
+            ts = String::from_utf8_lossy(&data[pos + h..pos + h + len as usize])
+                .trim_end_matches(['\0', ' '])
+                .to_string();
+        }
+        pos += h + len as usize;
+    }
+    match ts.as_str() {
+        uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN => {
+            let inflated = inflate_capped(&data[pos..], path)?;
+            walk_data_set(&inflated, 0, true, true, path)
+        }
+        uids::IMPLICIT_VR_LITTLE_ENDIAN => walk_data_set(data, pos, false, true, path),
+        // Explicit VR big endian (retired, still found).
+        "1.2.840.10008.1.2.2" => walk_data_set(data, pos, true, false, path),
+        _ => walk_data_set(data, pos, true, true, path),
+    }
+}
+
+/// Raw deflate (PS3.5 A.5), refused past [`MAX_INFLATED_BYTES`]. Deflate expands at most about
+/// 1032:1, so a small file cannot reach the cap: the cap only matters for large ones.
+fn inflate_capped(compressed: &[u8], path: &Path) -> Result<Vec<u8>, ImageError> {
+    let mut out = Vec::new();
+    flate2::read::DeflateDecoder::new(compressed)
+        .take(MAX_INFLATED_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| corrupt(path, format!("deflated data set does not inflate: {e}")))?;
+    if out.len() as u64 > MAX_INFLATED_BYTES {
+        return Err(corrupt(
+            path,
+            format!("deflated data set inflates past {MAX_INFLATED_BYTES} bytes"),
+        ));
+    }
+    Ok(out)
+}
+
+fn u16_at(data: &[u8], p: usize, little: bool) -> u16 {
+    let b = [data[p], data[p + 1]];
+    if little {
+        u16::from_le_bytes(b)
+    } else {
+        u16::from_be_bytes(b)
+    }
+}
+
+fn u32_at(data: &[u8], p: usize, little: bool) -> u32 {
+    let b = [data[p], data[p + 1], data[p + 2], data[p + 3]];
+    if little {
+        u32::from_le_bytes(b)
+    } else {
+        u32::from_be_bytes(b)
+    }
+}
+
+fn too_long(path: &Path, group: u16, element: u16, len: u32, remaining: usize) -> ImageError {
+    corrupt(
+        path,
+        format!(
+            "element ({group:04X},{element:04X}) claims {len} bytes but only {remaining} remain"
+        ),
+    )
+}
+
+/// (header size, value length) of the element at `pos`.
+fn header(data: &[u8], pos: usize, explicit: bool, little: bool) -> Option<(usize, u32)> {
+    if !explicit {
+        return (pos + 8 <= data.len()).then(|| (8, u32_at(data, pos + 4, little)));
+    }
+    if pos + 8 > data.len() {
+        return None;
+    }
+    // PS3.5 7.1.2: these VRs have a 2-byte length; every other one, and (as dicom-parser reads
+    // it) any unknown VR, has a reserved field and a 4-byte length.
+    let short = matches!(
+        &data[pos + 4..pos + 6],
+        b"AE"
+            | b"AS"
+            | b"AT"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"FL"
+            | b"FD"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"PN"
+            | b"SH"
+            | b"SL"
+            | b"SS"
+            | b"ST"
+            | b"TM"
+            | b"UI"
+            | b"UL"
+            | b"US"
+    );
+    if short {
+        Some((8, u16_at(data, pos + 6, little) as u32))
+    } else {
+        (pos + 12 <= data.len()).then(|| (12, u32_at(data, pos + 8, little)))
+    }
+}
+
+/// The data set walk, from `pos` to the end of `data`.
+fn walk_data_set(
+    data: &[u8],
+    mut pos: usize,
+    explicit: bool,
+    little: bool,
+    path: &Path,
+) -> Result<(), ImageError> {
+    let mut in_fragments = false;
+    while pos + 8 <= data.len() {
+        let (group, element) = (u16_at(data, pos, little), u16_at(data, pos + 2, little));
+        if group == 0xFFFE {
+            // Item and delimiters: always a 4-byte length, never a VR.
+            let len = u32_at(data, pos + 4, little);
+            pos += 8;
+            match element {
+                0xE000 if in_fragments => {
+                    if len == UNDEFINED || len as usize > data.len() - pos {
+                        return Err(too_long(path, group, element, len, data.len() - pos));
+                    }
+                    pos += len as usize;
+                }
+                0xE0DD => in_fragments = false,
+                _ => {} // an item of a sequence: its elements follow and are walked too
+            }
+            continue;
+        }
+        let Some((h, len)) = header(data, pos, explicit, little) else {
+            break;
+        };
+        let value = pos + h;
+        if len == UNDEFINED {
+            in_fragments = (group, element) == (0x7FE0, 0x0010);
+            pos = value;
+            continue;
+        }
+        let remaining = data.len() - value;
+        if len as usize > remaining {
+            return Err(too_long(path, group, element, len, remaining));
+        }
+        // A sequence of defined length: walk into its items (implicit VR has no VR to say so,
+        // but its value then starts with an item tag).
+        let starts_item = value + 4 <= data.len()
+            && u16_at(data, value, little) == 0xFFFE
+            && u16_at(data, value + 2, little) == 0xE000;
+        let is_sequence = (explicit && &data[pos + 4..pos + 6] == b"SQ")
+            || (len > 0 && starts_item && (!explicit || &data[pos + 4..pos + 6] == b"UN"));
+        pos = if is_sequence {
+            value
+        } else {
+            value + len as usize
+        };
+    }
+    Ok(())
+}
+
+/// What a compressed frame's own header declares.
+#[derive(Debug, PartialEq)]
+pub(super) struct CodestreamSize {
+    pub width: u32,
+    pub height: u32,
+    pub components: u32,
+}
+
+/// Reads the frame size from the start of a JPEG (ITU T.81), JPEG-LS (T.87, SOF55) or JPEG 2000
+/// (T.800, SIZ) codestream; `None` for other syntaxes. Errors when the header cannot be found.
+pub(super) fn codestream_size(
+    ts_uid: &str,
+    frame: &[u8],
+    path: &Path,
+) -> Result<Option<CodestreamSize>, ImageError> {
+    let jpeg_family = [
+        uids::JPEG_BASELINE8_BIT,
+        uids::JPEG_EXTENDED12_BIT,
+        uids::JPEG_LOSSLESS,
+        uids::JPEG_LOSSLESS_SV1,
+        uids::JPEGLS_LOSSLESS,
+        uids::JPEGLS_NEAR_LOSSLESS,
+    ];
+    let j2k = [uids::JPEG2000_LOSSLESS, uids::JPEG2000];
+    if jpeg_family.contains(&ts_uid) {
+        jpeg_frame_header(frame)
+            .map(Some)
+            .ok_or_else(|| corrupt(path, "the first frame has no JPEG frame header (SOF)"))
+    } else if j2k.contains(&ts_uid) {
+        j2k_siz(frame)
+            .map(Some)
+            .ok_or_else(|| corrupt(path, "the first frame has no JPEG 2000 SIZ header"))
+    } else {
+        Ok(None)
+    }
+}
+
+/// The SOF segment's lines, samples per line and components: every SOFn of T.81 (C0-CF but C4
+/// DHT, C8 JPG, CC DAC) and JPEG-LS's SOF55 (F7) share one layout.
+fn jpeg_frame_header(d: &[u8]) -> Option<CodestreamSize> {
+    if d.get(..2)? != [0xFF, 0xD8] {
+        return None;
+    }
+    let mut p = 2;
+    loop {
+        // Fill bytes (0xFF runs) may precede a marker.
+        while *d.get(p)? == 0xFF && *d.get(p + 1)? == 0xFF {
+            p += 1;
+        }
+        if *d.get(p)? != 0xFF {
+            return None;
+        }
+        let marker = *d.get(p + 1)?;
+        let len = u16::from_be_bytes([*d.get(p + 2)?, *d.get(p + 3)?]) as usize;
+        let is_sof = matches!(marker, 0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC))
+            || marker == 0xF7;
+        if is_sof {
+            let seg = d.get(p + 4..p + 2 + len)?;
+            return Some(CodestreamSize {
+                height: u16::from_be_bytes([*seg.get(1)?, *seg.get(2)?]) as u32,
+                width: u16::from_be_bytes([*seg.get(3)?, *seg.get(4)?]) as u32,
+                components: *seg.get(5)? as u32,
+            });
+        }
+        if marker == 0xDA || len < 2 {
+            return None; // scan data before any frame header
+        }
+        p += 2 + len;
+    }
+}
+
+/// JPEG 2000's SIZ segment, right after SOC (FF4F): the image area and component count. A JP2
+/// file wrapper (boxes) is searched for its codestream's SOC first.
+fn j2k_siz(d: &[u8]) -> Option<CodestreamSize> {
+    let soc = d.windows(4).position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])?;
+    let s = d.get(soc + 4..soc + 4 + 38)?;
+    let be32 = |o: usize| u32::from_be_bytes([s[o], s[o + 1], s[o + 2], s[o + 3]]);
+    // Lsiz(2) Rsiz(2) Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz XTOsiz YTOsiz Csiz(2)
+    let (xsiz, ysiz, xo, yo) = (be32(4), be32(8), be32(12), be32(16));
+    Some(CodestreamSize {
+        width: xsiz.checked_sub(xo)?,
+        height: ysiz.checked_sub(yo)?,
+        components: u16::from_be_bytes([s[36], s[37]]) as u32,
+    })
+}
