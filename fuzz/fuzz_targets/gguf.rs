@@ -2,8 +2,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use std::path::Path;
 
 fuzz_target!(|bytes: &[u8]| {
-    let path = llm_cxr_fuzz::scratch_file("model.gguf", bytes);
-    let _ = cxr_lm::gguf::read_gguf(&path, &candle_core::Device::Cpu);
+    let mut file = std::io::Cursor::new(bytes);
+    let _ =
+        cxr_lm::gguf::read_gguf_from(&mut file, Path::new("fuzz.gguf"), &candle_core::Device::Cpu);
 });

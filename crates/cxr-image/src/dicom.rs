@@ -134,6 +134,11 @@ pub fn decode_dicom(bytes: &[u8], path: &Path) -> Result<GrayImage, ImageError> 
     if let Value::PixelSequence(seq) = pixel_data.value() {
         // Codecs allocate what their own header says: it must agree with the checked attributes.
         let first = seq.fragments().first().map_or(&[][..], |f| f.as_slice());
+        if ts_uid == uids::RLE_LOSSLESS {
+            let pixels = rows as u64 * cols as u64;
+            let segments = samples as u32 * (bits_allocated as u32).div_ceil(8);
+            limits::check_rle_frame(first, pixels, segments, path)?;
+        }
         if let Some(size) = limits::codestream_size(&ts_uid, first, path)? {
             if (size.width, size.height, size.components) != (cols, rows, samples) {
                 return Err(corrupt(

@@ -713,3 +713,34 @@ fn write_fuzz_seeds() {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
 }
+
+#[test]
+fn rle_frames_with_a_broken_segment_table_are_refused_before_decoding() {
+    // Found by the fuzzer: dicom-rs's RLE reader indexes past a short segment (a panic) and
+    // allocates what the segment count says (2^32 - 1 segments: 16 GiB).
+    let img = pattern();
+    let opts = DicomWriteOptions {
+        bits_stored: 8,
+        ..Default::default()
+    };
+    let good = rle_encode(&stored_samples(&img, 8, Photometric::Monochrome2), W, H, false);
+    let mut huge_count = good.clone();
+    huge_count[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let mut short = good.clone();
+    short.truncate(64 + (good.len() - 64) / 2);
+    let mut outside = good.clone();
+    outside[4..8].copy_from_slice(&(good.len() as u32 + 10).to_le_bytes());
+    for (frame, says) in [
+        (huge_count, "segments, but the samples need 1"),
+        (short, "segment 0"),
+        (outside, "segment 0 spans"),
+    ] {
+        let mut obj = build_dicom(&img, &opts).unwrap();
+        encapsulate(&mut obj, uids::RLE_LOSSLESS, frame).unwrap();
+        let e = decode_image(&to_bytes(&obj).unwrap(), Path::new("rle.dcm"))
+            .err()
+            .expect("a broken RLE frame is refused")
+            .to_string();
+        assert!(e.contains("rle.dcm") && e.contains("RLE frame") && e.contains(says), "{e}");
+    }
+}

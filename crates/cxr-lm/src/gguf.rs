@@ -230,6 +230,9 @@ fn check_tensor_ranges(content: &Content, file_end: u64) -> Result<(), String> {
             .iter()
             .try_fold(1usize, |n, &d| n.checked_mul(d))
             .ok_or_else(|| format!("tensor {name}: dimensions {dims:?} overflow"))?;
+        if elems == 0 {
+            return Err(format!("tensor {name}: has no elements ({dims:?})"));
+        }
         let block = info.ggml_dtype.block_size();
         if !elems.is_multiple_of(block) {
             return Err(format!(

@@ -165,6 +165,18 @@ fn gguf_wrapping_dimension_product_is_refused() {
 }
 
 #[test]
+fn gguf_tensor_without_elements_is_refused() {
+    // Found by the fuzzer: candle views a zero-length buffer as f32 through a dangling,
+    // misaligned pointer (undefined behaviour; an abort with debug assertions).
+    let t = q_proj(vec![0, 8], 0);
+    let e = gguf_error(&gguf_bytes(&llama_kv(|_| {}), &[t], &[0u8; 64]));
+    assert!(
+        e.contains("blk.0.attn_q.weight") && e.contains("no elements"),
+        "{e}"
+    );
+}
+
+#[test]
 fn gguf_tensor_data_past_the_end_is_refused() {
     // Offset beyond the file, then a tensor longer than the data, then a truncated file.
     let t = q_proj(vec![8, 8], 1 << 40);

@@ -167,7 +167,7 @@ fn npy(dir: &Path) -> Result<()> {
         )?;
     }
     let mut header = "{'descr': '<i8', 'fortran_order': False, 'shape': (2, 2), }".to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');

@@ -284,3 +284,70 @@ fn j2k_siz(d: &[u8]) -> Option<CodestreamSize> {
         components: u16::from_be_bytes([s[36], s[37]]) as u32,
     })
 }
+
+/// Checks an RLE Lossless frame (PS3.5 Annex G) before dicom-rs decodes it: its reader trusts the
+/// segment table (a count of 2^32 allocates 16 GiB; a short segment is indexed past its end,
+/// found by the fuzzer). The table must hold one segment per byte of each sample, in order, inside
+/// the frame, and each segment's PackBits runs must be whole and give `rows x cols` bytes.
+pub(super) fn check_rle_frame(
+    frame: &[u8],
+    pixels: u64,
+    segments_expected: u32,
+    path: &Path,
+) -> Result<(), ImageError> {
+    let bad = |why: String| corrupt(path, format!("RLE frame: {why}"));
+    if frame.len() < 64 {
+        return Err(bad(format!("{} bytes, shorter than its 64-byte header", frame.len())));
+    }
+    let count = u32_at(frame, 0, true);
+    if count != segments_expected {
+        return Err(bad(format!(
+            "{count} segments, but the samples need {segments_expected}"
+        )));
+    }
+    let mut offsets: Vec<usize> = (0..count as usize)
+        .map(|k| u32_at(frame, 4 + 4 * k, true) as usize)
+        .collect();
+    offsets.push(frame.len());
+    for k in 0..count as usize {
+        let (start, end) = (offsets[k], offsets[k + 1]);
+        if start < 64 || start > end || end > frame.len() {
+            return Err(bad(format!(
+                "segment {k} spans bytes {start}..{end} of {}",
+                frame.len()
+            )));
+        }
+        let decoded = packbits_length(&frame[start..end], pixels)
+            .ok_or_else(|| bad(format!("segment {k} has a run past its end")))?;
+        if decoded < pixels {
+            return Err(bad(format!(
+                "segment {k} decodes to {decoded} bytes, fewer than the {pixels} pixels"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The bytes a PackBits segment decodes to, counted up to `enough`; `None` when a run's bytes
+/// are missing.
+fn packbits_length(segment: &[u8], enough: u64) -> Option<u64> {
+    let (mut at, mut out) = (0usize, 0u64);
+    while at < segment.len() && out < enough {
+        let control = segment[at] as i8;
+        match control {
+            0..=127 => {
+                let n = control as usize + 1;
+                segment.get(at + 1..at + 1 + n)?;
+                out += n as u64;
+                at += 1 + n;
+            }
+            -127..=-1 => {
+                segment.get(at + 1)?;
+                out += (1 - control as i64) as u64;
+                at += 2;
+            }
+            -128 => at += 1,
+        }
+    }
+    Some(out)
+}
