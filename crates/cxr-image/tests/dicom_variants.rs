@@ -723,7 +723,12 @@ fn rle_frames_with_a_broken_segment_table_are_refused_before_decoding() {
         bits_stored: 8,
         ..Default::default()
     };
-    let good = rle_encode(&stored_samples(&img, 8, Photometric::Monochrome2), W, H, false);
+    let good = rle_encode(
+        &stored_samples(&img, 8, Photometric::Monochrome2),
+        W,
+        H,
+        false,
+    );
     let mut huge_count = good.clone();
     huge_count[..4].copy_from_slice(&u32::MAX.to_le_bytes());
     let mut short = good.clone();
@@ -741,6 +746,9 @@ fn rle_frames_with_a_broken_segment_table_are_refused_before_decoding() {
             .err()
             .expect("a broken RLE frame is refused")
             .to_string();
-        assert!(e.contains("rle.dcm") && e.contains("RLE frame") && e.contains(says), "{e}");
+        assert!(
+            e.contains("rle.dcm") && e.contains("RLE frame") && e.contains(says),
+            "{e}"
+        );
     }
 }

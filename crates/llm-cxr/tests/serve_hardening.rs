@@ -64,7 +64,7 @@ fn a_panic_in_a_batch_is_answered_500_and_the_next_request_200() {
     for internal in ["panic", "FAULT_INJECT", ".rs", model.to_str().unwrap()] {
         assert!(!body.contains(internal), "{internal} in {body}");
     }
-    let log = server.log();
+    let log = server.log_with(&id);
     assert!(
         log.contains(&id) && log.contains("LLM_CXR_FAULT_INJECT"),
         "{log}"
@@ -497,7 +497,8 @@ fn error_bodies_say_what_is_wrong_without_internal_detail() {
     for internal in ["upload:", "Png", "Corrupt", "{ "] {
         assert!(!body.contains(internal), "{internal:?} in {body}");
     }
-    assert!(server.log().contains("broken Png data"), "{}", server.log());
+    let log = server.log_with("broken Png data");
+    assert!(log.contains("broken Png data"), "{log}");
     let r = server.request("POST", "/v1/draw", "application/json", b"{not json");
     assert_error(&r, 400, "not valid JSON (line 1, column 2)");
     assert!(!r.text().contains("Failed to"), "{}", r.text());

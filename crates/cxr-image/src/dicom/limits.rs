@@ -297,7 +297,10 @@ pub(super) fn check_rle_frame(
 ) -> Result<(), ImageError> {
     let bad = |why: String| corrupt(path, format!("RLE frame: {why}"));
     if frame.len() < 64 {
-        return Err(bad(format!("{} bytes, shorter than its 64-byte header", frame.len())));
+        return Err(bad(format!(
+            "{} bytes, shorter than its 64-byte header",
+            frame.len()
+        )));
     }
     let count = u32_at(frame, 0, true);
     if count != segments_expected {

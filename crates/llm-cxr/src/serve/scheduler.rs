@@ -269,6 +269,9 @@ fn fail_batch<'a>(
     counters: &Counters,
     what: &str,
 ) {
+    // Counted before anyone is answered: a client that reads /health after its 500 sees it.
+    counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+    counters.failing_in_a_row.fetch_add(1, Ordering::Relaxed);
     let mut ids: Vec<String> = Vec::new();
     for (_, r) in running.drain() {
         ids.push(r.job.request_id.clone());
@@ -284,8 +287,6 @@ fn fail_batch<'a>(
     );
     *batch = Batch::new(&engine.lm.model);
     counters.running.store(0, Ordering::Relaxed);
-    counters.failed_batches.fetch_add(1, Ordering::Relaxed);
-    counters.failing_in_a_row.fetch_add(1, Ordering::Relaxed);
 }
 
 fn worker(

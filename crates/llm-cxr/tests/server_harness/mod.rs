@@ -77,6 +77,19 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once it holds `needle` (a thread collects it, so a line may trail the answer by
+    /// a moment on a loaded machine); the log as it is after 10 s otherwise.
+    pub fn log_with(&self, needle: &str) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            let log = self.log();
+            if log.contains(needle) || start.elapsed() > std::time::Duration::from_secs(10) {
+                return log;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Opens a connection and sends one HTTP/1.0 request (the answer then ends with the
     /// connection: no chunked encoding to undo).
     pub fn send(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> TcpStream {
