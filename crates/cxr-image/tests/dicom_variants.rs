@@ -752,3 +752,45 @@ fn rle_frames_with_a_broken_segment_table_are_refused_before_decoding() {
         );
     }
 }
+
+#[test]
+fn binary_values_of_a_partial_length_are_refused() {
+    // Found by the fuzzer: dicom-parser reads len / size values of a binary VR but advances by
+    // len, so a partial value shifts its reading and a later header came from the middle of an
+    // element (a 4 GiB allocation). WindowCenter (0028,1050) "2048" relabelled FD: 4 bytes of an
+    // 8-byte value.
+    let good = encode_dicom(&pattern(), &DicomWriteOptions::default()).unwrap();
+    let at = good
+        .windows(6)
+        .position(|w| w == [0x28, 0x00, 0x50, 0x10, b'D', b'S'])
+        .expect("a WindowCenter element");
+    let mut bytes = good.clone();
+    bytes[at + 4..at + 6].copy_from_slice(b"FD");
+    let e = decode_image(&bytes, Path::new("partial.dcm"))
+        .err()
+        .expect("a partial binary value is refused")
+        .to_string();
+    assert!(
+        e.contains("partial.dcm") && e.contains("(0028,1050)") && e.contains("whole 8-byte values"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_file_meta_group_length_that_disagrees_is_refused() {
+    // Found by the fuzzer: dicom-object starts the data set where (0002,0000) says the meta group
+    // ends; a wrong length made it read (and inflate) bytes the length walk had not checked.
+    let good = encode_dicom(&pattern(), &DicomWriteOptions::default()).unwrap();
+    assert_eq!(&good[132..140], &[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+    let mut bytes = good.clone();
+    let stated = u32::from_le_bytes(bytes[140..144].try_into().unwrap());
+    bytes[140..144].copy_from_slice(&(stated + 24).to_le_bytes());
+    let e = decode_image(&bytes, Path::new("meta.dcm"))
+        .err()
+        .expect("a wrong meta group length is refused")
+        .to_string();
+    assert!(
+        e.contains("meta.dcm") && e.contains(&format!("says {} bytes", stated + 24)),
+        "{e}"
+    );
+}

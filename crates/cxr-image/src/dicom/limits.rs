@@ -30,6 +30,8 @@ const UNDEFINED: u32 = u32::MAX;
 pub(super) fn check_element_lengths(data: &[u8], path: &Path) -> Result<(), ImageError> {
     let mut pos = 4;
     let mut ts = String::new();
+    // (where the group's elements start, what (0002,0000) says they take)
+    let mut group_length: Option<(usize, u32)> = None;
     while pos + 8 <= data.len() && u16_at(data, pos, true) == 0x0002 {
         let element = u16_at(data, pos + 2, true);
         let Some((h, len)) = header(data, pos, true, true) else {
@@ -39,12 +41,28 @@ pub(super) fn check_element_lengths(data: &[u8], path: &Path) -> Result<(), Imag
         if len == UNDEFINED || len as usize > remaining {
             return Err(too_long(path, 0x0002, element, len, remaining));
         }
+        if element == 0x0000 && len == 4 {
+            group_length = Some((pos + h + 4, u32_at(data, pos + h, true)));
+        }
         if element == 0x0010 {
             ts = String::from_utf8_lossy(&data[pos + h..pos + h + len as usize])
                 .trim_end_matches(['\0', ' '])
                 .to_string();
         }
         pos += h + len as usize;
+    }
+    // dicom-object reads the file meta group by its stated length: a data set read from anywhere
+    // else than where this walk goes on would escape the walk (found by the fuzzer).
+    if let Some((start, stated)) = group_length {
+        if pos - start != stated as usize {
+            return Err(corrupt(
+                path,
+                format!(
+                    "the file meta group length (0002,0000) says {stated} bytes but its elements take {}",
+                    pos - start
+                ),
+            ));
+        }
     }
     match ts.as_str() {
         uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN => {
@@ -143,6 +161,36 @@ fn header(data: &[u8], pos: usize, explicit: bool, little: bool) -> Option<(usiz
     }
 }
 
+/// A binary VR's length must be whole values (PS3.5 6.2): dicom-parser reads `len / size` values
+/// but advances by `len`, so an AT of 6 bytes shifted its reading by 2 and a later header was read
+/// from the middle of an element (found by the fuzzer: a 4 GiB allocation).
+fn check_whole_values(
+    data: &[u8],
+    pos: usize,
+    group: u16,
+    element: u16,
+    len: u32,
+    path: &Path,
+) -> Result<(), ImageError> {
+    let vr = &data[pos + 4..pos + 6];
+    let size = match vr {
+        b"US" | b"SS" | b"OW" => 2,
+        b"AT" | b"UL" | b"SL" | b"FL" | b"OL" | b"OF" => 4,
+        b"FD" | b"OD" | b"SV" | b"UV" | b"OV" => 8,
+        _ => return Ok(()),
+    };
+    if len % size != 0 {
+        return Err(corrupt(
+            path,
+            format!(
+                "element ({group:04X},{element:04X}) of VR {} holds {len} bytes, not whole {size}-byte values",
+                String::from_utf8_lossy(vr)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The data set walk, from `pos` to the end of `data`.
 fn walk_data_set(
     data: &[u8],
@@ -182,6 +230,9 @@ fn walk_data_set(
         let remaining = data.len() - value;
         if len as usize > remaining {
             return Err(too_long(path, group, element, len, remaining));
+        }
+        if explicit {
+            check_whole_values(data, pos, group, element, len, path)?;
         }
         // A sequence of defined length: walk into its items (implicit VR has no VR to say so,
         // but its value then starts with an item tag).
