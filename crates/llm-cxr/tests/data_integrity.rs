@@ -66,22 +66,25 @@ fn token_folders_refuse_codes_of_another_vqgan() {
 
     // `data build` against another VQ-GAN than the tokens' is refused before anything is built.
     let built = dir.path().join("built");
-    let o = llm_cxr(&[
-        "data",
-        "build",
-        "--data",
-        ph.to_str().unwrap(),
-        "--tokens",
-        tokens.to_str().unwrap(),
-        "--model",
-        dir.path().join("no-model").to_str().unwrap(),
-        "--vqgan",
-        wb.to_str().unwrap(),
-        "--vqgan-config",
-        cb.to_str().unwrap(),
-        "--out",
-        built.to_str().unwrap(),
-    ]);
+    let build = |weights: &Path, config: &Path| {
+        llm_cxr(&[
+            "data",
+            "build",
+            "--data",
+            ph.to_str().unwrap(),
+            "--tokens",
+            tokens.to_str().unwrap(),
+            "--model",
+            dir.path().join("no-model").to_str().unwrap(),
+            "--vqgan",
+            weights.to_str().unwrap(),
+            "--vqgan-config",
+            config.to_str().unwrap(),
+            "--out",
+            built.to_str().unwrap(),
+        ])
+    };
+    let o = build(&wb, &cb);
     let e = stderr(&o);
     assert!(!o.status.success(), "{e}");
     assert!(
@@ -92,22 +95,7 @@ fn token_folders_refuse_codes_of_another_vqgan() {
 
     // A folder that records no VQ-GAN is refused too when one is expected.
     std::fs::remove_file(tokens.join(cxr_vqgan::identity::IDENTITY_FILE)).unwrap();
-    let o = llm_cxr(&[
-        "data",
-        "build",
-        "--data",
-        ph.to_str().unwrap(),
-        "--tokens",
-        tokens.to_str().unwrap(),
-        "--model",
-        dir.path().join("no-model").to_str().unwrap(),
-        "--vqgan",
-        wa.to_str().unwrap(),
-        "--vqgan-config",
-        ca.to_str().unwrap(),
-        "--out",
-        built.to_str().unwrap(),
-    ]);
+    let o = build(&wa, &ca);
     let e = stderr(&o);
     assert!(
         e.contains("records no VQ-GAN (vqgan.json is missing)"),
