@@ -136,7 +136,7 @@ pub fn decode_dicom(bytes: &[u8], path: &Path) -> Result<GrayImage, ImageError> 
         let first = seq.fragments().first().map_or(&[][..], |f| f.as_slice());
         if ts_uid == uids::RLE_LOSSLESS {
             let pixels = rows as u64 * cols as u64;
-            let segments = samples as u32 * (bits_allocated as u32).div_ceil(8);
+            let segments = samples * bits_allocated.div_ceil(8);
             limits::check_rle_frame(first, pixels, segments, path)?;
         }
         if let Some(size) = limits::codestream_size(&ts_uid, first, path)? {

@@ -743,8 +743,7 @@ fn rle_frames_with_a_broken_segment_table_are_refused_before_decoding() {
         let mut obj = build_dicom(&img, &opts).unwrap();
         encapsulate(&mut obj, uids::RLE_LOSSLESS, frame).unwrap();
         let e = decode_image(&to_bytes(&obj).unwrap(), Path::new("rle.dcm"))
-            .err()
-            .expect("a broken RLE frame is refused")
+            .expect_err("a broken RLE frame is refused")
             .to_string();
         assert!(
             e.contains("rle.dcm") && e.contains("RLE frame") && e.contains(says),
@@ -767,8 +766,7 @@ fn binary_values_of_a_partial_length_are_refused() {
     let mut bytes = good.clone();
     bytes[at + 4..at + 6].copy_from_slice(b"FD");
     let e = decode_image(&bytes, Path::new("partial.dcm"))
-        .err()
-        .expect("a partial binary value is refused")
+        .expect_err("a partial binary value is refused")
         .to_string();
     assert!(
         e.contains("partial.dcm") && e.contains("(0028,1050)") && e.contains("whole 8-byte values"),
@@ -786,8 +784,7 @@ fn a_file_meta_group_length_that_disagrees_is_refused() {
     let stated = u32::from_le_bytes(bytes[140..144].try_into().unwrap());
     bytes[140..144].copy_from_slice(&(stated + 24).to_le_bytes());
     let e = decode_image(&bytes, Path::new("meta.dcm"))
-        .err()
-        .expect("a wrong meta group length is refused")
+        .expect_err("a wrong meta group length is refused")
         .to_string();
     assert!(
         e.contains("meta.dcm") && e.contains(&format!("says {} bytes", stated + 24)),

@@ -179,7 +179,7 @@ fn check_whole_values(
         b"FD" | b"OD" | b"SV" | b"UV" | b"OV" => 8,
         _ => return Ok(()),
     };
-    if len % size != 0 {
+    if !len.is_multiple_of(size) {
         return Err(corrupt(
             path,
             format!(
