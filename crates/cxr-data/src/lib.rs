@@ -11,4 +11,4 @@ pub use datasets::{open_dataset, CxrDataset, CxrRecord, DataError, DatasetKind, 
 pub use labels::{ChexpertLabels, Label, Observation};
 pub use report::ReportSections;
 
-pub use output::{replace_dir_atomic, write_atomic, LockError, OutputLock};
+pub use output::{replace_dir_atomic, write_atomic, LockError, OutputLock, EXPORT_MARKER};

@@ -113,7 +113,8 @@ fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
 /// in it is then synced and the folder takes `dir`'s place in one rename (an exchange with the
 /// old folder on Linux, which is then removed), and the parent is synced. A crash at any point
 /// leaves `dir` as it was or as `write` made it, never a mix; an error from `write` leaves `dir`
-/// untouched. Whatever else was in an old `dir` is gone afterwards: the folder is the export.
+/// untouched. The folder is the export: an old `dir` is replaced whole, so one that holds files
+/// no export wrote (a user's `models/`, say) is refused rather than emptied.
 pub fn replace_dir_atomic<E: From<std::io::Error>>(
     dir: &Path,
     write: impl FnOnce(&Path) -> Result<(), E>,
@@ -125,6 +126,8 @@ pub fn replace_dir_atomic<E: From<std::io::Error>>(
         .suffix(".tmp")
         .tempdir_in(parent)?;
     write(staging.path())?;
+    std::fs::write(staging.path().join(EXPORT_MARKER), b"")?;
+    check_replaceable(dir, staging.path())?;
     sync_tree(staging.path())?;
     let staged = staging.keep();
     let swapped = match std::fs::symlink_metadata(dir) {
@@ -165,6 +168,47 @@ pub fn replace_dir_atomic<E: From<std::io::Error>>(
         std::fs::remove_dir_all(&staged)?;
     }
     Ok(())
+}
+
+/// The empty file every whole-folder export holds: a folder with it was written by
+/// [`replace_dir_atomic`] and may be replaced whole.
+pub const EXPORT_MARKER: &str = ".llm-cxr-export";
+
+/// A folder may be replaced whole when it is missing, empty, an export (it holds
+/// [`EXPORT_MARKER`]), or an export from before the marker: plain files only, one of them a name
+/// the new export writes too. Anything else (a user's `models/` with models in it, say) holds
+/// what the swap would delete: refused.
+fn check_replaceable(dir: &Path, staged: &Path) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let (mut foreign, mut shared, mut folders) = (Vec::new(), false, false);
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == EXPORT_MARKER {
+            return Ok(());
+        }
+        folders |= entry.file_type()?.is_dir();
+        if staged.join(&name).exists() {
+            shared = true;
+        } else {
+            foreign.push(name.to_string_lossy().into_owned());
+        }
+    }
+    if foreign.is_empty() || (shared && !folders) {
+        return Ok(());
+    }
+    foreign.sort();
+    foreign.truncate(5);
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!(
+            "{} holds files this export would delete ({}, ...); it is replaced whole, so give it a new or empty folder",
+            dir.display(),
+            foreign.join(", ")
+        ),
+    ))
 }
 
 /// Why an output folder could not be locked.

@@ -28,6 +28,7 @@ fn shards_replace_the_old_build_whole() {
     std::fs::create_dir_all(&out).unwrap();
     // An older, larger build: its extra shard must not survive beside the new manifest.
     std::fs::write(out.join("shard-00005.jsonl"), "stale\n").unwrap();
+    std::fs::write(out.join("manifest.json"), "{}").unwrap();
     let samples: Vec<Tokenized> = (0..5)
         .map(|k| Tokenized {
             task: Task::Text,
@@ -48,6 +49,7 @@ fn shards_replace_the_old_build_whole() {
     assert_eq!(
         names,
         [
+            cxr_data::EXPORT_MARKER,
             "manifest.json",
             "shard-00000.jsonl",
             "shard-00001.jsonl",

@@ -77,6 +77,7 @@ fn an_export_replaces_the_folder_whole_and_a_failed_one_leaves_it() {
     assert_eq!(
         names(&out),
         [
+            cxr_data::EXPORT_MARKER,
             "config.json",
             "model.safetensors",
             "tokenizer.json",
