@@ -335,7 +335,9 @@ fn check_pickle(data: &[u8]) -> Result<(), String> {
         }};
     }
     let joined = |items: &[Obj]| {
-        items.iter().fold(Estimate { bytes: 0, depth: 0 }, |a, b| a.join(b.est))
+        items
+            .iter()
+            .fold(Estimate { bytes: 0, depth: 0 }, |a, b| a.join(b.est))
     };
     let tuple = |items: Vec<Obj>| -> Result<Obj, String> {
         let est = wrap(joined(&items))?;
