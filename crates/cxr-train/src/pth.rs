@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use candle_core::pickle::PthTensors;
 use candle_core::Tensor;
@@ -65,7 +66,8 @@ pub fn check_pth(path: &Path, key: Option<&str>) -> Result<PthTensors, PthError>
     let file_size = file.metadata().map_err(|e| bad(e.to_string()))?.len();
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| bad(format!("not a PyTorch zip checkpoint: {e}")))?;
-    let mut sizes: HashMap<String, u64> = HashMap::new();
+    // Each entry's uncompressed size, and whether it is stored uncompressed.
+    let mut sizes: HashMap<String, (u64, bool)> = HashMap::new();
     let mut pickles = Vec::new();
     for i in 0..zip.len() {
         let entry = zip
@@ -85,7 +87,7 @@ pub fn check_pth(path: &Path, key: Option<&str>) -> Result<PthTensors, PthError>
         if name.ends_with("data.pkl") {
             pickles.push((i, name.clone(), size));
         }
-        sizes.insert(name, size);
+        sizes.insert(name, (size, stored));
     }
     if pickles.is_empty() {
         return Err(bad("no data.pkl in the archive".into()));
@@ -107,21 +109,35 @@ pub fn check_pth(path: &Path, key: Option<&str>) -> Result<PthTensors, PthError>
     let pth = PthTensors::new(path, key).map_err(|e| bad(e.to_string()))?;
     for (name, info) in pth.tensor_infos() {
         let dims = info.layout.dims();
+        // candle multiplies the dims of a zero-sized tensor too (its contiguity check).
+        let nonzero = dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d.max(1)));
         let bytes = dims
             .iter()
             .try_fold(1usize, |n, &d| n.checked_mul(d))
             .and_then(|n| n.checked_mul(info.dtype.size_in_bytes()))
+            .filter(|_| nonzero.is_some())
             .ok_or_else(|| bad(format!("tensor {name}: shape {dims:?} overflows")))?;
         let start = info.layout.start_offset();
         let end = start
             .checked_add(bytes)
             .ok_or_else(|| bad(format!("tensor {name}: offset {start} overflows")))?;
-        let held = sizes.get(&info.path).copied().ok_or_else(|| {
+        let (held, stored) = sizes.get(&info.path).copied().ok_or_else(|| {
             bad(format!(
                 "tensor {name}: its storage {:?} is not in the archive",
                 info.path
             ))
         })?;
+        // candle allocates the whole tensor before reading it, and a compressed entry's declared
+        // size is bounded only by about 1032x its bytes in the file. PyTorch stores tensor data
+        // uncompressed.
+        if !stored {
+            return Err(bad(format!(
+                "tensor {name}: its storage {:?} is compressed; PyTorch stores tensor data uncompressed",
+                info.path
+            )));
+        }
         if end as u64 > held {
             return Err(bad(format!(
                 "tensor {name}: shape {dims:?} of {:?} needs bytes {start}..{end} of storage {:?}, which holds {held}",
@@ -160,11 +176,100 @@ impl Estimate {
     }
 }
 
+/// The values the walk follows: enough of candle's objects to see the arguments of a tensor
+/// rebuild, which candle takes apart with `Vec::remove` (a panic on a short tuple) and whose
+/// storage offset it multiplies by the dtype size unchecked.
+#[derive(Clone)]
+enum Val {
+    Int(i64),
+    Global(Callable),
+    Tuple(Rc<Vec<Val>>),
+    Persistent(Rc<Val>),
+    Other,
+}
+
+/// The globals candle treats as tensor rebuilds.
+#[derive(Clone, Copy, PartialEq)]
+enum Callable {
+    RebuildTensor,
+    RebuildFromType,
+    RebuildParameter,
+    Other,
+}
+
+/// One object on the walk's stack: its estimated size and the value followed.
+#[derive(Clone)]
+struct Obj {
+    est: Estimate,
+    val: Val,
+}
+
+/// Refuses a call candle would take apart by index past its end, or a storage offset whose byte
+/// offset overflows (8 bytes, the largest dtype).
+fn check_call(callable: &Val, args: &Val) -> Result<(), String> {
+    // candle refuses (without panicking) arguments that are not a tuple.
+    let (Val::Global(callable), Val::Tuple(args)) = (callable, args) else {
+        return Ok(());
+    };
+    match callable {
+        Callable::RebuildTensor => check_rebuild_args(args),
+        Callable::RebuildFromType => {
+            if args.len() < 3 {
+                return Err(format!(
+                    "_rebuild_from_type_v2 with {} arguments (3 needed) cannot be checked",
+                    args.len()
+                ));
+            }
+            match (&args[0], &args[2]) {
+                (Val::Global(Callable::RebuildTensor), Val::Tuple(a)) => check_rebuild_args(a),
+                _ => Ok(()),
+            }
+        }
+        Callable::RebuildParameter if args.is_empty() => {
+            Err("_rebuild_parameter with no arguments cannot be checked".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `_rebuild_tensor_v2(storage, storage_offset, size, stride, ...)`.
+fn check_rebuild_args(args: &[Val]) -> Result<(), String> {
+    if args.len() < 4 {
+        return Err(format!(
+            "_rebuild_tensor_v2 with {} arguments (4 needed) cannot be checked",
+            args.len()
+        ));
+    }
+    if let Val::Int(offset) = args[1] {
+        if usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_mul(8))
+            .is_none()
+        {
+            return Err(format!(
+                "a tensor's storage offset {offset} is negative or overflows"
+            ));
+        }
+    }
+    if let Val::Persistent(id) = &args[0] {
+        if let Val::Tuple(storage) = &**id {
+            if storage.len() < 5 {
+                return Err(format!(
+                    "a tensor storage of {} fields (5 needed) cannot be checked",
+                    storage.len()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Walks the opcodes candle's unpickler knows, as its stack machine does but with sizes for
 /// objects: refuses a string or argument longer than the bytes left, a pickle whose objects
-/// would exceed [`MAX_PICKLE_OBJECT_BYTES`], and containers nested deeper than
-/// [`MAX_PICKLE_DEPTH`]. Unknown opcodes or a malformed stack stop the walk (candle refuses those
-/// itself).
+/// would exceed [`MAX_PICKLE_OBJECT_BYTES`], containers nested deeper than [`MAX_PICKLE_DEPTH`],
+/// and tensor rebuilds candle would panic on. Any state the walk cannot follow is refused too:
+/// candle does not refuse it (its stack treats a MARK as an ordinary object), and after it the
+/// limits above would no longer be checked.
 fn check_pickle(data: &[u8]) -> Result<(), String> {
     let mut pos = 0usize;
     let need = |pos: usize, n: usize, what: &str| -> Result<usize, String> {
@@ -177,8 +282,8 @@ fn check_pickle(data: &[u8]) -> Result<(), String> {
         })
     };
     // `None` is a mark.
-    let mut stack: Vec<Option<Estimate>> = Vec::new();
-    let mut memo: HashMap<u32, Estimate> = HashMap::new();
+    let mut stack: Vec<Option<Obj>> = Vec::new();
+    let mut memo: HashMap<u32, Obj> = HashMap::new();
     let mut total = 0u64;
     // Adds `bytes` to what the objects built so far take.
     let mut alloc = |bytes: u64| -> Result<(), String> {
@@ -190,7 +295,10 @@ fn check_pickle(data: &[u8]) -> Result<(), String> {
         }
         Ok(())
     };
-    let leaf = |bytes: u64| Estimate { bytes, depth: 0 };
+    let leaf = |bytes: u64, val: Val| Obj {
+        est: Estimate { bytes, depth: 0 },
+        val,
+    };
     // A new container holding `inner`.
     let wrap = |inner: Estimate| -> Result<Estimate, String> {
         let depth = inner.depth + 1;
@@ -204,29 +312,44 @@ fn check_pickle(data: &[u8]) -> Result<(), String> {
             depth,
         })
     };
+    let unchecked = |op: u8, at: usize, what: &str| {
+        format!("opcode {op:#04x} at byte {at} {what}, which cannot be checked")
+    };
     macro_rules! pop {
-        () => {
+        ($op:expr, $at:expr) => {
             match stack.pop() {
                 Some(Some(v)) => v,
-                _ => return Ok(()),
+                Some(None) => return Err(unchecked($op, $at, "takes a MARK as an object")),
+                None => return Err(unchecked($op, $at, "pops an empty stack")),
             }
         };
     }
     macro_rules! pop_to_mark {
-        () => {{
+        ($op:expr, $at:expr) => {{
             let Some(mark) = stack.iter().rposition(Option::is_none) else {
-                return Ok(());
+                return Err(unchecked($op, $at, "has no MARK"));
             };
-            let all = stack[mark + 1..]
-                .iter()
-                .flatten()
-                .fold(leaf(0), |a, &b| a.join(b));
+            let items: Vec<Obj> = stack.drain(mark + 1..).flatten().collect();
             stack.truncate(mark);
-            all
+            items
         }};
     }
+    let joined = |items: &[Obj]| {
+        items
+            .iter()
+            .fold(Estimate { bytes: 0, depth: 0 }, |a, b| a.join(b.est))
+    };
+    let tuple = |items: Vec<Obj>| -> Result<Obj, String> {
+        let est = wrap(joined(&items))?;
+        let vals = items.into_iter().map(|o| o.val).collect();
+        Ok(Obj {
+            est,
+            val: Val::Tuple(Rc::new(vals)),
+        })
+    };
     let u32_at = |p: usize| u32::from_le_bytes([data[p], data[p + 1], data[p + 2], data[p + 3]]);
     while pos < data.len() {
+        let at = pos;
         let op = data[pos];
         pos += 1;
         match op {
@@ -239,106 +362,154 @@ fn check_pickle(data: &[u8]) -> Result<(), String> {
                     b'J' => 4,
                     _ => 8,
                 };
-                pos = need(pos, n, "an opcode argument")?;
+                let end = need(pos, n, "an opcode argument")?;
+                let arg = &data[pos..end];
+                let val = match op {
+                    b'K' => Val::Int(arg[0].into()),
+                    b'M' => Val::Int(u16::from_le_bytes([arg[0], arg[1]]).into()),
+                    b'J' => Val::Int(u32_at(pos) as i32 as i64),
+                    _ => Val::Other,
+                };
+                pos = end;
                 alloc(OBJECT_BYTES)?;
-                stack.push(Some(leaf(OBJECT_BYTES)));
+                stack.push(Some(leaf(OBJECT_BYTES, val)));
             }
             b'X' => {
-                let at = need(pos, 4, "a string length")?;
+                let start = need(pos, 4, "a string length")?;
                 let len = u32_at(pos) as usize;
-                pos = need(at, len, &format!("a string of {len} bytes"))?;
+                pos = need(start, len, &format!("a string of {len} bytes"))?;
                 alloc(OBJECT_BYTES + len as u64)?;
-                stack.push(Some(leaf(OBJECT_BYTES + len as u64)));
+                stack.push(Some(leaf(OBJECT_BYTES + len as u64, Val::Other)));
             }
             0x8a => {
-                let at = need(pos, 1, "a long's length")?;
-                pos = need(at, data[pos] as usize, "a long")?;
+                let start = need(pos, 1, "a long's length")?;
+                let n = data[pos] as usize;
+                // candle shifts each byte by 8 x its index in a u8 into an i64.
+                if n > 8 {
+                    return Err(format!(
+                        "a long of {n} bytes at byte {at} (at most 8 are read)"
+                    ));
+                }
+                pos = need(start, n, "a long")?;
+                // Little-endian and unsigned, as candle decodes it.
+                let v = data[start..pos]
+                    .iter()
+                    .rev()
+                    .fold(0u64, |v, &b| (v << 8) | u64::from(b));
                 alloc(OBJECT_BYTES)?;
-                stack.push(Some(leaf(OBJECT_BYTES)));
+                stack.push(Some(leaf(OBJECT_BYTES, Val::Int(v as i64))));
             }
             b'c' => {
-                // Module and class names, each up to a newline.
+                // Module and class names, each up to a newline (and a carriage return).
                 let start = pos;
-                for _ in 0..2 {
+                let mut names = [&data[..0]; 2];
+                for name in &mut names {
                     let nl = data[pos..]
                         .iter()
                         .position(|&b| b == b'\n')
                         .ok_or_else(|| format!("a global name at byte {pos} has no end"))?;
+                    let line = &data[pos..pos + nl];
+                    *name = line.strip_suffix(b"\r").unwrap_or(line);
                     pos += nl + 1;
                 }
+                let callable = match (names[0], names[1]) {
+                    (b"torch._utils", b"_rebuild_tensor_v2") => Callable::RebuildTensor,
+                    (b"torch._utils", b"_rebuild_parameter") => Callable::RebuildParameter,
+                    (b"torch._tensor", b"_rebuild_from_type_v2") => Callable::RebuildFromType,
+                    _ => Callable::Other,
+                };
                 let bytes = OBJECT_BYTES + (pos - start) as u64;
                 alloc(bytes)?;
-                stack.push(Some(leaf(bytes)));
+                stack.push(Some(leaf(bytes, Val::Global(callable))));
             }
             b'q' | b'r' | b'h' | b'j' => {
                 let n = if matches!(op, b'q' | b'h') { 1 } else { 4 };
-                let at = need(pos, n, "a memo index")?;
+                let end = need(pos, n, "a memo index")?;
                 let id = if n == 1 {
                     data[pos] as u32
                 } else {
                     u32_at(pos)
                 };
-                pos = at;
+                pos = end;
                 // candle copies the object on put and on get.
                 if matches!(op, b'q' | b'r') {
-                    let Some(Some(top)) = stack.last().copied() else {
-                        return Ok(());
+                    let Some(Some(top)) = stack.last() else {
+                        return Err(unchecked(op, at, "memoizes a MARK or nothing"));
                     };
-                    alloc(top.bytes)?;
-                    memo.insert(id, top);
+                    alloc(top.est.bytes)?;
+                    memo.insert(id, top.clone());
                 } else {
-                    let Some(&v) = memo.get(&id) else {
-                        return Ok(());
+                    let Some(v) = memo.get(&id) else {
+                        return Err(unchecked(op, at, &format!("gets the unset memo {id}")));
                     };
-                    alloc(v.bytes)?;
-                    stack.push(Some(v));
+                    alloc(v.est.bytes)?;
+                    stack.push(Some(v.clone()));
                 }
             }
             b')' | b'}' | b'd' | b']' | b'N' | 0x88 | 0x89 => {
+                // candle reads `d` as an empty dict, not as DICT.
+                let val = if op == b')' {
+                    Val::Tuple(Rc::default())
+                } else {
+                    Val::Other
+                };
                 alloc(OBJECT_BYTES)?;
-                stack.push(Some(leaf(OBJECT_BYTES)));
+                stack.push(Some(leaf(OBJECT_BYTES, val)));
             }
             b'(' => stack.push(None),
-            b'Q' | 0x85 => {
-                let v = pop!();
+            b'Q' => {
+                let v = pop!(op, at);
                 alloc(OBJECT_BYTES)?;
-                stack.push(Some(wrap(v)?));
+                stack.push(Some(Obj {
+                    est: wrap(v.est)?,
+                    val: Val::Persistent(Rc::new(v.val)),
+                }));
             }
-            b'R' | b'b' | 0x81 | 0x86 => {
-                let (a, b) = (pop!(), pop!());
+            0x85..=0x87 => {
+                let mut items: Vec<Obj> = Vec::new();
+                for _ in 0x84..op {
+                    items.push(pop!(op, at));
+                }
+                items.reverse();
                 alloc(OBJECT_BYTES)?;
-                stack.push(Some(wrap(a.join(b))?));
-            }
-            0x87 => {
-                let (a, b, c) = (pop!(), pop!(), pop!());
-                alloc(OBJECT_BYTES)?;
-                stack.push(Some(wrap(a.join(b).join(c))?));
+                stack.push(Some(tuple(items)?));
             }
             b't' => {
-                let all = pop_to_mark!();
+                let items = pop_to_mark!(op, at);
                 alloc(OBJECT_BYTES)?;
-                stack.push(Some(wrap(all)?));
+                stack.push(Some(tuple(items)?));
+            }
+            b'R' | b'b' | 0x81 => {
+                let (args, callable) = (pop!(op, at), pop!(op, at));
+                if op != b'b' {
+                    check_call(&callable.val, &args.val).map_err(|e| format!("byte {at}: {e}"))?;
+                }
+                alloc(OBJECT_BYTES)?;
+                stack.push(Some(Obj {
+                    est: wrap(args.est.join(callable.est))?,
+                    val: Val::Other,
+                }));
             }
             b'a' | b's' | b'e' | b'u' => {
                 let added = match op {
-                    b'a' => pop!(),
-                    b's' => pop!().join(pop!()),
-                    _ => pop_to_mark!(),
+                    b'a' => pop!(op, at).est,
+                    b's' => pop!(op, at).est.join(pop!(op, at).est),
+                    _ => joined(&pop_to_mark!(op, at)),
                 };
-                let Some(Some(top)) = stack.last().copied() else {
-                    return Ok(());
+                let Some(Some(top)) = stack.last_mut() else {
+                    return Err(unchecked(op, at, "adds to a MARK or nothing"));
                 };
                 let grown = wrap(added)?;
-                let grown = Estimate {
-                    bytes: top.bytes.saturating_add(added.bytes),
-                    depth: top.depth.max(grown.depth),
+                top.est = Estimate {
+                    bytes: top.est.bytes.saturating_add(added.bytes),
+                    depth: top.est.depth.max(grown.depth),
                 };
-                if let Some(last) = stack.last_mut() {
-                    *last = Some(grown);
-                }
             }
-            _ => return Ok(()),
+            _ => return Err(unchecked(op, at, "is not one candle reads")),
         }
     }
-    Ok(())
+    Err(format!(
+        "it ends at byte {} without a STOP opcode, which cannot be checked",
+        data.len()
+    ))
 }
