@@ -11,6 +11,9 @@ fn phrases() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{} is absent (CI=true: CI must have it)", dir.display());
+        }
         eprintln!("SKIP: {} is absent", dir.display());
         None
     }

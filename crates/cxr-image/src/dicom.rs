@@ -139,15 +139,23 @@ pub fn decode_dicom(bytes: &[u8], path: &Path) -> Result<GrayImage, ImageError> 
             let segments = samples * bits_allocated.div_ceil(8);
             limits::check_rle_frame(first, pixels, segments, path)?;
         }
-        if let Some(size) = limits::codestream_size(&ts_uid, first, path)? {
-            if (size.width, size.height, size.components) != (cols, rows, samples) {
-                return Err(corrupt(
-                    path,
-                    format!(
-                        "the first frame's codestream declares {}x{} with {} components but the header says {cols}x{rows} with {samples}",
-                        size.width, size.height, size.components
-                    ),
-                ));
+        // The codec decodes the fragment a Basic Offset Table points at, not always the first:
+        // every fragment that starts a codestream (JPEG SOI, JPEG 2000 SOC) is checked.
+        for (k, fragment) in seq.fragments().iter().enumerate() {
+            let starts = fragment.starts_with(&[0xFF, 0xD8]) || fragment.starts_with(&[0xFF, 0x4F]);
+            if k > 0 && !starts {
+                continue;
+            }
+            if let Some(size) = limits::codestream_size(&ts_uid, fragment, path)? {
+                if (size.width, size.height, size.components) != (cols, rows, samples) {
+                    return Err(corrupt(
+                        path,
+                        format!(
+                            "fragment {k}'s codestream declares {}x{} with {} components but the header says {cols}x{rows} with {samples}",
+                            size.width, size.height, size.components
+                        ),
+                    ));
+                }
             }
         }
     }

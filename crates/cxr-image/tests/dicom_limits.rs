@@ -172,3 +172,40 @@ fn frame_count_beyond_the_limit_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn a_forged_codestream_behind_the_offset_table_is_refused_too() {
+    // Review finding: the codec decodes the fragment the Basic Offset Table points at. A true
+    // first fragment and a second one declaring 60000x60000, with the table pointing at the
+    // second, must not reach the codec.
+    let opts = DicomWriteOptions {
+        bits_stored: 8,
+        ..Default::default()
+    };
+    let mut obj = build_dicom(&gradient(), &opts).unwrap();
+    obj.transcode(TransferSyntaxRegistry.get(uids::JPEGLS_LOSSLESS).unwrap())
+        .unwrap();
+    let true_frame = match obj.element(tags::PIXEL_DATA).unwrap().value() {
+        dicom_core::value::Value::PixelSequence(seq) => seq.fragments()[0].to_vec(),
+        _ => panic!("JPEG-LS pixel data is encapsulated"),
+    };
+    let mut forged = true_frame.clone();
+    patch_sof(&mut forged, 0xF7, 60000, 60000);
+    let offsets = vec![true_frame.len() as u32 + 8];
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        dicom_core::value::Value::PixelSequence(dicom_core::value::PixelFragmentSequence::new(
+            offsets,
+            vec![true_frame, forged],
+        )),
+    ));
+    let e = decode_image(&to_bytes(&obj).unwrap(), Path::new("offset-table.dcm"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("offset-table.dcm")
+            && e.contains("fragment 1's codestream declares 60000x60000"),
+        "{e}"
+    );
+}

@@ -16,6 +16,12 @@ fn gguf() -> Option<PathBuf> {
     if p.is_file() {
         Some(p)
     } else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "{} is absent (CI=true: CI must have it; scripts/setup.sh fetches it)",
+                p.display()
+            );
+        }
         eprintln!(
             "skipped: {} is absent (bash scripts/fetch-smollm2.sh)",
             p.display()

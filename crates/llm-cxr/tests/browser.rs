@@ -162,6 +162,9 @@ fn the_page_reads_asks_and_draws_in_headless_chromium() {
         find(&["chromedriver"]),
         find(&["chromium", "chromium-browser", "google-chrome"]),
     ) else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("chromedriver or chromium is absent (apt-get install chromium chromium-driver) (CI=true: CI must have it)");
+        }
         eprintln!(
             "SKIP: chromedriver or chromium is absent (apt-get install chromium chromium-driver)"
         );

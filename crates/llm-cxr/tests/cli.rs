@@ -14,6 +14,9 @@ fn chexpert_phrases() -> Option<std::path::PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{} is absent (CI=true: CI must have it)", dir.display());
+        }
         eprintln!("SKIP: {} is absent", dir.display());
         None
     }
@@ -26,6 +29,12 @@ fn smollm2() -> Option<std::path::PathBuf> {
     if gguf.is_file() {
         Some(gguf)
     } else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "{} is absent (scripts/setup.sh fetches it) (CI=true: CI must have it)",
+                gguf.display()
+            );
+        }
         eprintln!(
             "SKIP: {} is absent (scripts/setup.sh fetches it)",
             gguf.display()

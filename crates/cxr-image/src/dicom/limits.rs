@@ -65,7 +65,11 @@ pub(super) fn check_element_lengths(data: &[u8], path: &Path) -> Result<(), Imag
         }
     }
     match ts.as_str() {
-        uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN => {
+        // Every syntax whose data set dicom-object inflates: deflated explicit VR, and JPIP's
+        // referenced deflate (classic and HTJ2K).
+        uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+        | "1.2.840.10008.1.2.4.95"
+        | "1.2.840.10008.1.2.4.205" => {
             let inflated = inflate_capped(&data[pos..], path)?;
             walk_data_set(&inflated, 0, true, true, path)
         }

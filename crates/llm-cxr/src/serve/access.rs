@@ -49,6 +49,8 @@ impl Access {
             {
                 hosts.push(a);
             } else {
+                // A proxy forwards the name it was reached by, usually without a port.
+                hosts.push(a.clone());
                 names.push(a);
             }
         }
@@ -180,6 +182,8 @@ mod tests {
             "localhost:8080",
             "[::1]:8080",
             "cxr.example:8080",
+            // Behind a proxy that forwards the name alone.
+            "cxr.example",
         ] {
             assert_eq!(a.foreign(&headers(&[("host", ok)])), None, "{ok}");
         }
@@ -190,6 +194,8 @@ mod tests {
         assert_eq!(a.foreign(&same), None);
         for (host, origin) in [
             ("evil.example:8080", None),
+            ("evil.example", None),
+            ("localhost", None),
             ("127.0.0.1:8081", None),
             ("127.0.0.1:8080", Some("http://evil.example")),
             ("127.0.0.1:8080", Some("null")),

@@ -297,14 +297,16 @@ async fn vqgan_input(s: &AppState, up: Upload) -> Result<candle_core::Tensor, Ap
         return Err(queue_full());
     }
     let config = s.vqgan.clone();
-    // The decoder runs outside the request's scope: its errors are told (and logged) here.
+    // The decoder runs outside the request's scope: its errors are told (and logged) here. It
+    // holds the upload slot until it ends, even when the client has gone and this future with it.
+    let slot = up._slot;
     let decoded = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let img = cxr_image::decode_image(&bytes, &upload).map_err(Ok)?;
         cxr_vqgan::vqgan_input(&img, &config, &Device::Cpu).map_err(|e| Err(e.to_string()))
     })
     .await
     .map_err(|e| ApiError::internal(format!("decoding the upload: {e}")))?;
-    drop(up._slot);
     decoded.map_err(|e| match e {
         Ok(e) => ApiError::image(&e),
         Err(e) => {

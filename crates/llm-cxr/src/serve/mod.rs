@@ -115,7 +115,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .host
         .parse()
         .with_context(|| format!("--host {:?} is not an IP address", a.host))?;
-    let api_key = a.api_key.clone().filter(|k| !k.is_empty());
+    let api_key = a
+        .api_key
+        .as_deref()
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(String::from);
     if !ip.is_loopback() && api_key.is_none() && !a.insecure {
         anyhow::bail!(
             "refusing to listen on {ip}, which other machines can reach, without an API key: \
