@@ -25,7 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-LLMCXR_FIXTURE_DIR="$work" cargo test --release -q -p llm-cxr --test serve_hardening \
+LLMCXR_FIXTURE_DIR="$work" cargo test --release -q --workspace --test serve_hardening \
   -- --ignored --exact write_fixture >/dev/null
 
 key=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')

@@ -29,10 +29,11 @@ export RUSTC_BOOTSTRAP=1
 corpus=target/fuzz-corpus
 artifacts=target/fuzz-artifacts
 mkdir -p "$corpus" "$artifacts"
-# Seeds: small valid files of every kind, written by the tests that build such files.
-LLM_CXR_FUZZ_SEEDS="$PWD/$corpus" cargo test --release --locked -q -p llm-cxr --test fuzz_seeds \
+# Seeds: small valid files of every kind, written by the tests that build such files (--workspace:
+# the features the test run compiled with, so nothing is built again).
+LLM_CXR_FUZZ_SEEDS="$PWD/$corpus" cargo test --release --locked -q --workspace --test fuzz_seeds \
     -- --ignored --exact write_fuzz_seeds >/dev/null
-LLM_CXR_FUZZ_SEEDS="$PWD/$corpus" cargo test --release --locked -q -p cxr-image --test dicom_variants \
+LLM_CXR_FUZZ_SEEDS="$PWD/$corpus" cargo test --release --locked -q --workspace --test dicom_variants \
     -- --ignored --exact write_fuzz_seeds >/dev/null
 
 (cd fuzz && cargo fuzz build -O --debug-assertions)
