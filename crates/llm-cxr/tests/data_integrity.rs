@@ -191,3 +191,23 @@ fn a_second_run_on_an_output_folder_in_use_fails_at_once() {
     let e = stderr(&r);
     assert!(e.contains("in use by another llm-cxr run"), "{e}");
 }
+
+#[test]
+fn unrecorded_token_files_are_removed_before_a_vqgan_is_recorded() {
+    // Review finding: recorded first and killed before re-encoding, a folder's old codes would
+    // have passed as the new VQ-GAN's. A file for no image of the dataset shows it: it must go.
+    let dir = tempfile::tempdir().unwrap();
+    let ph = phantoms(dir.path());
+    let (w, c) = random_vqgan(dir.path(), 64, "a");
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let ghost = tokens.join(cxr_vqgan::tokens::file_name("not-in-the-dataset"));
+    cxr_vqgan::tokens::write(&ghost, &[0u16; 16], 4).unwrap();
+    let o = encode(&ph, &w, &c, &tokens);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !ghost.exists(),
+        "an unrecorded VQ-GAN's token file survived"
+    );
+    assert!(stderr(&o).contains("removed"), "{}", stderr(&o));
+}

@@ -398,15 +398,23 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
     let keep_existing = match identity.check_folder(&a.out)? {
         Some(()) => true,
         None => {
-            let stale = std::fs::read_dir(&a.out)
+            // Removed before this VQ-GAN is recorded: otherwise a run killed half-way would
+            // leave them under its identity, and the next run would keep them as its own.
+            let stale: Vec<PathBuf> = std::fs::read_dir(&a.out)
                 .with_context(|| format!("reading {}", a.out.display()))?
                 .filter_map(Result::ok)
-                .any(|e| e.path().extension().is_some_and(|x| x == "npy"));
-            if stale {
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "npy"))
+                .collect();
+            if !stale.is_empty() {
                 tracing::warn!(
-                    "{} holds token files of an unrecorded VQ-GAN: every image is encoded again",
-                    a.out.display()
+                    "{} holds {} token files of an unrecorded VQ-GAN: removed, every image is encoded again",
+                    a.out.display(),
+                    stale.len()
                 );
+            }
+            for p in &stale {
+                std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))?;
             }
             false
         }
