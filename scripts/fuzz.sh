@@ -5,6 +5,9 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET ...]     (default: 5 s, every target)
 #
+# FUZZ_SEED=N fixes libFuzzer's random seed (CI uses 1, so that a CI failure replays on any
+# machine from a clean clone); unset, every run mutates differently and explores further.
+#
 # Prints one JSON line per target ({"target", "runs", "seconds", "corpus"}) and writes them all to
 # target/fuzz-report.json. Runs on the stable toolchain: cargo-fuzz passes nightly-only flags, and
 # RUSTC_BOOTSTRAP=1 lets stable accept them (no second toolchain needs to be fetched).
@@ -12,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${1:-5}
+seed=${FUZZ_SEED:-0} # 0: libFuzzer picks one
 shift || true
 if [ $# -gt 0 ]; then
     targets=("$@")
@@ -36,7 +40,7 @@ LLM_CXR_FUZZ_SEEDS="$PWD/$corpus" cargo test --release --locked -q --workspace -
 LLM_CXR_FUZZ_SEEDS="$PWD/$corpus" cargo test --release --locked -q --workspace --test dicom_variants \
     -- --ignored --exact write_fuzz_seeds >/dev/null
 
-(cd fuzz && cargo fuzz build -O --debug-assertions)
+(cd fuzz && cargo fuzz build -O)
 
 report=target/fuzz-report.json
 : >"$report"
@@ -44,8 +48,8 @@ for t in "${targets[@]}"; do
     mkdir -p "$corpus/$t" "$artifacts/$t"
     log="$artifacts/$t/run.log"
     # 2 GiB of resident memory, 1 GiB in one allocation, 10 s for one input: each is a failure.
-    if ! (cd fuzz && cargo fuzz run -O --debug-assertions "$t" "../$corpus/$t" -- \
-        -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=10 \
+    if ! (cd fuzz && cargo fuzz run -O "$t" "../$corpus/$t" -- \
+        -max_total_time="$seconds" -seed="$seed" -rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=10 \
         -artifact_prefix="../$artifacts/$t/" -print_final_stats=1) >"$log" 2>&1; then
         tail -n 40 "$log" >&2
         echo "fuzz: $t failed; the input is under $artifacts/$t/" >&2

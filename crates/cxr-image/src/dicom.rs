@@ -11,17 +11,23 @@
 //! path, the technical attribute name and sizes; [`DicomSummary`] lists which PHI tags exist by
 //! name only.
 
+mod bounded;
 mod limits;
 
+use std::cell::RefCell;
 use std::path::Path;
+
+use bounded::BoundedDecoder;
 
 pub use limits::{MAX_FRAMES, MAX_INFLATED_BYTES};
 
 use dicom_core::value::{PixelFragmentSequence, Value};
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::{tags, uids};
+use dicom_encoding::text::SpecificCharacterSet;
 use dicom_encoding::TransferSyntaxIndex;
-use dicom_object::{FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
+use dicom_object::{FileMetaTable, FileMetaTableBuilder, InMemDicomObject};
+use dicom_parser::stateful::decode::{CharacterSetOverride, DynStatefulDecoder};
 use dicom_pixeldata::{ConvertOptions, PixelDecoder, VoiLutOption};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
@@ -38,6 +44,11 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> ImageError {
 }
 
 /// Parses a DICOM file held in memory (with its 128-byte preamble and `DICM` magic).
+///
+/// The file meta group is read by dicom-object after [`limits::check_meta_group`]; the data set is
+/// read by dicom-parser's own reader through a [`BoundedDecoder`], which refuses any declared
+/// length past the end of the data set before a value is allocated. A deflated data set is
+/// inflated first (capped at [`MAX_INFLATED_BYTES`]).
 fn parse(bytes: &[u8], path: &Path) -> Result<FileObject, ImageError> {
     if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
         return Err(corrupt(
@@ -45,11 +56,57 @@ fn parse(bytes: &[u8], path: &Path) -> Result<FileObject, ImageError> {
             "missing the DICM magic after the 128-byte preamble",
         ));
     }
-    limits::check_element_lengths(&bytes[128..], path)?;
-    let obj = OpenFileOptions::new()
-        .from_reader(&bytes[128..])
-        .map_err(|e| classify_parse_error(path, &e.to_string()))?;
-    Ok(obj)
+    let data_set_start = 128 + limits::check_meta_group(&bytes[128..], path)?;
+    let mut meta_bytes = &bytes[128..data_set_start];
+    let meta = FileMetaTable::from_reader(&mut meta_bytes)
+        .map_err(|e| corrupt(path, format!("file meta group: {e}")))?;
+    if !meta_bytes.is_empty() {
+        return Err(corrupt(
+            path,
+            "the file meta group ends before its stated length",
+        ));
+    }
+    let uid = meta.transfer_syntax().to_string();
+    let ts =
+        TransferSyntaxRegistry
+            .get(&uid)
+            .ok_or_else(|| ImageError::UnsupportedTransferSyntax {
+                path: path.to_path_buf(),
+                uid: uid.clone(),
+                name: "not in this build's registry".into(),
+            })?;
+    // Every syntax whose data set is deflated: deflated explicit VR, and JPIP's referenced
+    // deflate (classic and HTJ2K). Inflated, it reads as explicit VR little endian.
+    let deflated = [
+        uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        uids::JPIP_REFERENCED_DEFLATE,
+        uids::JPIPHTJ2K_REFERENCED_DEFLATE,
+    ];
+    let inflated;
+    let (data_set, ts) = if deflated.contains(&uid.as_str()) {
+        inflated = limits::inflate_capped(&bytes[data_set_start..], path)?;
+        let explicit = TransferSyntaxRegistry
+            .get(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+            .expect("explicit VR little endian is always registered");
+        (&inflated[..], explicit)
+    } else {
+        (&bytes[data_set_start..], ts)
+    };
+    let decoder = DynStatefulDecoder::new_with_override(
+        data_set,
+        ts,
+        SpecificCharacterSet::default(),
+        CharacterSetOverride::default(),
+        0,
+    )
+    .map_err(|e| classify_parse_error(path, &e.to_string()))?;
+    let refusal = RefCell::new(None);
+    let bounded = BoundedDecoder::new(decoder, data_set.len() as u64, &refusal);
+    let obj = InMemDicomObject::read_dataset(bounded).map_err(|e| match refusal.take() {
+        Some(reason) => corrupt(path, reason),
+        None => classify_parse_error(path, &e.to_string()),
+    })?;
+    Ok(obj.with_exact_meta(meta))
 }
 
 /// dicom-object reports an unknown transfer syntax as a parse error; give it its own variant.

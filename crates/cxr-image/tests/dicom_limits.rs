@@ -209,3 +209,25 @@ fn a_forged_codestream_behind_the_offset_table_is_refused_too() {
         "{e}"
     );
 }
+
+#[test]
+fn lengths_are_checked_where_dicom_parser_reads_them() {
+    // Found by the fuzzer (a J2K fixture with one byte changed): BitsAllocated's length grew to 72
+    // bytes and swallowed the PixelData header, so an item tag came outside any sequence and
+    // dicom-parser read a length from the codestream's SOC/SIZ markers (1.37 GB). The former
+    // length walk read that item differently and let the length through; lengths are now checked
+    // inside dicom-parser's own reading.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    let path = dir.join("item-outside-sequence.dcm");
+    let file = std::fs::read(&path).unwrap();
+    let e = decode_image(&file, &path).unwrap_err();
+    assert!(matches!(e, ImageError::Corrupt { .. }), "{e:?}");
+    let message = e.to_string();
+    assert!(
+        message.contains("item-outside-sequence.dcm") && message.contains("remain"),
+        "{message}"
+    );
+    if let Some(peak) = peak_rss() {
+        assert!(peak < 1 << 30, "peak resident memory {peak} bytes");
+    }
+}

@@ -2,10 +2,11 @@
 //!
 //! dicom-parser reserves and zero-fills each value's declared length before reading it, so one
 //! corrupt length field would cost up to 4 GiB; codecs size their output from their own
-//! codestream header, not from the Rows/Columns we check. Here: every element's length must fit
-//! in what follows it (for a deflated data set, in the inflated stream, itself capped); the frame
-//! count is capped; and a JPEG, JPEG-LS or JPEG 2000 frame must declare the validated Rows,
-//! Columns and samples before a decoder sees it.
+//! codestream header, not from the Rows/Columns we check. Here: the file meta group is walked
+//! (the data set's lengths are checked as dicom-parser reads them, in `bounded.rs`); a deflated
+//! data set is inflated with a cap; the frame count is capped; a JPEG, JPEG-LS or JPEG 2000 frame
+//! must declare the validated Rows, Columns and samples before a decoder sees it; an RLE frame's
+//! segment table must fit.
 
 use std::io::Read;
 use std::path::Path;
@@ -21,68 +22,54 @@ pub const MAX_FRAMES: u32 = 1024;
 /// What a deflated data set may inflate to: the same limit as any file on disk.
 pub const MAX_INFLATED_BYTES: u64 = crate::MAX_FILE_BYTES;
 
-const UNDEFINED: u32 = u32::MAX;
-
-/// Walks the element headers and refuses any element whose declared length runs past the end of
-/// the data. `data` starts at the `DICM` magic. A deflated data set is inflated (at most
-/// [`MAX_INFLATED_BYTES`]) and the inflated stream walked the same way: after this check every
-/// allocation dicom-parser makes is bounded by the file's size, or the inflated size.
-pub(super) fn check_element_lengths(data: &[u8], path: &Path) -> Result<(), ImageError> {
+/// Walks the file meta group (group 0002, explicit VR little endian, from the `DICM` magic at
+/// the start of `data`) and returns where the data set starts. Every element must fit in the
+/// file, and (0002,0000) must state the length its elements take: dicom-object reads the meta
+/// group by that length and the data set from where it says the group ends.
+pub(super) fn check_meta_group(data: &[u8], path: &Path) -> Result<usize, ImageError> {
     let mut pos = 4;
-    let mut ts = String::new();
     // (where the group's elements start, what (0002,0000) says they take)
     let mut group_length: Option<(usize, u32)> = None;
-    while pos + 8 <= data.len() && u16_at(data, pos, true) == 0x0002 {
-        let element = u16_at(data, pos + 2, true);
-        let Some((h, len)) = header(data, pos, true, true) else {
+    while pos + 8 <= data.len() && u16_at(data, pos) == 0x0002 {
+        let element = u16_at(data, pos + 2);
+        let Some((h, len)) = header(data, pos) else {
             break;
         };
         let remaining = data.len() - pos - h;
-        if len == UNDEFINED || len as usize > remaining {
-            return Err(too_long(path, 0x0002, element, len, remaining));
-        }
-        if element == 0x0000 && len == 4 {
-            group_length = Some((pos + h + 4, u32_at(data, pos + h, true)));
-        }
-        if element == 0x0010 {
-            ts = String::from_utf8_lossy(&data[pos + h..pos + h + len as usize])
-                .trim_end_matches(['\0', ' '])
-                .to_string();
-        }
-        pos += h + len as usize;
-    }
-    // dicom-object reads the file meta group by its stated length: a data set read from anywhere
-    // else than where this walk goes on would escape the walk (found by the fuzzer).
-    if let Some((start, stated)) = group_length {
-        if pos - start != stated as usize {
+        if len == u32::MAX || len as usize > remaining {
             return Err(corrupt(
                 path,
                 format!(
-                    "the file meta group length (0002,0000) says {stated} bytes but its elements take {}",
-                    pos - start
+                    "element (0002,{element:04X}) claims {len} bytes but only {remaining} remain"
                 ),
             ));
         }
-    }
-    match ts.as_str() {
-        // Every syntax whose data set dicom-object inflates: deflated explicit VR, and JPIP's
-        // referenced deflate (classic and HTJ2K).
-        uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
-        | "1.2.840.10008.1.2.4.95"
-        | "1.2.840.10008.1.2.4.205" => {
-            let inflated = inflate_capped(&data[pos..], path)?;
-            walk_data_set(&inflated, 0, true, true, path)
+        if element == 0x0000 && len == 4 {
+            group_length = Some((pos + h + 4, u32_at(data, pos + h)));
         }
-        uids::IMPLICIT_VR_LITTLE_ENDIAN => walk_data_set(data, pos, false, true, path),
-        // Explicit VR big endian (retired, still found).
-        "1.2.840.10008.1.2.2" => walk_data_set(data, pos, true, false, path),
-        _ => walk_data_set(data, pos, true, true, path),
+        pos += h + len as usize;
     }
+    let Some((start, stated)) = group_length else {
+        return Err(corrupt(
+            path,
+            "the file meta group has no group length (0002,0000)",
+        ));
+    };
+    if pos - start != stated as usize {
+        return Err(corrupt(
+            path,
+            format!(
+                "the file meta group length (0002,0000) says {stated} bytes but its elements take {}",
+                pos - start
+            ),
+        ));
+    }
+    Ok(pos)
 }
 
 /// Raw deflate (PS3.5 A.5), refused past [`MAX_INFLATED_BYTES`]. Deflate expands at most about
 /// 1032:1, so a small file cannot reach the cap: the cap only matters for large ones.
-fn inflate_capped(compressed: &[u8], path: &Path) -> Result<Vec<u8>, ImageError> {
+pub(super) fn inflate_capped(compressed: &[u8], path: &Path) -> Result<Vec<u8>, ImageError> {
     let mut out = Vec::new();
     flate2::read::DeflateDecoder::new(compressed)
         .take(MAX_INFLATED_BYTES + 1)
@@ -97,38 +84,16 @@ fn inflate_capped(compressed: &[u8], path: &Path) -> Result<Vec<u8>, ImageError>
     Ok(out)
 }
 
-fn u16_at(data: &[u8], p: usize, little: bool) -> u16 {
-    let b = [data[p], data[p + 1]];
-    if little {
-        u16::from_le_bytes(b)
-    } else {
-        u16::from_be_bytes(b)
-    }
+fn u16_at(data: &[u8], p: usize) -> u16 {
+    u16::from_le_bytes([data[p], data[p + 1]])
 }
 
-fn u32_at(data: &[u8], p: usize, little: bool) -> u32 {
-    let b = [data[p], data[p + 1], data[p + 2], data[p + 3]];
-    if little {
-        u32::from_le_bytes(b)
-    } else {
-        u32::from_be_bytes(b)
-    }
+fn u32_at(data: &[u8], p: usize) -> u32 {
+    u32::from_le_bytes([data[p], data[p + 1], data[p + 2], data[p + 3]])
 }
 
-fn too_long(path: &Path, group: u16, element: u16, len: u32, remaining: usize) -> ImageError {
-    corrupt(
-        path,
-        format!(
-            "element ({group:04X},{element:04X}) claims {len} bytes but only {remaining} remain"
-        ),
-    )
-}
-
-/// (header size, value length) of the element at `pos`.
-fn header(data: &[u8], pos: usize, explicit: bool, little: bool) -> Option<(usize, u32)> {
-    if !explicit {
-        return (pos + 8 <= data.len()).then(|| (8, u32_at(data, pos + 4, little)));
-    }
+/// (header size, value length) of the explicit VR little endian element at `pos`.
+fn header(data: &[u8], pos: usize) -> Option<(usize, u32)> {
     if pos + 8 > data.len() {
         return None;
     }
@@ -159,99 +124,10 @@ fn header(data: &[u8], pos: usize, explicit: bool, little: bool) -> Option<(usiz
             | b"US"
     );
     if short {
-        Some((8, u16_at(data, pos + 6, little) as u32))
+        Some((8, u16_at(data, pos + 6) as u32))
     } else {
-        (pos + 12 <= data.len()).then(|| (12, u32_at(data, pos + 8, little)))
+        (pos + 12 <= data.len()).then(|| (12, u32_at(data, pos + 8)))
     }
-}
-
-/// A binary VR's length must be whole values (PS3.5 6.2): dicom-parser reads `len / size` values
-/// but advances by `len`, so an AT of 6 bytes shifted its reading by 2 and a later header was read
-/// from the middle of an element (found by the fuzzer: a 4 GiB allocation).
-fn check_whole_values(
-    data: &[u8],
-    pos: usize,
-    group: u16,
-    element: u16,
-    len: u32,
-    path: &Path,
-) -> Result<(), ImageError> {
-    let vr = &data[pos + 4..pos + 6];
-    let size = match vr {
-        b"US" | b"SS" | b"OW" => 2,
-        b"AT" | b"UL" | b"SL" | b"FL" | b"OL" | b"OF" => 4,
-        b"FD" | b"OD" | b"SV" | b"UV" | b"OV" => 8,
-        _ => return Ok(()),
-    };
-    if !len.is_multiple_of(size) {
-        return Err(corrupt(
-            path,
-            format!(
-                "element ({group:04X},{element:04X}) of VR {} holds {len} bytes, not whole {size}-byte values",
-                String::from_utf8_lossy(vr)
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// The data set walk, from `pos` to the end of `data`.
-fn walk_data_set(
-    data: &[u8],
-    mut pos: usize,
-    explicit: bool,
-    little: bool,
-    path: &Path,
-) -> Result<(), ImageError> {
-    let mut in_fragments = false;
-    while pos + 8 <= data.len() {
-        let (group, element) = (u16_at(data, pos, little), u16_at(data, pos + 2, little));
-        if group == 0xFFFE {
-            // Item and delimiters: always a 4-byte length, never a VR.
-            let len = u32_at(data, pos + 4, little);
-            pos += 8;
-            match element {
-                0xE000 if in_fragments => {
-                    if len == UNDEFINED || len as usize > data.len() - pos {
-                        return Err(too_long(path, group, element, len, data.len() - pos));
-                    }
-                    pos += len as usize;
-                }
-                0xE0DD => in_fragments = false,
-                _ => {} // an item of a sequence: its elements follow and are walked too
-            }
-            continue;
-        }
-        let Some((h, len)) = header(data, pos, explicit, little) else {
-            break;
-        };
-        let value = pos + h;
-        if len == UNDEFINED {
-            in_fragments = (group, element) == (0x7FE0, 0x0010);
-            pos = value;
-            continue;
-        }
-        let remaining = data.len() - value;
-        if len as usize > remaining {
-            return Err(too_long(path, group, element, len, remaining));
-        }
-        if explicit {
-            check_whole_values(data, pos, group, element, len, path)?;
-        }
-        // A sequence of defined length: walk into its items (implicit VR has no VR to say so,
-        // but its value then starts with an item tag).
-        let starts_item = value + 4 <= data.len()
-            && u16_at(data, value, little) == 0xFFFE
-            && u16_at(data, value + 2, little) == 0xE000;
-        let is_sequence = (explicit && &data[pos + 4..pos + 6] == b"SQ")
-            || (len > 0 && starts_item && (!explicit || &data[pos + 4..pos + 6] == b"UN"));
-        pos = if is_sequence {
-            value
-        } else {
-            value + len as usize
-        };
-    }
-    Ok(())
 }
 
 /// What a compressed frame's own header declares.
@@ -357,14 +233,14 @@ pub(super) fn check_rle_frame(
             frame.len()
         )));
     }
-    let count = u32_at(frame, 0, true);
+    let count = u32_at(frame, 0);
     if count != segments_expected {
         return Err(bad(format!(
             "{count} segments, but the samples need {segments_expected}"
         )));
     }
     let mut offsets: Vec<usize> = (0..count as usize)
-        .map(|k| u32_at(frame, 4 + 4 * k, true) as usize)
+        .map(|k| u32_at(frame, 4 + 4 * k) as usize)
         .collect();
     offsets.push(frame.len());
     for k in 0..count as usize {
