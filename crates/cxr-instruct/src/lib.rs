@@ -1,9 +1,11 @@
 //! LLM-CXR's instruction data: the template and the four tasks ([`template`]), synthetic VQA
 //! from labels and structured findings ([`synth_vqa`]), plain text instructions ([`text`]), and
 //! the builder that turns a dataset and its VQ token files into tokenized, shuffled shards with
-//! the reference's stage rules ([`build`]), and the fine-tuning loop ([`finetune`]).
+//! the reference's stage rules ([`build`]), the fine-tuning loop ([`finetune`]), and the trained
+//! model as one engine that every task goes through ([`engine`]).
 
 pub mod build;
+pub mod engine;
 pub mod finetune;
 pub mod llm_vqa;
 pub mod run_identity;

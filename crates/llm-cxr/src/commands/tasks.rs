@@ -7,13 +7,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use candle_core::{Device, Tensor};
 
-use cxr_instruct::template::drawing_prompt;
-use cxr_instruct::{prompt, Phrasings};
-use cxr_lm::image_vocab::IMAGE_PLACEHOLDER;
-use cxr_lm::{generate, Constraint, GenerateOptions, ImageVocab, LanguageModel};
-use cxr_vqgan::VqModel;
+use cxr_instruct::engine::{Answer, Engine, Request};
+use cxr_instruct::Phrasings;
+use cxr_lm::generate;
 
 use super::chat::{ModelArgs, SamplingArgs};
 
@@ -31,40 +28,23 @@ pub struct Models {
     pub sampling: SamplingArgs,
 }
 
-struct Loaded {
-    lm: LanguageModel,
-    vocab: ImageVocab,
-    vqgan: VqModel,
-}
-
 impl Models {
-    fn load(&self) -> anyhow::Result<Loaded> {
-        let (lm, vocab, vqgan) = load_pair(&self.lm, &self.vqgan)?;
-        Ok(Loaded { lm, vocab, vqgan })
+    fn load(&self) -> anyhow::Result<Engine> {
+        load_engine(&self.lm, &self.vqgan)
     }
 }
 
-/// A trained model with its image vocabulary and the VQ-GAN whose codes it speaks, checked to
-/// agree on the codebook size.
-pub fn load_pair(
-    lm: &ModelArgs,
-    vqgan: &super::vqgan::VqganArgs,
-) -> anyhow::Result<(LanguageModel, ImageVocab, VqModel)> {
+/// A trained model with the VQ-GAN whose codes it speaks (checked to agree on the codebook).
+pub fn load_engine(lm: &ModelArgs, vqgan: &super::vqgan::VqganArgs) -> anyhow::Result<Engine> {
     let model = lm.load()?;
-    let vocab = model.image_vocab.with_context(|| {
-        format!(
-            "{} has no image vocabulary: use a model trained by `llm-cxr train`",
-            lm.model.display()
-        )
-    })?;
     let vq = vqgan.load()?;
-    anyhow::ensure!(
-        vq.config().n_embed as u32 == vocab.codes,
-        "the VQ-GAN has {} codes but the model's image vocabulary {}",
-        vq.config().n_embed,
-        vocab.codes
-    );
-    Ok((model, vocab, vq))
+    Engine::new(model, vq, Phrasings::default()).with_context(|| {
+        format!(
+            "{} with the VQ-GAN {}",
+            lm.model.display(),
+            vqgan.vqgan.display()
+        )
+    })
 }
 
 #[derive(clap::Args)]
@@ -167,40 +147,39 @@ fn read_questions(path: &Path) -> anyhow::Result<Vec<Question>> {
 }
 
 /// Encodes images to their codes through the VQ-GAN.
-fn encode_images(vqgan: &VqModel, paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u32>>> {
-    let x = super::vqgan::load_inputs(paths, vqgan.config())?;
-    Ok(vqgan.encode(&x)?.to_vec2()?)
+fn encode_images(engine: &Engine, paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u32>>> {
+    let x = super::vqgan::load_inputs(paths, engine.vqgan.config())?;
+    Ok(engine.encode_images(&x)?)
 }
 
-/// Text answers to prompts holding one image each, in batches with a progress bar.
+/// Text answers to requests, in batches with a progress bar.
 fn answer_text(
-    m: &Loaded,
-    prompts: &[(String, Vec<u32>)],
+    engine: &Engine,
+    requests: &[Request],
     max_new_tokens: usize,
     models: &Models,
     what: &str,
 ) -> anyhow::Result<Vec<String>> {
-    let options = GenerateOptions {
-        sampling: models.sampling.sampling(),
-        constraint: Constraint::Text {
-            image_ids: m.vocab.ids(),
-        },
-        max_new_tokens,
-        stop_ids: m.lm.tokenizer.stop_ids(),
+    let Some(first) = requests.first() else {
+        return Ok(Vec::new());
     };
-    let bar = super::progress(prompts.len() as u64, what);
+    let options = engine.options(first, models.sampling.sampling(), max_new_tokens);
+    let bar = super::progress(requests.len() as u64, what);
     let mut out = Vec::new();
-    for chunk in prompts.chunks(models.batch.max(1)) {
+    for chunk in requests.chunks(models.batch.max(1)) {
         let ids = chunk
             .iter()
-            .map(|(text, codes)| Ok(m.vocab.encode_with_image(&m.lm.tokenizer, text, codes)?))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        for row in generate(&m.lm.model, &ids, &options, |_, _| {})? {
-            let text: Vec<u32> = row
-                .into_iter()
-                .filter(|i| !options.stop_ids.contains(i))
-                .collect();
-            out.push(m.lm.tokenizer.decode(&text, true)?.trim().to_string());
+            .map(|r| engine.prompt_ids(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (request, row) in
+            chunk
+                .iter()
+                .zip(generate(&engine.lm.model, &ids, &options, |_, _| {})?)
+        {
+            match engine.finish(request, &row)? {
+                Answer::Text(text) => out.push(text),
+                Answer::Image { .. } => anyhow::bail!("a text request was answered with an image"),
+            }
         }
         bar.inc(chunk.len() as u64);
     }
@@ -209,19 +188,17 @@ fn answer_text(
 }
 
 pub fn report(a: ReportArgs) -> anyhow::Result<()> {
-    let m = a.models.load()?;
-    let instruction = a
-        .instruction
-        .clone()
-        .unwrap_or_else(|| Phrasings::default().cxr_to_report[0].clone());
-    let text = prompt(&instruction, Some(IMAGE_PLACEHOLDER));
-    let mut prompts = Vec::new();
+    let engine = a.models.load()?;
+    let mut requests = Vec::new();
     for chunk in a.images.chunks(a.models.batch.max(1)) {
-        for codes in encode_images(&m.vqgan, chunk)? {
-            prompts.push((text.clone(), codes));
+        for codes in encode_images(&engine, chunk)? {
+            requests.push(Request::Report {
+                codes,
+                instruction: a.instruction.clone(),
+            });
         }
     }
-    let reports = answer_text(&m, &prompts, a.max_new_tokens, &a.models, "report")?;
+    let reports = answer_text(&engine, &requests, a.max_new_tokens, &a.models, "report")?;
     match &a.out {
         Some(path) => {
             let mut w = csv::Writer::from_writer(Vec::new());
@@ -257,27 +234,25 @@ pub fn ask(a: AskArgs) -> anyhow::Result<()> {
             .collect(),
         (None, None) => anyhow::bail!("give an image and questions, or --from"),
     };
-    let m = a.models.load()?;
+    let engine = a.models.load()?;
     // Each image is encoded once, however many questions it has.
     let mut codes: std::collections::HashMap<PathBuf, Vec<u32>> = Default::default();
     let mut distinct: Vec<PathBuf> = questions.iter().map(|q| q.image.clone()).collect();
     distinct.sort();
     distinct.dedup();
     for chunk in distinct.chunks(a.models.batch.max(1)) {
-        for (path, c) in chunk.iter().zip(encode_images(&m.vqgan, chunk)?) {
+        for (path, c) in chunk.iter().zip(encode_images(&engine, chunk)?) {
             codes.insert(path.clone(), c);
         }
     }
-    let prompts: Vec<(String, Vec<u32>)> = questions
+    let requests: Vec<Request> = questions
         .iter()
-        .map(|q| {
-            (
-                prompt(&q.question, Some(IMAGE_PLACEHOLDER)),
-                codes[&q.image].clone(),
-            )
+        .map(|q| Request::Ask {
+            codes: codes[&q.image].clone(),
+            question: q.question.clone(),
         })
         .collect();
-    let answers = answer_text(&m, &prompts, a.max_new_tokens, &a.models, "ask")?;
+    let answers = answer_text(&engine, &requests, a.max_new_tokens, &a.models, "ask")?;
     match &a.out {
         Some(path) => {
             let mut w = csv::Writer::from_writer(Vec::new());
@@ -303,22 +278,15 @@ pub fn ask(a: AskArgs) -> anyhow::Result<()> {
 pub const DRAWS_CSV: &str = "draws.csv";
 
 pub fn draw(a: DrawArgs) -> anyhow::Result<()> {
-    let m = a.models.load()?;
-    let instruction = a
-        .instruction
-        .clone()
-        .unwrap_or_else(|| Phrasings::default().report_to_cxr[0].clone());
-    let count = m.vqgan.config().tokens_per_image();
-    let side = m.vqgan.config().grid_side();
-    let mut options = GenerateOptions {
-        sampling: a.models.sampling.sampling(),
-        constraint: Constraint::Image {
-            image_ids: m.vocab.ids(),
-            count,
-        },
-        max_new_tokens: count,
-        stop_ids: Vec::new(),
-    };
+    let engine = a.models.load()?;
+    let requests: Vec<Request> = a
+        .reports
+        .iter()
+        .map(|report| Request::Draw {
+            report: report.clone(),
+            instruction: a.instruction.clone(),
+        })
+        .collect();
     // Every (report, sample) pair is one row; rows draw from their own seeded streams.
     let jobs: Vec<(usize, usize)> = (0..a.reports.len())
         .flat_map(|r| (0..a.n.max(1)).map(move |k| (r, k)))
@@ -328,24 +296,20 @@ pub fn draw(a: DrawArgs) -> anyhow::Result<()> {
     for (batch_index, chunk) in jobs.chunks(a.models.batch.max(1)).enumerate() {
         let ids = chunk
             .iter()
-            .map(|&(r, _)| {
-                Ok(m.lm
-                    .tokenizer
-                    .encode(&drawing_prompt(&instruction, &a.reports[r]))?)
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        options.sampling.seed = a.models.sampling.seed.wrapping_add(batch_index as u64);
-        let rows = generate(&m.lm.model, &ids, &options, |_, _| {})?;
+            .map(|&(r, _)| engine.prompt_ids(&requests[r]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut sampling = a.models.sampling.sampling();
+        sampling.seed = a.models.sampling.seed.wrapping_add(batch_index as u64);
+        let options = engine.options(&requests[0], sampling, 0);
+        let rows = generate(&engine.lm.model, &ids, &options, |_, _| {})?;
         for (&(r, k), row) in chunk.iter().zip(rows) {
-            let codes: Vec<u32> = row.iter().filter_map(|&id| m.vocab.code(id)).collect();
-            anyhow::ensure!(
-                codes.len() == count,
-                "row {r}/{k}: {} image ids, not {count}",
-                codes.len()
-            );
-            let idx = Tensor::from_vec(codes, (1, side * side), &Device::Cpu)?;
-            let img = cxr_vqgan::to_gray_images(&m.vqgan.decode(&idx)?)?.remove(0);
-            write_png(&a.out.join(format!("draw-{r}-{k}.png")), &img)?;
+            let answer = engine
+                .finish(&requests[r], &row)
+                .with_context(|| format!("row {r}/{k}"))?;
+            let Answer::Image { image, .. } = answer else {
+                anyhow::bail!("row {r}/{k}: a drawing was answered with text");
+            };
+            write_png(&a.out.join(format!("draw-{r}-{k}.png")), &image)?;
         }
         bar.inc(chunk.len() as u64);
     }
@@ -366,7 +330,5 @@ pub fn draw(a: DrawArgs) -> anyhow::Result<()> {
 }
 
 fn write_png(path: &Path, img: &image::GrayImage) -> anyhow::Result<()> {
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-    super::write_atomic(path, &png)
+    super::write_atomic(path, &cxr_instruct::engine::png_bytes(img)?)
 }

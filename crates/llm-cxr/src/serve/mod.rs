@@ -27,9 +27,8 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use api::parse_upload_form;
-use cxr_instruct::Phrasings;
 use cxr_vqgan::VqganConfig;
-use scheduler::{Engine, Event, Finish, Job, Refused, Scheduler, Task};
+use scheduler::{Event, Finish, Job, Refused, Scheduler, Serving, Task};
 
 use super::commands::chat::ModelArgs;
 
@@ -127,22 +126,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
              set --api-key (or LLM_CXR_API_KEY), or pass --insecure to serve anyone who reaches it"
         );
     }
-    let (lm, vocab, vqgan) = super::commands::tasks::load_pair(&a.lm, &a.vqgan)?;
-    let config = vqgan.config().clone();
-    let positions = lm.model.config().max_position_embeddings();
+    let engine = super::commands::tasks::load_engine(&a.lm, &a.vqgan)?;
+    let config = engine.vqgan.config().clone();
+    let positions = engine.lm.model.config().max_position_embeddings();
     let max_prompt_tokens = a
         .max_prompt_tokens
         .unwrap_or(positions.saturating_sub(1))
         .max(1);
-    let tokenizer = lm.tokenizer.clone();
-    let engine = Engine {
-        lm,
-        vocab,
-        vqgan,
-        phrasings: Phrasings::default(),
+    let tokenizer = engine.lm.tokenizer.clone();
+    let serving = Serving {
+        engine,
         max_prompt_tokens,
     };
-    let scheduler = Scheduler::start(engine, a.queue.max(1), a.batch)
+    let scheduler = Scheduler::start(serving, a.queue.max(1), a.batch)
         .context("starting the model worker thread")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

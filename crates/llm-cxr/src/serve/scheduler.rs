@@ -16,13 +16,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
-use cxr_instruct::{prompt, Phrasings};
-use cxr_lm::image_vocab::IMAGE_PLACEHOLDER;
-use cxr_lm::{
-    Batch, Constraint, Drawn, GenerateOptions, ImageVocab, LanguageModel, Sampling, TextStream,
-};
-use cxr_vqgan::VqModel;
+use candle_core::Tensor;
+use cxr_instruct::engine::{png_bytes, Engine, Request};
+use cxr_lm::{Batch, Drawn, GenerateOptions, Sampling, TextStream};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// What a client asked for.
@@ -35,12 +31,6 @@ pub enum Task {
     Draw { report: String },
     /// A plain instruction, already rendered in the model's template.
     Chat { prompt: String },
-}
-
-impl Task {
-    fn draws(&self) -> bool {
-        matches!(self, Task::Draw { .. })
-    }
 }
 
 /// Why a text ended.
@@ -168,7 +158,7 @@ pub enum Refused {
 
 impl Scheduler {
     /// Starts the worker thread with room for `capacity` waiting jobs.
-    pub fn start(engine: Engine, capacity: usize, max_batch: usize) -> std::io::Result<Self> {
+    pub fn start(serving: Serving, capacity: usize, max_batch: usize) -> std::io::Result<Self> {
         let (queue, rx) = std::sync::mpsc::sync_channel(capacity);
         let counters = Arc::new(Counters {
             worker_alive: AtomicBool::new(true),
@@ -187,7 +177,7 @@ impl Scheduler {
                 // Whatever ends the thread (the queue closing, a panic outside the guards),
                 // /health learns of it.
                 let _alive = Alive(&c);
-                worker(engine, rx, max_batch.max(1), &c, fault)
+                worker(serving, rx, max_batch.max(1), &c, fault)
             })?;
         Ok(Scheduler {
             queue,
@@ -217,19 +207,16 @@ impl Scheduler {
     }
 }
 
-/// The models a worker owns.
-pub struct Engine {
-    pub lm: LanguageModel,
-    pub vocab: ImageVocab,
-    pub vqgan: VqModel,
-    pub phrasings: Phrasings,
+/// What a worker owns: the engine, and the longest prompt it prefills.
+pub struct Serving {
+    pub engine: Engine,
     /// The longest prompt prefilled (`--max-prompt-tokens`); longer ones are refused before.
     pub max_prompt_tokens: usize,
 }
 
-/// A job's prompt, ready to join the batch, or why it may not.
+/// A job's request and prompt, ready to join the batch, or why it may not.
 enum Prepared {
-    Ready(Vec<u32>, GenerateOptions),
+    Ready(Request, Vec<u32>, GenerateOptions),
     TooLong(String),
 }
 
@@ -262,7 +249,7 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 /// Ends a failed batch: every running row (and `also`, a job that was joining) is answered
 /// `Failed`, the detail is logged under their request ids, and the batch starts empty.
 fn fail_batch<'a>(
-    engine: &'a Engine,
+    serving: &'a Serving,
     batch: &mut Batch<'a>,
     running: &mut HashMap<usize, Running>,
     also: Option<(String, UnboundedSender<Event>)>,
@@ -285,18 +272,18 @@ fn fail_batch<'a>(
         "a batch failed ({what}); requests {} answered 500",
         ids.join(", ")
     );
-    *batch = Batch::new(&engine.lm.model);
+    *batch = Batch::new(&serving.engine.lm.model);
     counters.running.store(0, Ordering::Relaxed);
 }
 
 fn worker(
-    engine: Engine,
+    serving: Serving,
     rx: Receiver<Job>,
     max_batch: usize,
     counters: &Counters,
     mut fault: Fault,
 ) {
-    let mut batch = Batch::new(&engine.lm.model);
+    let mut batch = Batch::new(&serving.engine.lm.model);
     let mut running: HashMap<usize, Running> = HashMap::new();
     loop {
         // Waiting jobs join between steps while there is room; an idle worker sleeps on the queue.
@@ -320,12 +307,12 @@ fn worker(
             // Encode and prefill: a panic here fails the joining job and the running rows (the
             // batch may be half joined).
             let admitted = catch_unwind(AssertUnwindSafe(|| {
-                engine.admit(job, &mut batch, &mut running, counters)
+                serving.admit(job, &mut batch, &mut running, counters)
             }));
             if let Err(panic) = admitted {
                 let what = format!("panic while joining: {}", panic_text(&*panic));
                 fail_batch(
-                    &engine,
+                    &serving,
                     &mut batch,
                     &mut running,
                     Some(joining),
@@ -345,7 +332,7 @@ fn worker(
         let stepped = catch_unwind(AssertUnwindSafe(|| {
             fault.strike();
             let drawn = batch.step()?;
-            engine.deliver(drawn, &mut batch, &mut running, counters)
+            serving.deliver(drawn, &mut batch, &mut running, counters)
         }));
         let what = match stepped {
             Ok(Ok(())) => {
@@ -355,13 +342,14 @@ fn worker(
             Ok(Err(e)) => format!("{e:#}"),
             Err(panic) => format!("panic: {}", panic_text(&*panic)),
         };
-        fail_batch(&engine, &mut batch, &mut running, None, counters, &what);
+        fail_batch(&serving, &mut batch, &mut running, None, counters, &what);
     }
 }
 
 /// A job the batch is running.
 struct Running {
     job: Job,
+    request: Request,
     prompt_tokens: usize,
     /// Every id drawn, a stop id included.
     ids: Vec<u32>,
@@ -386,53 +374,40 @@ fn interrupted(job: &Job, counters: &Counters) -> bool {
     }
 }
 
-impl Engine {
-    /// The prompt's ids and the generation options of a job.
+impl Serving {
+    /// The engine's request for a job (its image encoded), its prompt's ids and generation
+    /// options.
     fn prepare(&self, job: &Job) -> anyhow::Result<Prepared> {
-        let tokenizer = &self.lm.tokenizer;
-        let with_image = |instruction: &str, image: &Tensor| -> anyhow::Result<Vec<u32>> {
-            let codes: Vec<u32> = self.vqgan.encode(image)?.flatten_all()?.to_vec1()?;
-            let text = prompt(instruction, Some(IMAGE_PLACEHOLDER));
-            Ok(self.vocab.encode_with_image(tokenizer, &text, &codes)?)
+        let engine = &self.engine;
+        let codes = |image: &Tensor| -> anyhow::Result<Vec<u32>> {
+            Ok(engine.encode_images(image)?.remove(0))
         };
-        let ids = match &job.task {
-            Task::Report { image } => with_image(&self.phrasings.cxr_to_report[0], image)?,
-            Task::Ask { image, question } => with_image(question, image)?,
-            Task::Chat { prompt } => tokenizer.encode(prompt)?,
-            Task::Draw { report } => tokenizer.encode(&cxr_instruct::template::drawing_prompt(
-                &self.phrasings.report_to_cxr[0],
-                report,
-            ))?,
+        let request = match &job.task {
+            Task::Report { image } => Request::Report {
+                codes: codes(image)?,
+                instruction: None,
+            },
+            Task::Ask { image, question } => Request::Ask {
+                codes: codes(image)?,
+                question: question.clone(),
+            },
+            Task::Draw { report } => Request::Draw {
+                report: report.clone(),
+                instruction: None,
+            },
+            Task::Chat { prompt } => Request::Chat {
+                prompt: prompt.clone(),
+            },
         };
+        let (ids, options) = engine.prepare(&request, job.sampling.clone(), job.max_tokens)?;
         if ids.len() > self.max_prompt_tokens {
             return Ok(Prepared::TooLong(prompt_too_long(
                 ids.len(),
                 self.max_prompt_tokens,
-                self.lm.model.config().max_position_embeddings(),
+                engine.lm.model.config().max_position_embeddings(),
             )));
         }
-        let options = if job.task.draws() {
-            let count = self.vqgan.config().tokens_per_image();
-            GenerateOptions {
-                sampling: job.sampling.clone(),
-                constraint: Constraint::Image {
-                    image_ids: self.vocab.ids(),
-                    count,
-                },
-                max_new_tokens: count,
-                stop_ids: Vec::new(),
-            }
-        } else {
-            GenerateOptions {
-                sampling: job.sampling.clone(),
-                constraint: Constraint::Text {
-                    image_ids: self.vocab.ids(),
-                },
-                max_new_tokens: job.max_tokens,
-                stop_ids: tokenizer.stop_ids(),
-            }
-        };
-        Ok(Prepared::Ready(ids, options))
+        Ok(Prepared::Ready(request, ids, options))
     }
 
     /// Prefills a job's prompt into the running batch; a job that cannot start is told why.
@@ -443,8 +418,8 @@ impl Engine {
         running: &mut HashMap<usize, Running>,
         counters: &Counters,
     ) {
-        let (ids, options) = match self.prepare(&job) {
-            Ok(Prepared::Ready(ids, options)) => (ids, options),
+        let (request, ids, options) = match self.prepare(&job) {
+            Ok(Prepared::Ready(request, ids, options)) => (request, ids, options),
             Ok(Prepared::TooLong(reason)) => {
                 let _ = job.events.send(Event::Rejected(reason));
                 return;
@@ -477,6 +452,7 @@ impl Engine {
             first[0].row,
             Running {
                 job,
+                request,
                 prompt_tokens,
                 ids: Vec::new(),
                 stopped: false,
@@ -500,7 +476,7 @@ impl Engine {
         // The rows that ended with these ids have already left the batch: the gauge says so
         // before their answers go out.
         counters.running.store(batch.len(), Ordering::Relaxed);
-        let tokenizer = &self.lm.tokenizer;
+        let tokenizer = &self.engine.lm.tokenizer;
         let mut gone = Vec::new();
         for d in drawn {
             counters.generated_tokens.fetch_add(1, Ordering::Relaxed);
@@ -509,7 +485,7 @@ impl Engine {
             };
             r.ids.push(d.id);
             r.stopped = d.stopped;
-            if !r.job.task.draws() && !d.stopped {
+            if !r.request.draws() && !d.stopped {
                 if let Ok(Some(piece)) = r.text.push(tokenizer, d.id) {
                     let _ = r.job.events.send(Event::Delta(piece));
                 }
@@ -536,23 +512,14 @@ impl Engine {
 
     /// The answer of a row that has ended: its text, or its drawing decoded by the VQ-GAN.
     fn answer(&self, r: Running) -> anyhow::Result<Event> {
-        if r.job.task.draws() {
-            let config = self.vqgan.config();
-            let side = config.grid_side();
-            let codes: Vec<u32> = r.ids.iter().filter_map(|&id| self.vocab.code(id)).collect();
-            anyhow::ensure!(
-                codes.len() == side * side,
-                "the model drew {} image codes, the VQ-GAN needs {}",
-                codes.len(),
-                side * side
-            );
-            let idx = Tensor::from_vec(codes.clone(), (1, side * side), &Device::Cpu)?;
-            let img = cxr_vqgan::to_gray_images(&self.vqgan.decode(&idx)?)?.remove(0);
-            let mut png = Vec::new();
-            img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-            return Ok(Event::Image { png, codes });
+        if r.request.draws() {
+            let (codes, image) = self.engine.draw(&r.ids)?;
+            return Ok(Event::Image {
+                png: png_bytes(&image)?,
+                codes,
+            });
         }
-        let (text, rest) = r.text.finish(&self.lm.tokenizer)?;
+        let (text, rest) = r.text.finish(&self.engine.lm.tokenizer)?;
         if let Some(rest) = rest {
             // What was held back (a character cut between ids) goes out last.
             let _ = r.job.events.send(Event::Delta(rest));
