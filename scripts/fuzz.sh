@@ -28,7 +28,6 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz: installing cargo-fuzz" >&2
     cargo install cargo-fuzz --locked --version 0.13.2
 fi
-export RUSTC_BOOTSTRAP=1
 
 corpus=target/fuzz-corpus
 artifacts=target/fuzz-artifacts
@@ -40,7 +39,10 @@ LLM_CXR_FUZZ_SEEDS="$PWD/$corpus" cargo test --release --locked -q --workspace -
 LLM_CXR_FUZZ_SEEDS="$PWD/$corpus" cargo test --release --locked -q --workspace --test dicom_variants \
     -- --ignored --exact write_fuzz_seeds >/dev/null
 
-(cd fuzz && cargo fuzz build -O)
+# RUSTC_BOOTSTRAP for cargo-fuzz only: the build scripts of proc-macro2, anyhow and thiserror rerun
+# when it changes, so setting it for the seed writers above rebuilt the whole workspace (and
+# fuzz-api.sh, without it, rebuilt it once more).
+(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build -O)
 
 report=target/fuzz-report.json
 : >"$report"
@@ -48,7 +50,7 @@ for t in "${targets[@]}"; do
     mkdir -p "$corpus/$t" "$artifacts/$t"
     log="$artifacts/$t/run.log"
     # 2 GiB of resident memory, 1 GiB in one allocation, 10 s for one input: each is a failure.
-    if ! (cd fuzz && cargo fuzz run -O "$t" "../$corpus/$t" -- \
+    if ! (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$t" "../$corpus/$t" -- \
         -max_total_time="$seconds" -seed="$seed" -rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=10 \
         -artifact_prefix="../$artifacts/$t/" -print_final_stats=1) >"$log" 2>&1; then
         tail -n 40 "$log" >&2
