@@ -102,15 +102,6 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Runs one command line (`llm-cxr` and its arguments) in this process: how `demo` runs its
-/// stages, so that each stage is a command a user can copy and run alone.
-pub fn run_command_line(args: &[String]) -> anyhow::Result<()> {
-    let cli =
-        Cli::try_parse_from(std::iter::once("llm-cxr".to_string()).chain(args.iter().cloned()))
-            .map_err(|e| anyhow::anyhow!("llm-cxr {}: {e}", args.join(" ")))?;
-    dispatch(cli.command)
-}
-
 /// The `llm-cxr` program: parses the process's arguments, sets up logging, runs the command.
 pub fn main() -> std::process::ExitCode {
     cxr_train::tune_cpu_runtime();

@@ -15,7 +15,7 @@ use cxr_lm::{
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// Which model to load and how.
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, serde::Serialize)]
 pub struct ModelArgs {
     /// An HF model directory (config.json, tokenizer.json, safetensors or pytorch_model.bin) or a
     /// GGUF file. `scripts/fetch-smollm2.sh` puts SmolLM2-135M-Instruct at the default path.
@@ -60,7 +60,7 @@ pub fn parse_quant(q: &str) -> anyhow::Result<GgmlDType> {
 }
 
 /// Sampling flags shared by every generating command (defaults: LLM-CXR's).
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, serde::Serialize)]
 pub struct SamplingArgs {
     /// Temperature; 0 = greedy.
     #[arg(long, default_value_t = 1.0)]

@@ -19,12 +19,13 @@ pub enum Command {
     Train(TrainArgs),
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct TrainArgs {
     /// Dataset folder or file (default layout: a MIMIC-CXR-JPG or phantom tree).
     #[arg(long)]
     pub data: PathBuf,
     #[arg(long, value_enum, default_value = "mimic")]
+    #[serde(serialize_with = "super::value_enum::name")]
     pub kind: super::dataset::Kind,
     /// Output folder: checkpoint, train-log.csv, classifier.safetensors, eval.json.
     #[arg(long)]

@@ -71,13 +71,14 @@ pub enum SplitArg {
     Test,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct BuildArgs {
     /// Dataset folder or file (default layout: a MIMIC-CXR-JPG or phantom tree). A phantom
     /// tree's phantom-findings.jsonl is used for VQA on side, lobe and severity.
     #[arg(long)]
     pub data: PathBuf,
     #[arg(long, value_enum, default_value = "mimic")]
+    #[serde(serialize_with = "super::value_enum::name")]
     pub kind: super::dataset::Kind,
     /// Token files from `llm-cxr vqgan encode` (<image_id>.npy).
     #[arg(long)]
@@ -95,6 +96,7 @@ pub struct BuildArgs {
     #[arg(long, requires = "vqgan")]
     pub vqgan_config: Option<String>,
     #[arg(long, value_enum, default_value = "1")]
+    #[serde(serialize_with = "super::value_enum::name")]
     pub stage: StageArg,
     /// Train every image in both directions (CXR -> report and report -> CXR); by default, as
     /// LLM-CXR, image ids sorted, even ones CXR -> report and odd ones report -> CXR.
@@ -106,6 +108,7 @@ pub struct BuildArgs {
     pub vqa_turns: usize,
     /// Which split's images to use (records without a split count as train).
     #[arg(long, value_enum, default_value = "train")]
+    #[serde(serialize_with = "super::value_enum::name")]
     pub split: SplitArg,
     /// Output folder: shard-NNNNN.jsonl and manifest.json.
     #[arg(long)]

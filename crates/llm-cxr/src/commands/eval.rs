@@ -32,7 +32,7 @@ pub enum Command {
 }
 
 /// Options every evaluation shares.
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, serde::Serialize)]
 pub struct Common {
     /// Output folder: JSON, markdown tables, ROC PNGs, and index.html showing them with sample
     /// cases.
@@ -43,6 +43,7 @@ pub struct Common {
     pub phrases: Option<PathBuf>,
     /// How uncertain (-1) labels count (in references, and in generated reports for F1).
     #[arg(long, value_enum, default_value = "negative")]
+    #[serde(serialize_with = "super::value_enum::name")]
     pub uncertain: Uncertain,
     /// Row name of your model in the tables.
     #[arg(long, default_value = "llm-cxr")]
@@ -62,11 +63,12 @@ pub struct ReportArgs {
     pub common: Common,
 }
 
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, serde::Serialize)]
 pub struct ReportOptions {
     /// The score of a generated label for AUROC: binary (1 positive, else 0; AUROC is then the
     /// balanced accuracy) or three-level (uncertain 0.5).
     #[arg(long, value_enum, default_value = "binary")]
+    #[serde(serialize_with = "super::value_enum::name")]
     pub auroc_score: Score,
 }
 
@@ -81,7 +83,7 @@ pub struct ImageArgs {
     pub common: Common,
 }
 
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, serde::Serialize)]
 pub struct ImageOptions {
     /// DenseNet-121 weights in torchxrayvision's layout (safetensors, or a PyTorch state_dict).
     #[arg(long)]
@@ -111,7 +113,7 @@ pub struct VqaArgs {
     pub common: Common,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct AllArgs {
     /// Report pairs, as `eval report` reads them.
     #[arg(long)]
@@ -123,10 +125,13 @@ pub struct AllArgs {
     #[arg(long)]
     pub vqa: Option<PathBuf>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub report: ReportOptions,
     #[command(flatten)]
+    #[serde(flatten)]
     pub image: ImageOptions,
     #[command(flatten)]
+    #[serde(flatten)]
     pub common: Common,
 }
 

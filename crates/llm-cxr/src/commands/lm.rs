@@ -17,7 +17,7 @@ pub enum Command {
     Init(InitArgs),
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct InitArgs {
     /// The base model: an HF directory or a GGUF file (dequantized to f32).
     #[arg(
@@ -35,6 +35,7 @@ pub struct InitArgs {
     /// 1 % noise: every code nearly the same vector; for reproducing older runs). Default:
     /// `codebook` when --vqgan is given, else `normal`.
     #[arg(long, value_enum)]
+    #[serde(serialize_with = "super::value_enum::name_opt")]
     pub image_init: Option<ImageInitArg>,
     /// The VQ-GAN whose codebook starts the image rows (safetensors or taming .ckpt); its
     /// codebook size must equal --codes. Its identity is recorded as OUT/vqgan.json, and

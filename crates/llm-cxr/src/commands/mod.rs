@@ -14,6 +14,7 @@ pub mod phantom;
 pub mod preprocess;
 pub mod tasks;
 pub mod train;
+pub mod value_enum;
 pub mod vqgan;
 
 use indicatif::{ProgressBar, ProgressStyle};

@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use cxr_phantom::{write_tree, TreeOptions, TreeSummary};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct Args {
     /// Number of images (one frontal image per study; subjects have 1-3 studies).
     #[arg(long, default_value_t = 5000)]

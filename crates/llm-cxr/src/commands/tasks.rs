@@ -15,16 +15,19 @@ use cxr_lm::generate;
 use super::chat::{ModelArgs, SamplingArgs};
 
 /// The model pair every task needs.
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct Models {
     #[command(flatten)]
+    #[serde(flatten)]
     pub lm: ModelArgs,
     #[command(flatten)]
+    #[serde(flatten)]
     pub vqgan: super::vqgan::VqganArgs,
     /// Prompts per forward batch.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
     #[command(flatten)]
+    #[serde(flatten)]
     pub sampling: SamplingArgs,
 }
 
@@ -47,12 +50,13 @@ pub fn load_engine(lm: &ModelArgs, vqgan: &super::vqgan::VqganArgs) -> anyhow::R
     })
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct ReportArgs {
     /// CXR images (DICOM, PNG, JPEG).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub models: Models,
     /// Instruction; default: the first of our CXR -> report phrasings.
     #[arg(long)]
@@ -64,12 +68,13 @@ pub struct ReportArgs {
     pub out: Option<PathBuf>,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct DrawArgs {
     /// Report text(s) to draw.
     #[arg(required = true)]
     pub reports: Vec<String>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub models: Models,
     /// Images per report (each from its own seeded stream).
     #[arg(long, default_value_t = 1)]
@@ -83,7 +88,7 @@ pub struct DrawArgs {
     pub out: PathBuf,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct AskArgs {
     /// The CXR image (or give --from).
     #[arg(required_unless_present = "from")]
@@ -99,6 +104,7 @@ pub struct AskArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub models: Models,
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,

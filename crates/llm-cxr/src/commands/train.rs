@@ -8,7 +8,7 @@ use anyhow::Context;
 use cxr_instruct::build::read_shards;
 use cxr_instruct::finetune::{finetune, FinetuneOptions, StepReport, Trainable};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct Args {
     /// Model to start from: an HF directory with LLM-CXR's image vocabulary (`llm-cxr lm init`,
     /// or a previous run's OUT/model).

@@ -35,16 +35,17 @@ pub enum Command {
     Eval(EvalArgs),
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct DataArgs {
     /// Dataset folder or file (default layout: a MIMIC-CXR-JPG or phantom tree).
     #[arg(long)]
     pub data: PathBuf,
     #[arg(long, value_enum, default_value = "mimic")]
+    #[serde(serialize_with = "super::value_enum::name")]
     pub kind: super::dataset::Kind,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct VqganArgs {
     /// VQ-GAN weights: safetensors (as `vqgan train` writes them), or taming's .ckpt.
     #[arg(long)]
@@ -86,13 +87,14 @@ impl VqganArgs {
     }
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct TrainArgs {
     /// Dataset folder or file; repeat to train on several at once (their train splits).
     #[arg(long, required = true)]
     pub data: Vec<PathBuf>,
     /// Layout of each --data, in the same order; the last one given applies to the rest.
     #[arg(long, value_enum, default_values = ["mimic"])]
+    #[serde(serialize_with = "super::value_enum::names")]
     pub kind: Vec<super::dataset::Kind>,
     /// A preset (`demo`: 64 px, 1 channel, 16 x 16 codes; `paper`: LLM-CXR's f16 at 256 px) or
     /// a JSON file with taming's ddconfig fields.
@@ -141,11 +143,13 @@ pub struct TrainArgs {
     pub init: Option<PathBuf>,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct EncodeArgs {
     #[command(flatten)]
+    #[serde(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
+    #[serde(flatten)]
     pub model: VqganArgs,
     /// Folder for the token files.
     #[arg(long)]
@@ -154,26 +158,30 @@ pub struct EncodeArgs {
     pub batch: usize,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct DecodeArgs {
     /// Token files (.npy).
     #[arg(required = true)]
     pub tokens: Vec<PathBuf>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub model: VqganArgs,
     /// Folder for the PNGs (named after the token files).
     #[arg(long)]
     pub out: PathBuf,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct EvalArgs {
     #[command(flatten)]
+    #[serde(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
+    #[serde(flatten)]
     pub model: VqganArgs,
     /// Which split to score (images without a split count as train).
     #[arg(long, value_enum, default_value = "test")]
+    #[serde(serialize_with = "super::value_enum::name")]
     pub split: SplitArg,
     /// Score at most this many images (0: all).
     #[arg(long, default_value_t = 0)]

