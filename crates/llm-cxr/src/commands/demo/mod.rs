@@ -9,6 +9,7 @@
 //! long stages resume from their own checkpoints after a kill. The modules: `profile` (how much
 //! a run does), `stages`, `heldout` (test cases, controls, judge), `scores`, `page`.
 
+mod evaluation;
 mod heldout;
 mod page;
 mod profile;
@@ -17,14 +18,12 @@ mod stages;
 
 use std::path::{Path, PathBuf};
 
-use crate::commands::chat::{ModelArgs, SamplingArgs};
 use crate::commands::dataset::Kind;
 use crate::commands::vqgan::{DataArgs, VqganArgs};
-use crate::commands::{classifier, data, eval, lm, phantom, tasks, train, vqgan, write_atomic};
-use heldout::TestSet;
+use crate::commands::{classifier, data, lm, phantom, train, vqgan, write_atomic};
 use profile::{Profile, FULL, QUICK};
-use scores::{fmt3, CurvePoint, Measure, Scores};
-use stages::{defaults, Stages};
+use scores::{fmt3, CurvePoint, Measure};
+use stages::Stages;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -123,7 +122,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             fine_tuning(&profile, &prepared, step, a.seed, &lm_dir),
         )?;
         train_seconds += stages.seconds(&name);
-        let evaluation = Evaluation {
+        let evaluation = evaluation::Evaluation {
             test: &test,
             model: lm_dir.join("model"),
             vqgan: &prepared.vqgan,
@@ -389,156 +388,5 @@ fn fine_tuning(
         lora_rank: 0,
         lora_alpha: 16.0,
         lora_targets: Vec::new(),
-    }
-}
-
-/// One held-out evaluation of the model at a step: reports, answers and drawings for the test
-/// cases, scored, and the same scored with the images shuffled among the cases.
-struct Evaluation<'a> {
-    test: &'a TestSet,
-    model: PathBuf,
-    vqgan: &'a Path,
-    classifier: &'a Path,
-    phrases: &'a Path,
-    seed: u64,
-}
-
-impl Evaluation<'_> {
-    fn models(&self, sampling: SamplingArgs) -> tasks::Models {
-        tasks::Models {
-            lm: ModelArgs {
-                model: self.model.clone(),
-                quantize: None,
-            },
-            vqgan: vqgan_args(self.vqgan),
-            batch: 8,
-            sampling,
-        }
-    }
-
-    fn greedy(&self) -> anyhow::Result<tasks::Models> {
-        Ok(self.models(SamplingArgs {
-            temperature: 0.0,
-            ..defaults()?
-        }))
-    }
-
-    fn ask(&self, questions: &Path, answers: &Path) -> anyhow::Result<tasks::AskArgs> {
-        Ok(tasks::AskArgs {
-            image: None,
-            questions: Vec::new(),
-            from: Some(questions.to_path_buf()),
-            out: Some(answers.to_path_buf()),
-            models: self.greedy()?,
-            max_new_tokens: 48,
-        })
-    }
-
-    fn eval_all(
-        &self,
-        reports: &Path,
-        images: &Path,
-        vqa: &Path,
-        title: String,
-        out: &Path,
-    ) -> anyhow::Result<eval::AllArgs> {
-        Ok(eval::AllArgs {
-            reports: Some(reports.to_path_buf()),
-            images: Some(images.to_path_buf()),
-            vqa: Some(vqa.to_path_buf()),
-            report: defaults()?,
-            image: eval::ImageOptions {
-                classifier: Some(self.classifier.to_path_buf()),
-                ..defaults()?
-            },
-            common: eval::Common {
-                out: out.to_path_buf(),
-                phrases: Some(self.phrases.to_path_buf()),
-                uncertain: eval::Uncertain::Negative,
-                model: title,
-                samples: 8,
-            },
-        })
-    }
-
-    /// The scores at `step`, and the control's.
-    fn run(&self, stages: &mut Stages, step: u64, dir: &Path) -> anyhow::Result<(Scores, Scores)> {
-        let test = self.test;
-        let reports_csv = dir.join("reports.csv");
-        stages.run(
-            &format!("report-{step}"),
-            tasks::ReportArgs {
-                images: test.images.clone(),
-                models: self.greedy()?,
-                instruction: None,
-                max_new_tokens: 160,
-                out: Some(reports_csv.clone()),
-            },
-        )?;
-        let pairs = dir.join("pairs.csv");
-        heldout::write_pairs(&reports_csv, &test.reports, 0, &pairs)?;
-        let answers = dir.join("answers.csv");
-        stages.run(&format!("ask-{step}"), self.ask(&test.questions, &answers)?)?;
-        let draws = dir.join("draws");
-        stages.run(
-            &format!("draw-{step}"),
-            tasks::DrawArgs {
-                reports: test.reports.clone(),
-                models: self.models(SamplingArgs {
-                    seed: self.seed,
-                    ..defaults()?
-                }),
-                n: 1,
-                instruction: None,
-                out: draws.clone(),
-            },
-        )?;
-        stages.run(
-            &format!("eval-{step}"),
-            self.eval_all(
-                &pairs,
-                &draws.join(tasks::DRAWS_CSV),
-                &answers,
-                format!("llm-cxr demo, step {step}"),
-                dir,
-            )?,
-        )?;
-        let drawn: Vec<PathBuf> = (0..test.images.len())
-            .map(|i| draws.join(format!("draw-{i}-0.png")))
-            .collect();
-        let judged = heldout::judge_images(&drawn, test, &dir.join("side-severity.json"))?;
-
-        // The control: case i's outputs against case i + 1's truth.
-        let control = dir.join("shuffled");
-        std::fs::create_dir_all(&control)?;
-        let n = test.images.len();
-        let control_pairs = control.join("pairs.csv");
-        heldout::write_pairs(&reports_csv, &test.reports, 1, &control_pairs)?;
-        let control_draws = control.join("draws.csv");
-        heldout::write_shuffled_draws(&drawn, test, &control_draws)?;
-        let control_questions = control.join("questions.csv");
-        heldout::write_shuffled_questions(test, &control_questions)?;
-        let control_answers = control.join("answers.csv");
-        stages.run(
-            &format!("ask-shuffled-{step}"),
-            self.ask(&control_questions, &control_answers)?,
-        )?;
-        stages.run(
-            &format!("eval-shuffled-{step}"),
-            self.eval_all(
-                &control_pairs,
-                &control_draws,
-                &control_answers,
-                format!("llm-cxr demo, step {step}, images shuffled among the cases"),
-                &control,
-            )?,
-        )?;
-        let drawn_next: Vec<PathBuf> = (0..n).map(|i| drawn[(i + 1) % n].clone()).collect();
-        let control_judged =
-            heldout::judge_images(&drawn_next, test, &control.join("side-severity.json"))?;
-        Ok((
-            Scores::read(dir, judged.rate),
-            Scores::read(&control, control_judged.rate),
-        ))
     }
 }
