@@ -74,6 +74,22 @@ pub struct TrainOptions {
     pub init: Option<PathBuf>,
 }
 
+/// The defaults of `llm-cxr classifier train` (which reads them from here).
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            steps: 1000,
+            batch: 8,
+            lr: 1e-3,
+            size: 224,
+            seed: 1,
+            checkpoint_every: 50,
+            out: PathBuf::from("classifier-run"),
+            init: None,
+        }
+    }
+}
+
 /// What each step reports.
 #[derive(Debug, Clone, Copy)]
 pub struct StepReport {

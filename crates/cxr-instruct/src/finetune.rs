@@ -60,6 +60,7 @@ pub struct FinetuneOptions {
     pub out: PathBuf,
 }
 
+/// The defaults of `llm-cxr train` (which reads them from here): the paper's rate and warmup.
 impl Default for FinetuneOptions {
     fn default() -> Self {
         FinetuneOptions {

@@ -61,20 +61,22 @@ pub struct TrainOptions {
     pub init: Option<PathBuf>,
 }
 
+/// The defaults of `llm-cxr vqgan train` (which reads them from here): a from-scratch run, the
+/// clinical-information loss after 500 steps of reconstruction, the discriminator after 1,000.
 impl Default for TrainOptions {
     fn default() -> Self {
         Self {
-            steps: 1000,
+            steps: 2000,
             batch: 4,
             grad_accum: 1,
             lr: 2e-4,
             seed: 1,
             cip_weight: 100.0,
-            cip_start: 0,
+            cip_start: 500,
             codebook_weight: 1.0,
-            disc_start: 10_000,
+            disc_start: 1000,
             disc_weight: 0.8,
-            restart_every: 0,
+            restart_every: 50,
             checkpoint_every: 100,
             out: PathBuf::from("vqgan-run"),
             init: None,

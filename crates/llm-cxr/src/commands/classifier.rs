@@ -29,18 +29,18 @@ pub struct TrainArgs {
     /// Output folder: checkpoint, train-log.csv, classifier.safetensors, eval.json.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = TrainOptions::default().steps)]
     pub steps: u64,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = TrainOptions::default().batch)]
     pub batch: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = TrainOptions::default().lr)]
     pub lr: f64,
     /// Input side; torchxrayvision's layout is 224.
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = TrainOptions::default().size)]
     pub size: u32,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainOptions::default().seed)]
     pub seed: u64,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = TrainOptions::default().checkpoint_every)]
     pub checkpoint_every: u64,
     /// Start from these weights (e.g. torchxrayvision's, as safetensors) instead of from scratch.
     #[arg(long)]

@@ -101,40 +101,40 @@ pub struct TrainArgs {
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = TrainOptions::default().steps)]
     pub steps: u64,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = TrainOptions::default().batch)]
     pub batch: usize,
     /// Micro-batches per update (gradients summed).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainOptions::default().grad_accum)]
     pub grad_accum: usize,
     /// Adam learning rate (taming: 4.5e-6 x batch when fine-tuning; from scratch, higher).
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = TrainOptions::default().lr)]
     pub lr: f64,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainOptions::default().seed)]
     pub seed: u64,
     /// DenseNet-121 weights (torchxrayvision layout) for the clinical-information loss; without
     /// them that loss is off.
     #[arg(long)]
     pub classifier: Option<PathBuf>,
     /// Weight of the clinical-information loss (LLM-CXR: 100).
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = TrainOptions::default().cip_weight)]
     pub cip_weight: f64,
     /// Step at which the clinical-information loss joins (from scratch: after the
     /// reconstruction has taken shape; fine-tuning: 0).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = TrainOptions::default().cip_start)]
     pub cip_start: u64,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = TrainOptions::default().codebook_weight)]
     pub codebook_weight: f64,
     /// Step at which the discriminator joins (taming's disc_start).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = TrainOptions::default().disc_start)]
     pub disc_start: u64,
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = TrainOptions::default().disc_weight)]
     pub disc_weight: f64,
     /// Restart codes unused for this many steps with encoder outputs (0: off).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = TrainOptions::default().restart_every)]
     pub restart_every: u64,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = TrainOptions::default().checkpoint_every)]
     pub checkpoint_every: u64,
     /// Generator weights to start from (a taming .ckpt or safetensors), e.g. LLM-CXR's.
     #[arg(long)]
