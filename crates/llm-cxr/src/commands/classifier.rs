@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use cxr_classifier::candle_core::{Device, Tensor};
 use cxr_classifier::train::{examples, save_weights, train, TrainOptions, CHECKPOINT};
 use cxr_classifier::{txv_input, DenseNetConfig};
-use cxr_data::{open_dataset, Split};
+use cxr_data::{open_dataset, DatasetKind, Split};
 use cxr_eval::image_metrics::image_metrics;
 use cxr_eval::report_metrics::UncertainPolicy;
 
@@ -25,7 +25,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub data: PathBuf,
     #[arg(long, value_enum, default_value = "mimic")]
-    pub kind: super::dataset::Kind,
+    pub kind: DatasetKind,
     /// Output folder: checkpoint, train-log.csv, classifier.safetensors, eval.json.
     #[arg(long)]
     pub out: PathBuf,
@@ -51,7 +51,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     let Command::Train(args) = cmd;
     // One run per output folder: a second one fails here, naming the first's pid.
     let _lock = cxr_data::OutputLock::acquire(&args.out)?;
-    let ds = open_dataset(args.kind.into(), &args.data)?;
+    let ds = open_dataset(args.kind, &args.data)?;
     let records = ds.records();
     let train_records: Vec<_> = records
         .iter()

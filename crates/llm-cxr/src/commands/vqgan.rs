@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use cxr_classifier::candle_core::{Device, Tensor};
 use cxr_classifier::{DenseNet, DenseNetConfig, CHEXPERT_OUTPUTS};
-use cxr_data::{open_dataset, CxrRecord, Split};
+use cxr_data::{open_dataset, CxrRecord, DatasetKind, Split};
 use cxr_vqgan::identity::VqganIdentity;
 use cxr_vqgan::metrics::{codebook_usage, psnr, ssim, CodebookUsage};
 use cxr_vqgan::train::{TrainOptions, Trainer, WEIGHTS};
@@ -41,7 +41,7 @@ pub struct DataArgs {
     #[arg(long)]
     pub data: PathBuf,
     #[arg(long, value_enum, default_value = "mimic")]
-    pub kind: super::dataset::Kind,
+    pub kind: DatasetKind,
 }
 
 #[derive(clap::Args)]
@@ -93,7 +93,7 @@ pub struct TrainArgs {
     pub data: Vec<PathBuf>,
     /// Layout of each --data, in the same order; the last one given applies to the rest.
     #[arg(long, value_enum, default_values = ["mimic"])]
-    pub kind: Vec<super::dataset::Kind>,
+    pub kind: Vec<DatasetKind>,
     /// A preset (`demo`: 64 px, 1 channel, 16 x 16 codes; `paper`: LLM-CXR's f16 at 256 px) or
     /// a JSON file with taming's ddconfig fields.
     #[arg(long, default_value = "demo")]
@@ -264,7 +264,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     let mut records = Vec::new();
     for (i, path) in a.data.iter().enumerate() {
         let kind = a.kind[i.min(a.kind.len() - 1)];
-        records.extend(open_dataset(kind.into(), path)?.records().iter().cloned());
+        records.extend(open_dataset(kind, path)?.records().iter().cloned());
     }
     // Each dataset's ids are unique; across datasets they must be too.
     let names: Vec<String> = a.data.iter().map(|p| p.display().to_string()).collect();
@@ -392,7 +392,7 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
     let _lock = cxr_data::OutputLock::beside(&a.out)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     // Image ids are unique (open_dataset refuses duplicates), and so are their file names.
-    let ds = open_dataset(a.data.kind.into(), &a.data.data)?;
+    let ds = open_dataset(a.data.kind, &a.data.data)?;
     // Token files of this VQ-GAN are kept (a killed run resumes); another VQ-GAN's folder is
     // refused; a folder that records none (made by hand or by an older llm-cxr) is encoded anew.
     let keep_existing = match identity.check_folder(&a.out)? {
@@ -495,7 +495,7 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<VqganEval> {
     let model = a.model.load()?;
     let config = model.config().clone();
     let classifier = a.classifier.as_deref().map(load_classifier).transpose()?;
-    let ds = open_dataset(a.data.kind.into(), &a.data.data)?;
+    let ds = open_dataset(a.data.kind, &a.data.data)?;
     let mut records = split_records(ds.records(), a.split);
     if a.limit > 0 {
         records.truncate(a.limit);
