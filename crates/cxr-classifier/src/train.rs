@@ -18,8 +18,8 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use cxr_train::{
-    batch_indices, load_checkpoint, save_checkpoint, AdamW, AdamWConfig, Fingerprint, RunRecord,
-    TrainError,
+    batch_indices, load_checkpoint, save_checkpoint, AdamW, AdamWConfig, Fingerprint, Resume,
+    ResumeError, RunRecord, TrainError,
 };
 
 use crate::{txv_input, DenseNet, DenseNetConfig};
@@ -74,6 +74,22 @@ pub struct TrainOptions {
     pub init: Option<PathBuf>,
 }
 
+/// The defaults of `llm-cxr classifier train` (which reads them from here).
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            steps: 1000,
+            batch: 8,
+            lr: 1e-3,
+            size: 224,
+            seed: 1,
+            checkpoint_every: 50,
+            out: PathBuf::from("classifier-run"),
+            init: None,
+        }
+    }
+}
+
 /// What each step reports.
 #[derive(Debug, Clone, Copy)]
 pub struct StepReport {
@@ -94,8 +110,11 @@ pub enum ClassifierTrainError {
     Image(#[from] cxr_image::ImageError),
     #[error("no training examples")]
     Empty,
+    /// The weights to start from (`init`) cannot be read.
     #[error("{path}: {message}")]
-    Checkpoint { path: PathBuf, message: String },
+    Init { path: PathBuf, message: String },
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
 }
 
 /// torchvision's DenseNet initialisation, from a seeded stream, in name order.
@@ -186,7 +205,7 @@ fn run_record(
         }
     }
     let init = cxr_train::file_fingerprint(opts.init.as_deref()).map_err(|e| {
-        ClassifierTrainError::Checkpoint {
+        ClassifierTrainError::Init {
             path: opts.init.clone().unwrap_or_default(),
             message: e.to_string(),
         }
@@ -223,11 +242,10 @@ pub fn train(
     initialise(&varmap, opts.seed)?;
     if let Some(init) = &opts.init {
         let mut vm = varmap.clone();
-        vm.load(init)
-            .map_err(|e| ClassifierTrainError::Checkpoint {
-                path: init.clone(),
-                message: e.to_string(),
-            })?;
+        vm.load(init).map_err(|e| ClassifierTrainError::Init {
+            path: init.clone(),
+            message: e.to_string(),
+        })?;
     }
     let named: Vec<(String, candle_core::Var)> = varmap
         .data()
@@ -249,29 +267,19 @@ pub fn train(
     let record = run_record(config, examples, opts)?;
     let mut step = 0;
     if ck_path.is_file() {
-        let (tensors, meta) = load_checkpoint(&ck_path, &device)?;
-        let bad = |message: String| ClassifierTrainError::Checkpoint {
-            path: ck_path.clone(),
-            message,
-        };
-        step = meta
-            .get("step")
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("no step in metadata".into()))?;
-        if meta.get("seed").and_then(|s| s.parse::<u64>().ok()) != Some(opts.seed) {
-            return Err(bad(format!(
-                "was written with another seed ({:?}); use a new --out",
-                meta.get("seed")
-            )));
+        let ck = Resume::open(&ck_path, &device)?;
+        step = ck.require("step")?;
+        if ck.get::<u64>("seed") != Some(opts.seed) {
+            return Err(ck
+                .refuse(format!(
+                    "was written with another seed ({:?}); use a new --out",
+                    ck.metadata.get("seed")
+                ))
+                .into());
         }
-        record.compare(&meta).map_err(bad)?;
-        for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| bad(format!("lacks {name}")))?;
-            var.set(t)?;
-        }
-        opt.load_state(&tensors, step)?;
+        ck.check_record(&record)?;
+        ck.restore(varmap.data().lock().expect("varmap lock").iter())?;
+        ck.restore_optimizer(&mut opt, step)?;
     }
     let save = |step: u64, opt: &AdamW| -> Result<(), ClassifierTrainError> {
         let mut tensors: Vec<(String, Tensor)> = varmap

@@ -32,10 +32,15 @@ use crate::InstructError;
 
 /// Which stage's rules select images and report text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Stage {
+    /// Every image of the split, findings + impression.
     #[serde(rename = "1")]
+    #[cfg_attr(feature = "clap", value(name = "1"))]
     One,
+    /// Frontal images of each subject's first study, impression only.
     #[serde(rename = "2")]
+    #[cfg_attr(feature = "clap", value(name = "2"))]
     Two,
 }
 

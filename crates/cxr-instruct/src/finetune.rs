@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use cxr_lm::{CausalLm, ImageVocab, LmConfig, WeightMode};
-use cxr_train::{batch_indices, load_checkpoint, save_checkpoint, AdamW, AdamWConfig};
+use cxr_train::{
+    batch_indices, save_checkpoint, AdamW, AdamWConfig, GradAccumulator, Resume, ResumeError,
+};
 
 use crate::Tokenized;
 
@@ -28,8 +30,11 @@ pub enum FinetuneError {
     Train(#[from] cxr_train::TrainError),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+    /// The model to train cannot be read or fingerprinted.
     #[error("{path}: {reason}")]
-    Checkpoint { path: PathBuf, reason: String },
+    Model { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
     #[error("{0}")]
     Data(String),
 }
@@ -60,6 +65,7 @@ pub struct FinetuneOptions {
     pub out: PathBuf,
 }
 
+/// The defaults of `llm-cxr train` (which reads them from here): the paper's rate and warmup.
 impl Default for FinetuneOptions {
     fn default() -> Self {
         FinetuneOptions {
@@ -237,11 +243,10 @@ impl Trainable {
     /// LoRA: the base weights frozen (float inference layout), adapters on `lora.targets`.
     pub fn load_lora(dir: &Path, lora: cxr_lm::LoraConfig) -> Result<Self, FinetuneError> {
         let config_path = dir.join("config.json");
-        let text =
-            std::fs::read_to_string(&config_path).map_err(|e| FinetuneError::Checkpoint {
-                path: config_path.clone(),
-                reason: e.to_string(),
-            })?;
+        let text = std::fs::read_to_string(&config_path).map_err(|e| FinetuneError::Model {
+            path: config_path.clone(),
+            reason: e.to_string(),
+        })?;
         let config = LmConfig::from_json(&text, &config_path.display().to_string())?;
         let weights = cxr_lm::Weights::read_hf(dir, WeightMode::Inference, &Device::Cpu)?
             .with_lora(lora.clone())?;
@@ -331,7 +336,7 @@ impl Trainable {
 }
 
 fn base_fingerprint(dir: &Path) -> Result<String, FinetuneError> {
-    cxr_train::model_dir_fingerprint(dir).map_err(|e| FinetuneError::Checkpoint {
+    cxr_train::model_dir_fingerprint(dir).map_err(|e| FinetuneError::Model {
         path: dir.to_path_buf(),
         reason: format!("cannot fingerprint the base model: {e}"),
     })
@@ -408,30 +413,16 @@ pub fn finetune(
         let idx = batch_indices(train.len(), per_step, opts.seed, step);
         let chosen: Vec<&Tokenized> = idx.iter().map(|&i| &train[i]).collect();
         let counted: usize = chosen.iter().map(|s| s.loss_tokens()).sum();
-        let mut grads: Option<candle_core::backprop::GradStore> = None;
+        let mut grads = GradAccumulator::new();
         let mut loss_sum = 0.0;
         for micro in chosen.chunks(opts.micro_batch.max(1)) {
             let (nll, _) = response_nll_in(&net.model, micro, opts.modes.as_ref())?;
             loss_sum += nll.detach().to_scalar::<f32>()? as f64;
             // Mean over the step's response tokens, as one big batch would give.
             let g = (nll / counted.max(1) as f64)?.backward()?;
-            grads = Some(match grads {
-                None => g,
-                Some(mut acc) => {
-                    for (_, var) in &net.vars {
-                        if let Some(new) = g.get(var.as_tensor()) {
-                            let sum = match acc.get(var.as_tensor()) {
-                                Some(old) => (old + new)?,
-                                None => new.clone(),
-                            };
-                            acc.insert(var.as_tensor(), sum);
-                        }
-                    }
-                    acc
-                }
-            });
+            grads.add(g, net.vars.iter().map(|(_, var)| var))?;
         }
-        let grads = grads.expect("at least one micro-batch");
+        let grads = grads.finish().expect("at least one micro-batch");
         let grad_norm = opt.grad_norm(&grads)?;
         let scale = if opts.clip_norm > 0.0 && grad_norm > opts.clip_norm {
             opts.clip_norm / (grad_norm + 1e-6)
@@ -513,46 +504,34 @@ fn resume(
     opts: &FinetuneOptions,
     record: &cxr_train::RunRecord,
 ) -> Result<u64, FinetuneError> {
-    let bad = |reason: String| FinetuneError::Checkpoint {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let (tensors, meta) = load_checkpoint(path, &Device::Cpu)?;
-    let get = |key: &str| meta.get(key).and_then(|v| v.parse::<u64>().ok());
-    let step = get("step").ok_or_else(|| bad("no step in its metadata".into()))?;
-    record.compare(&meta).map_err(bad)?;
+    let ck = Resume::open(path, &Device::Cpu)?;
+    let step: u64 = ck.require("step")?;
+    ck.check_record(record)?;
     let per_step = (opts.micro_batch.max(1) * opts.grad_accum.max(1)) as u64;
     // Checkpoints from before the objective was recorded trained the full softmax at one rate.
-    let theirs = meta
+    let theirs = ck
+        .metadata
         .get("objective")
         .cloned()
         .unwrap_or_else(|| "full softmax, image rows at the base rate".into());
     if theirs != objective(opts) {
-        return Err(bad(format!(
-            "was trained with {theirs}, this run asks for {}; use a new output folder",
-            objective(opts)
-        )));
+        return Err(ck
+            .refuse(format!(
+                "was trained with {theirs}, this run asks for {}; use a new output folder",
+                objective(opts)
+            ))
+            .into());
     }
-    if get("seed") != Some(opts.seed) || get("samples_per_step") != Some(per_step) {
-        return Err(bad(format!(
-            "was written with another seed or batch (seed {:?}, samples per step {:?}); use a new output folder",
-            meta.get("seed"),
-            meta.get("samples_per_step")
-        )));
+    if ck.get::<u64>("seed") != Some(opts.seed) || ck.get("samples_per_step") != Some(per_step) {
+        return Err(ck
+            .refuse(format!(
+                "was written with another seed or batch (seed {:?}, samples per step {:?}); use a new output folder",
+                ck.metadata.get("seed"),
+                ck.metadata.get("samples_per_step")
+            ))
+            .into());
     }
-    for (name, var) in &net.vars {
-        let t = tensors
-            .get(name)
-            .ok_or_else(|| bad(format!("lacks {name}")))?;
-        if t.dims() != var.dims() {
-            return Err(bad(format!(
-                "{name} is {:?}, the model's is {:?}",
-                t.dims(),
-                var.dims()
-            )));
-        }
-        var.set(t)?;
-    }
-    opt.load_state(&tensors, step)?;
+    ck.restore(net.vars.iter().map(|(name, var)| (name, var)))?;
+    ck.restore_optimizer(opt, step)?;
     Ok(step)
 }

@@ -7,6 +7,8 @@ use serde_json::Value;
 
 use crate::LmError;
 
+mod json;
+
 /// The longest context a config may declare (1M tokens; Llama 3.1 declares 131,072): the rotary
 /// tables are allocated from it when the model is built.
 pub const MAX_POSITIONS: usize = 1 << 20;
@@ -35,7 +37,7 @@ pub struct GptNeoxConfig {
     pub max_position_embeddings: usize,
     pub layer_norm_eps: f64,
     pub use_parallel_residual: bool,
-    pub hidden_act: String,
+    pub hidden_act: HiddenAct,
     pub tie_word_embeddings: bool,
     pub attention_bias: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,11 +59,53 @@ impl GptNeoxConfig {
             max_position_embeddings: 2048,
             layer_norm_eps: 1e-5,
             use_parallel_residual: true,
-            hidden_act: "gelu".into(),
+            hidden_act: HiddenAct::Gelu,
             tie_word_embeddings: false,
             attention_bias: true,
             rope_scaling: None,
         }
+    }
+}
+
+/// The MLP's activation, `config.json`'s `hidden_act`: GPT-NeoX takes one of the GELUs, LLaMA
+/// SiLU (checked by [`LmConfig::validate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum HiddenAct {
+    /// The exact GELU (erf), transformers' "gelu".
+    Gelu,
+    /// The tanh approximation of GPT-2 ("gelu_new") ...
+    GeluNew,
+    /// ... and its faster spelling ("gelu_fast"): the same function.
+    GeluFast,
+    Silu,
+}
+
+impl HiddenAct {
+    /// The name `config.json` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            HiddenAct::Gelu => "gelu",
+            HiddenAct::GeluNew => "gelu_new",
+            HiddenAct::GeluFast => "gelu_fast",
+            HiddenAct::Silu => "silu",
+        }
+    }
+}
+
+impl TryFrom<String> for HiddenAct {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        [
+            HiddenAct::Gelu,
+            HiddenAct::GeluNew,
+            HiddenAct::GeluFast,
+            HiddenAct::Silu,
+        ]
+        .into_iter()
+        .find(|act| act.name() == name)
+        .ok_or_else(|| format!("hidden_act {name:?} is not supported"))
     }
 }
 
@@ -82,7 +126,7 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// Bias on q/k/v (Qwen2 style); the output projection never has one.
     pub attention_bias: bool,
-    pub hidden_act: String,
+    pub hidden_act: HiddenAct,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
 }
@@ -106,48 +150,7 @@ pub enum RopeScaling {
 }
 
 impl RopeScaling {
-    /// Reads the scaling of a `config.json`; `None` for none or `rope_type` "default".
-    fn from_config(v: &Value) -> Result<Option<Self>, String> {
-        let Some(s) = ["rope_scaling", "rope_parameters"]
-            .iter()
-            .filter_map(|k| v.get(*k))
-            .find(|s| s.is_object())
-        else {
-            return Ok(None);
-        };
-        // transformers 4.3x wrote "type", later releases "rope_type".
-        let kind = s
-            .get("rope_type")
-            .or_else(|| s.get("type"))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        let num = |key: &str| {
-            s.get(key)
-                .and_then(Value::as_f64)
-                .ok_or_else(|| format!("rope scaling {kind:?} needs a number {key:?}"))
-        };
-        let scaling = match kind {
-            "default" => return Ok(None),
-            "linear" => RopeScaling::Linear {
-                factor: num("factor")?,
-            },
-            "llama3" => RopeScaling::Llama3 {
-                factor: num("factor")?,
-                low_freq_factor: num("low_freq_factor")?,
-                high_freq_factor: num("high_freq_factor")?,
-                original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
-            },
-            other => {
-                return Err(format!(
-                    "rope scaling {other:?} is not supported (linear and llama3 are)"
-                ))
-            }
-        };
-        scaling.check()?;
-        Ok(Some(scaling))
-    }
-
-    fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         match *self {
             RopeScaling::Linear { factor } if factor > 0.0 => Ok(()),
             RopeScaling::Llama3 {
@@ -203,69 +206,7 @@ impl LmConfig {
             origin: origin.to_string(),
             reason,
         };
-        let v: Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        let model_type = v
-            .get("model_type")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let fields = Fields { v: &v, origin };
-        let rope_scaling = RopeScaling::from_config(&v).map_err(bad)?;
-        let config = match model_type {
-            "gpt_neox" => {
-                let hidden_size = fields.usize("hidden_size")?;
-                LmConfig::GptNeox(GptNeoxConfig {
-                    vocab_size: fields.usize("vocab_size")?,
-                    hidden_size,
-                    num_hidden_layers: fields.usize("num_hidden_layers")?,
-                    num_attention_heads: fields.usize("num_attention_heads")?,
-                    intermediate_size: fields.usize_or("intermediate_size", 4 * hidden_size),
-                    rotary_pct: fields
-                        .rope_f64("partial_rotary_factor")
-                        .or_else(|| fields.f64("rotary_pct"))
-                        .unwrap_or(0.25),
-                    rotary_emb_base: fields
-                        .rope_f64("rope_theta")
-                        .or_else(|| fields.f64("rotary_emb_base"))
-                        .or_else(|| fields.f64("rope_theta"))
-                        .unwrap_or(10_000.0),
-                    max_position_embeddings: fields.usize_or("max_position_embeddings", 2048),
-                    layer_norm_eps: fields.f64("layer_norm_eps").unwrap_or(1e-5),
-                    use_parallel_residual: fields.bool_or("use_parallel_residual", true),
-                    hidden_act: fields.string_or("hidden_act", "gelu"),
-                    tie_word_embeddings: fields.bool_or("tie_word_embeddings", false),
-                    attention_bias: fields.bool_or("attention_bias", true),
-                    rope_scaling,
-                })
-            }
-            "llama" | "mistral" | "qwen2" => {
-                let hidden_size = fields.usize("hidden_size")?;
-                let heads = fields.usize("num_attention_heads")?;
-                LmConfig::Llama(LlamaConfig {
-                    vocab_size: fields.usize("vocab_size")?,
-                    hidden_size,
-                    num_hidden_layers: fields.usize("num_hidden_layers")?,
-                    num_attention_heads: heads,
-                    num_key_value_heads: fields.usize_or("num_key_value_heads", heads),
-                    head_dim: fields.usize_or("head_dim", hidden_size / heads.max(1)),
-                    intermediate_size: fields.usize("intermediate_size")?,
-                    rope_theta: fields
-                        .rope_f64("rope_theta")
-                        .or_else(|| fields.f64("rope_theta"))
-                        .unwrap_or(10_000.0),
-                    max_position_embeddings: fields.usize_or("max_position_embeddings", 2048),
-                    rms_norm_eps: fields.f64("rms_norm_eps").unwrap_or(1e-6),
-                    tie_word_embeddings: fields.bool_or("tie_word_embeddings", false),
-                    attention_bias: fields.bool_or("attention_bias", model_type == "qwen2"),
-                    hidden_act: fields.string_or("hidden_act", "silu"),
-                    rope_scaling,
-                })
-            }
-            other => {
-                return Err(bad(format!(
-                    "model_type {other:?} is not supported (gpt_neox, llama, mistral, qwen2 are)"
-                )))
-            }
-        };
+        let config = json::parse(text).map_err(bad)?;
         config.validate(origin)?;
         Ok(config)
     }
@@ -310,8 +251,11 @@ impl LmConfig {
                 if !(0.0..=1.0).contains(&c.rotary_pct) {
                     return bad(format!("rotary_pct {} is outside [0, 1]", c.rotary_pct));
                 }
-                if !matches!(c.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_fast") {
-                    return bad(format!("hidden_act {:?} is not supported", c.hidden_act));
+                if c.hidden_act == HiddenAct::Silu {
+                    return bad(format!(
+                        "hidden_act {:?} is not supported",
+                        c.hidden_act.name()
+                    ));
                 }
             }
             LmConfig::Llama(c) => {
@@ -331,8 +275,11 @@ impl LmConfig {
                 if c.head_dim % 2 != 0 {
                     return bad(format!("head_dim {} is odd", c.head_dim));
                 }
-                if c.hidden_act != "silu" {
-                    return bad(format!("hidden_act {:?} is not supported", c.hidden_act));
+                if c.hidden_act != HiddenAct::Silu {
+                    return bad(format!(
+                        "hidden_act {:?} is not supported",
+                        c.hidden_act.name()
+                    ));
                 }
             }
         }
@@ -443,49 +390,6 @@ impl LmConfig {
     }
 }
 
-struct Fields<'a> {
-    v: &'a Value,
-    origin: &'a str,
-}
-
-impl Fields<'_> {
-    fn usize(&self, key: &str) -> Result<usize, LmError> {
-        self.v
-            .get(key)
-            .and_then(Value::as_u64)
-            .map(|n| n as usize)
-            .ok_or_else(|| LmError::Config {
-                origin: self.origin.to_string(),
-                reason: format!("missing or non-integer field {key:?}"),
-            })
-    }
-    fn usize_or(&self, key: &str, default: usize) -> usize {
-        self.v
-            .get(key)
-            .and_then(Value::as_u64)
-            .map_or(default, |n| n as usize)
-    }
-    fn f64(&self, key: &str) -> Option<f64> {
-        self.v.get(key).and_then(Value::as_f64)
-    }
-    fn rope_f64(&self, key: &str) -> Option<f64> {
-        self.v
-            .get("rope_parameters")
-            .and_then(|r| r.get(key))
-            .and_then(Value::as_f64)
-    }
-    fn bool_or(&self, key: &str, default: bool) -> bool {
-        self.v.get(key).and_then(Value::as_bool).unwrap_or(default)
-    }
-    fn string_or(&self, key: &str, default: &str) -> String {
-        self.v
-            .get(key)
-            .and_then(Value::as_str)
-            .unwrap_or(default)
-            .to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,6 +409,34 @@ mod tests {
         );
         assert_eq!(c.rotary_pct, 0.25);
         assert!(c.use_parallel_residual && !c.tie_word_embeddings);
+    }
+
+    #[test]
+    fn null_takes_the_default_and_hidden_act_is_checked_per_architecture() {
+        let neox = r#"{"model_type":"gpt_neox","hidden_size":64,"num_hidden_layers":2,
+            "num_attention_heads":4,"vocab_size":100,"intermediate_size":null,ACT}"#;
+        let parse = |act: &str| LmConfig::from_json(&neox.replace("ACT", act), "n.json");
+        let LmConfig::GptNeox(c) = parse(r#""hidden_act":null"#).unwrap() else {
+            panic!()
+        };
+        assert_eq!((c.intermediate_size, c.hidden_act), (256, HiddenAct::Gelu));
+        let LmConfig::GptNeox(c) = parse(r#""hidden_act":"gelu_new""#).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.hidden_act, HiddenAct::GeluNew);
+        for act in ["silu", "relu"] {
+            let err = parse(&format!(r#""hidden_act":"{act}""#))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("n.json")
+                    && err.contains(&format!("hidden_act \"{act}\" is not supported")),
+                "{err}"
+            );
+        }
+        // Written back under transformers' name.
+        let config = parse(r#""hidden_act":"gelu_fast""#).unwrap();
+        assert_eq!(config.to_hf_json()["hidden_act"], "gelu_fast");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
 use candle_core::Device;
 use serde_json::json;
 
-use crate::config::{LlamaConfig, LmConfig, RopeScaling};
+use crate::config::{HiddenAct, LlamaConfig, LmConfig, RopeScaling};
 use crate::weights::Weight;
 use crate::LmError;
 
@@ -142,7 +142,7 @@ pub fn read_gguf_from<R: Read + Seek>(
         rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
         tie_word_embeddings: !has_output,
         attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
-        hidden_act: "silu".into(),
+        hidden_act: HiddenAct::Silu,
         rope_scaling,
     };
     let config = LmConfig::Llama(config);

@@ -6,7 +6,7 @@
 use candle_core::{Result, Tensor, D};
 
 use crate::attention::{layer_norm, self_attention, LayerCache, Rotary, Span};
-use crate::config::GptNeoxConfig;
+use crate::config::{GptNeoxConfig, HiddenAct};
 use crate::weights::{Linear, Weights};
 use crate::LmError;
 
@@ -150,8 +150,9 @@ impl GptNeox {
 
     fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
         let h = layer.dense_h_to_4h.forward(x)?;
-        let h = match self.config.hidden_act.as_str() {
-            "gelu" => crate::fused::gelu_erf(&h)?,
+        let h = match self.config.hidden_act {
+            HiddenAct::Gelu => crate::fused::gelu_erf(&h)?,
+            // gelu_new and gelu_fast: the tanh approximation.
             _ => h.gelu()?,
         };
         layer.dense_4h_to_h.forward(&h)

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-pub use config::{GptNeoxConfig, LlamaConfig, LmConfig, RopeScaling};
+pub use config::{GptNeoxConfig, HiddenAct, LlamaConfig, LmConfig, RopeScaling};
 pub use generate::{generate, generate_until, Batch, Constraint, Drawn, GenerateOptions, Sampling};
 pub use image_vocab::ImageVocab;
 pub use model::{Cache, CausalLm};

@@ -1,7 +1,8 @@
-//! Training plumbing every llm-cxr trainer shares (the classifier today; the VQ-GAN and the
-//! language model next): an AdamW whose moments can be saved and restored, and checkpoints that
-//! hold weights, optimizer state and metadata in one safetensors file written atomically, so a
-//! run killed at any moment resumes from its last checkpoint and ends with the same weights.
+//! Training plumbing every llm-cxr trainer shares (the classifier, the VQ-GAN and the language
+//! model): an AdamW whose moments can be saved and restored, checkpoints that hold weights,
+//! optimizer state and metadata in one safetensors file written atomically, one way to resume
+//! from them ([`resume`]), so a run killed at any moment resumes from its last checkpoint and
+//! ends with the same weights, and one gradient accumulation ([`grad_accum`]).
 //!
 //! candle-nn's own `AdamW` keeps its moments private, which makes exact resumption impossible;
 //! this one follows `torch.optim.AdamW` (decoupled weight decay, bias correction) step for step.
@@ -9,10 +10,15 @@
 #[macro_use]
 mod simd;
 pub mod conv;
+pub mod grad_accum;
 pub mod group_norm;
 pub mod pth;
+pub mod resume;
 pub mod run_record;
 pub mod winograd;
+
+pub use grad_accum::GradAccumulator;
+pub use resume::{Resume, ResumeError};
 
 pub use run_record::{
     file_fingerprint, files_fingerprint, model_dir_fingerprint, Fingerprint, RunRecord,

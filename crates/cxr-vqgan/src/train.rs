@@ -30,7 +30,8 @@ use rayon::prelude::*;
 
 use cxr_classifier::DenseNet;
 use cxr_train::{
-    batch_indices, load_checkpoint, save_checkpoint, AdamW, AdamWConfig, RunRecord, TrainError,
+    batch_indices, save_checkpoint, AdamW, AdamWConfig, GradAccumulator, Resume, ResumeError,
+    RunRecord, TrainError,
 };
 
 use crate::discriminator::{hinge_d_loss, Discriminator};
@@ -61,20 +62,22 @@ pub struct TrainOptions {
     pub init: Option<PathBuf>,
 }
 
+/// The defaults of `llm-cxr vqgan train` (which reads them from here): a from-scratch run, the
+/// clinical-information loss after 500 steps of reconstruction, the discriminator after 1,000.
 impl Default for TrainOptions {
     fn default() -> Self {
         Self {
-            steps: 1000,
+            steps: 2000,
             batch: 4,
             grad_accum: 1,
             lr: 2e-4,
             seed: 1,
             cip_weight: 100.0,
-            cip_start: 0,
+            cip_start: 500,
             codebook_weight: 1.0,
-            disc_start: 10_000,
+            disc_start: 1000,
             disc_weight: 0.8,
-            restart_every: 0,
+            restart_every: 50,
             checkpoint_every: 100,
             out: PathBuf::from("vqgan-run"),
             init: None,
@@ -116,8 +119,11 @@ pub enum VqganTrainError {
         path: PathBuf,
         source: cxr_image::ImageError,
     },
+    /// The generator weights to start from (`init`) cannot be read.
     #[error("{path}: {message}")]
-    Checkpoint { path: PathBuf, message: String },
+    Init { path: PathBuf, message: String },
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
 }
 
 /// PyTorch's default initialisation for the generator (convolutions uniform in
@@ -228,24 +234,6 @@ fn norm(t: &Tensor) -> candle_core::Result<f32> {
     t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()
 }
 
-/// Adds `b`'s gradients into `a`.
-fn accumulate(
-    a: &mut candle_core::backprop::GradStore,
-    b: candle_core::backprop::GradStore,
-    vars: &[Var],
-) -> candle_core::Result<()> {
-    for v in vars {
-        if let Some(g) = b.get(v.as_tensor()) {
-            let sum = match a.get(v.as_tensor()) {
-                Some(prev) => (prev + g)?,
-                None => g.clone(),
-            };
-            a.insert(v.as_tensor(), sum);
-        }
-    }
-    Ok(())
-}
-
 /// A training run in progress.
 pub struct Trainer<'a> {
     pub config: VqganConfig,
@@ -300,12 +288,12 @@ impl<'a> Trainer<'a> {
         if let Some(init) = &opts.init {
             let src = cxr_classifier::var_builder(init, &device)?;
             for (name, var) in named_vars(&varmap, false) {
-                let t = src.get(var.shape().clone(), &name).map_err(|e| {
-                    VqganTrainError::Checkpoint {
+                let t = src
+                    .get(var.shape().clone(), &name)
+                    .map_err(|e| VqganTrainError::Init {
                         path: init.clone(),
                         message: e.to_string(),
-                    }
-                })?;
+                    })?;
                 var.set(&t)?;
             }
         }
@@ -319,7 +307,7 @@ impl<'a> Trainer<'a> {
         let gen = named_vars(&varmap, false);
         let dis = named_vars(&varmap, true);
         let init_fingerprint = cxr_train::file_fingerprint(opts.init.as_deref()).map_err(|e| {
-            VqganTrainError::Checkpoint {
+            VqganTrainError::Init {
                 path: opts.init.clone().unwrap_or_default(),
                 message: e.to_string(),
             }
@@ -366,56 +354,38 @@ impl<'a> Trainer<'a> {
     }
 
     fn resume(&mut self, path: &Path) -> Result<(), VqganTrainError> {
-        let (tensors, meta) = load_checkpoint(path, &self.device)?;
-        let bad = |message: String| VqganTrainError::Checkpoint {
-            path: path.to_path_buf(),
-            message,
-        };
-        let step: u64 = meta
-            .get("step")
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("no step in metadata".into()))?;
-        let saved: VqganConfig = meta
+        let ck = Resume::open(path, &self.device)?;
+        let step: u64 = ck.require("step")?;
+        let saved: VqganConfig = ck
+            .metadata
             .get("config")
             .and_then(|c| serde_json::from_str(c).ok())
-            .ok_or_else(|| bad("no VQ-GAN config in metadata".into()))?;
+            .ok_or_else(|| ck.refuse("no VQ-GAN config in metadata"))?;
         if saved != self.config {
-            return Err(bad(format!(
-                "was written for another config ({saved:?}); use a new output folder"
-            )));
+            return Err(ck
+                .refuse(format!(
+                    "was written for another config ({saved:?}); use a new output folder"
+                ))
+                .into());
         }
-        self.record.compare(&meta).map_err(bad)?;
-        if meta.get("seed").and_then(|s| s.parse::<u64>().ok()) != Some(self.opts.seed) {
-            return Err(bad(
-                "was written with another seed; use a new output folder".into(),
-            ));
+        ck.check_record(&self.record)?;
+        if ck.get::<u64>("seed") != Some(self.opts.seed) {
+            return Err(ck
+                .refuse("was written with another seed; use a new output folder")
+                .into());
         }
-        for (name, var) in self.varmap.data().lock().expect("varmap lock").iter() {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| bad(format!("lacks {name}")))?;
-            var.set(t)?;
-        }
-        let steps_of = |key: &str| -> Result<u64, VqganTrainError> {
-            meta.get(key)
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| bad(format!("no {key} in metadata")))
-        };
+        ck.restore(self.varmap.data().lock().expect("varmap lock").iter())?;
         // The discriminator's optimizer starts at disc_start: its bias correction counts its own.
-        self.opt_g
-            .load_state(&tensors, steps_of("generator_updates")?)?;
-        self.opt_d
-            .load_state(&tensors, steps_of("discriminator_updates")?)?;
-        let usage = tensors
-            .get("train.code_usage")
-            .ok_or_else(|| bad("lacks train.code_usage".into()))?;
-        self.usage = usage
+        ck.restore_optimizer(&mut self.opt_g, ck.require("generator_updates")?)?;
+        ck.restore_optimizer(&mut self.opt_d, ck.require("discriminator_updates")?)?;
+        self.usage = ck
+            .tensor("train.code_usage")?
             .to_vec1::<f32>()?
             .into_iter()
             .map(|u| u as u32)
             .collect();
         self.step = step;
-        self.resumed = Some((path.to_path_buf(), meta));
+        self.resumed = Some((ck.path, ck.metadata));
         Ok(())
     }
 
@@ -430,9 +400,9 @@ impl<'a> Trainer<'a> {
             RunRecord::new()
                 .with("training images", &data)
                 .compare(meta)
-                .map_err(|message| VqganTrainError::Checkpoint {
+                .map_err(|reason| ResumeError {
                     path: path.clone(),
-                    message,
+                    reason,
                 })?;
         }
         self.data = Some(data);
@@ -503,7 +473,7 @@ impl<'a> Trainer<'a> {
         let idx = batch_indices(paths.len(), o.batch * accum, o.seed, self.step);
         let disc_on = self.step >= o.disc_start;
         let mut losses = Losses::default();
-        let (mut grads_g, mut grads_d) = (None, None);
+        let (mut grads_g, mut grads_d) = (GradAccumulator::new(), GradAccumulator::new());
         let mut latents_for_restart = None;
         for micro in idx.chunks(o.batch) {
             let x = load_images(paths, micro, &self.config, &self.device)?;
@@ -554,27 +524,19 @@ impl<'a> Trainer<'a> {
                 let fake = self.disc.forward_t(&xr.as_tensor().detach(), true)?;
                 let d_loss = (hinge_d_loss(&real, &fake)? / accum as f64)?;
                 losses.d += d_loss.to_scalar::<f32>()?;
-                let g = d_loss.backward()?;
-                match &mut grads_d {
-                    None => grads_d = Some(g),
-                    Some(acc) => accumulate(acc, g, &self.disc_vars)?,
-                }
+                grads_d.add(d_loss.backward()?, &self.disc_vars)?;
             }
             // One backward through the generator: sum(x̂ * ∂L/∂x̂) + codebook_weight * quant.
             let surrogate = ((rec.image * grad_image.detach())?.sum_all()?
                 + (&rec.quant_loss * o.codebook_weight)?)?;
-            let g = (surrogate / accum as f64)?.backward()?;
-            match &mut grads_g {
-                None => grads_g = Some(g),
-                Some(acc) => accumulate(acc, g, &self.gen_vars)?,
-            }
+            grads_g.add((surrogate / accum as f64)?.backward()?, &self.gen_vars)?;
             losses.l1 += l1.to_scalar::<f32>()? / accum as f32;
             losses.quant += rec.quant_loss.to_scalar::<f32>()? / accum as f32;
             latents_for_restart = Some(rec.latents);
         }
         self.opt_g
-            .step(&grads_g.expect("at least one micro-batch"))?;
-        if let Some(g) = grads_d {
+            .step(&grads_g.finish().expect("at least one micro-batch"))?;
+        if let Some(g) = grads_d.finish() {
             self.opt_d.step(&g)?;
         }
         self.step += 1;

@@ -19,6 +19,7 @@ use crate::{ChexpertLabels, ReportSections};
 
 /// The official split an image belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
@@ -82,6 +83,7 @@ pub trait CxrDataset: Send + Sync {
 
 /// The layouts llm-cxr reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetKind {
     /// MIMIC-CXR-JPG (and llm-cxr's phantom tree, which has the same layout).

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use cxr_classifier::candle_core::{Device, Tensor};
 use cxr_classifier::train::{examples, save_weights, train, TrainOptions, CHECKPOINT};
 use cxr_classifier::{txv_input, DenseNetConfig};
-use cxr_data::{open_dataset, Split};
+use cxr_data::{open_dataset, DatasetKind, Split};
 use cxr_eval::image_metrics::image_metrics;
 use cxr_eval::report_metrics::UncertainPolicy;
 
@@ -26,22 +26,22 @@ pub struct TrainArgs {
     pub data: PathBuf,
     #[arg(long, value_enum, default_value = "mimic")]
     #[serde(serialize_with = "super::value_enum::name")]
-    pub kind: super::dataset::Kind,
+    pub kind: DatasetKind,
     /// Output folder: checkpoint, train-log.csv, classifier.safetensors, eval.json.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = TrainOptions::default().steps)]
     pub steps: u64,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = TrainOptions::default().batch)]
     pub batch: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = TrainOptions::default().lr)]
     pub lr: f64,
     /// Input side; torchxrayvision's layout is 224.
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = TrainOptions::default().size)]
     pub size: u32,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainOptions::default().seed)]
     pub seed: u64,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = TrainOptions::default().checkpoint_every)]
     pub checkpoint_every: u64,
     /// Start from these weights (e.g. torchxrayvision's, as safetensors) instead of from scratch.
     #[arg(long)]
@@ -52,7 +52,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     let Command::Train(args) = cmd;
     // One run per output folder: a second one fails here, naming the first's pid.
     let _lock = cxr_data::OutputLock::acquire(&args.out)?;
-    let ds = open_dataset(args.kind.into(), &args.data)?;
+    let ds = open_dataset(args.kind, &args.data)?;
     let records = ds.records();
     let train_records: Vec<_> = records
         .iter()

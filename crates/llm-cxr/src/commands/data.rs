@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use cxr_data::{open_dataset, Split};
+use cxr_data::{open_dataset, DatasetKind, Split};
 use cxr_instruct::build::{self, BuildInputs, BuildOptions, Stage};
 use cxr_instruct::Phrasings;
 
@@ -28,9 +28,9 @@ pub struct VqaArgs {
     #[arg(long)]
     pub data: PathBuf,
     #[arg(long, value_enum, default_value = "mimic")]
-    pub kind: super::dataset::Kind,
+    pub kind: DatasetKind,
     #[arg(long, value_enum, default_value = "train")]
-    pub split: SplitArg,
+    pub split: Split,
     #[command(flatten)]
     pub model: super::chat::ModelArgs,
     /// JSONL output, one report per line ({image_id, pairs, dropped, unreadable}).
@@ -54,23 +54,6 @@ pub struct VqaArgs {
     pub phrases: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum StageArg {
-    /// Every image of the split, findings + impression.
-    #[value(name = "1")]
-    One,
-    /// Frontal images of each subject's first study, impression only.
-    #[value(name = "2")]
-    Two,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum SplitArg {
-    Train,
-    Validate,
-    Test,
-}
-
 #[derive(clap::Args, serde::Serialize)]
 pub struct BuildArgs {
     /// Dataset folder or file (default layout: a MIMIC-CXR-JPG or phantom tree). A phantom
@@ -79,7 +62,7 @@ pub struct BuildArgs {
     pub data: PathBuf,
     #[arg(long, value_enum, default_value = "mimic")]
     #[serde(serialize_with = "super::value_enum::name")]
-    pub kind: super::dataset::Kind,
+    pub kind: DatasetKind,
     /// Token files from `llm-cxr vqgan encode` (<image_id>.npy).
     #[arg(long)]
     pub tokens: PathBuf,
@@ -97,7 +80,7 @@ pub struct BuildArgs {
     pub vqgan_config: Option<String>,
     #[arg(long, value_enum, default_value = "1")]
     #[serde(serialize_with = "super::value_enum::name")]
-    pub stage: StageArg,
+    pub stage: Stage,
     /// Train every image in both directions (CXR -> report and report -> CXR); by default, as
     /// LLM-CXR, image ids sorted, even ones CXR -> report and odd ones report -> CXR.
     #[arg(long)]
@@ -109,7 +92,7 @@ pub struct BuildArgs {
     /// Which split's images to use (records without a split count as train).
     #[arg(long, value_enum, default_value = "train")]
     #[serde(serialize_with = "super::value_enum::name")]
-    pub split: SplitArg,
+    pub split: Split,
     /// Output folder: shard-NNNNN.jsonl and manifest.json.
     #[arg(long)]
     pub out: PathBuf,
@@ -148,15 +131,10 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
 
 fn split_records(
     data: &std::path::Path,
-    kind: super::dataset::Kind,
-    split: SplitArg,
+    kind: DatasetKind,
+    split: Split,
 ) -> anyhow::Result<Vec<cxr_data::CxrRecord>> {
-    let ds = open_dataset(kind.into(), data)?;
-    let split = match split {
-        SplitArg::Train => Split::Train,
-        SplitArg::Validate => Split::Validate,
-        SplitArg::Test => Split::Test,
-    };
+    let ds = open_dataset(kind, data)?;
     let records: Vec<_> = ds
         .records()
         .iter()
@@ -311,10 +289,7 @@ fn build_data(a: BuildArgs) -> anyhow::Result<()> {
         image_vocab: &image_vocab,
     };
     let opts = BuildOptions {
-        stage: match a.stage {
-            StageArg::One => Stage::One,
-            StageArg::Two => Stage::Two,
-        },
+        stage: a.stage,
         directions: if a.both_directions {
             build::Directions::Both
         } else {

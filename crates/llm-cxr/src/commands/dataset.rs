@@ -12,32 +12,12 @@ pub struct Args {
     /// Layout: mimic (MIMIC-CXR-JPG folder or a phantom tree), open-i (Open-i folder or R2Gen
     /// annotation.json), csv (image,report[,labels] table).
     #[arg(long, value_enum)]
-    pub kind: Kind,
+    pub kind: DatasetKind,
     /// The dataset folder, or the CSV / annotation.json file.
     pub path: PathBuf,
     /// Also decode every image through the loader and report the ones that fail.
     #[arg(long)]
     pub check_images: bool,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum Kind {
-    Mimic,
-    OpenI,
-    Csv,
-    /// A folder of images (no reports), split 50/50 by a stable hash of each path.
-    Folder,
-}
-
-impl From<Kind> for DatasetKind {
-    fn from(k: Kind) -> Self {
-        match k {
-            Kind::Mimic => DatasetKind::Mimic,
-            Kind::OpenI => DatasetKind::OpenI,
-            Kind::Csv => DatasetKind::Csv,
-            Kind::Folder => DatasetKind::Folder,
-        }
-    }
 }
 
 /// Counts that say whether a dataset is usable for LLM-CXR's two stages.
@@ -107,7 +87,7 @@ pub fn summarise(ds: &dyn CxrDataset) -> DatasetSummary {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let ds = open_dataset(args.kind.into(), &args.path)?;
+    let ds = open_dataset(args.kind, &args.path)?;
     let mut summary = summarise(ds.as_ref());
     if args.check_images {
         let bar = super::progress(ds.records().len() as u64, "images");

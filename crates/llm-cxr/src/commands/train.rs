@@ -30,10 +30,10 @@ pub struct Args {
     #[arg(long)]
     pub out: PathBuf,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = FinetuneOptions::default().steps)]
     pub steps: u64,
     /// Peak learning rate (the paper: 5e-6 for dolly-v2-3b).
-    #[arg(long, default_value_t = 5e-6)]
+    #[arg(long, default_value_t = FinetuneOptions::default().lr)]
     pub lr: f64,
     /// Learning rate of the image codes' rows (embedding and head; default: --lr). Fresh rows
     /// barely move at a fine-tuning rate: `demo` gives them 5e-3, 25x its --lr.
@@ -45,25 +45,25 @@ pub struct Args {
     #[arg(long)]
     pub full_softmax: bool,
     /// Linear warmup steps, then the rate stays constant (the paper: 50).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = FinetuneOptions::default().warmup_steps)]
     pub warmup: u64,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = FinetuneOptions::default().weight_decay)]
     pub weight_decay: f64,
     /// Samples per forward pass.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = FinetuneOptions::default().micro_batch)]
     pub micro_batch: usize,
     /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = FinetuneOptions::default().grad_accum)]
     pub grad_accum: usize,
     /// Global gradient-norm clip (0: none).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = FinetuneOptions::default().clip_norm)]
     pub clip: f64,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = FinetuneOptions::default().seed)]
     pub seed: u64,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = FinetuneOptions::default().checkpoint_every)]
     pub checkpoint_every: u64,
     /// Validation loss every N steps (0: at the end only).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = FinetuneOptions::default().eval_every)]
     pub eval_every: u64,
     /// LoRA rank: train low-rank adapters on frozen weights instead of every weight (0: full
     /// fine-tuning). The saved model has the adapters merged in.

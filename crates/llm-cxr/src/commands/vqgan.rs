@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use cxr_classifier::candle_core::{Device, Tensor};
 use cxr_classifier::{DenseNet, DenseNetConfig, CHEXPERT_OUTPUTS};
-use cxr_data::{open_dataset, CxrRecord, Split};
+use cxr_data::{open_dataset, CxrRecord, DatasetKind, Split};
 use cxr_vqgan::identity::VqganIdentity;
 use cxr_vqgan::metrics::{codebook_usage, psnr, ssim, CodebookUsage};
 use cxr_vqgan::train::{TrainOptions, Trainer, WEIGHTS};
@@ -42,7 +42,7 @@ pub struct DataArgs {
     pub data: PathBuf,
     #[arg(long, value_enum, default_value = "mimic")]
     #[serde(serialize_with = "super::value_enum::name")]
-    pub kind: super::dataset::Kind,
+    pub kind: DatasetKind,
 }
 
 #[derive(clap::Args, serde::Serialize)]
@@ -95,7 +95,7 @@ pub struct TrainArgs {
     /// Layout of each --data, in the same order; the last one given applies to the rest.
     #[arg(long, value_enum, default_values = ["mimic"])]
     #[serde(serialize_with = "super::value_enum::names")]
-    pub kind: Vec<super::dataset::Kind>,
+    pub kind: Vec<DatasetKind>,
     /// A preset (`demo`: 64 px, 1 channel, 16 x 16 codes; `paper`: LLM-CXR's f16 at 256 px) or
     /// a JSON file with taming's ddconfig fields.
     #[arg(long, default_value = "demo")]
@@ -103,40 +103,40 @@ pub struct TrainArgs {
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = TrainOptions::default().steps)]
     pub steps: u64,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = TrainOptions::default().batch)]
     pub batch: usize,
     /// Micro-batches per update (gradients summed).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainOptions::default().grad_accum)]
     pub grad_accum: usize,
     /// Adam learning rate (taming: 4.5e-6 x batch when fine-tuning; from scratch, higher).
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = TrainOptions::default().lr)]
     pub lr: f64,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainOptions::default().seed)]
     pub seed: u64,
     /// DenseNet-121 weights (torchxrayvision layout) for the clinical-information loss; without
     /// them that loss is off.
     #[arg(long)]
     pub classifier: Option<PathBuf>,
     /// Weight of the clinical-information loss (LLM-CXR: 100).
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = TrainOptions::default().cip_weight)]
     pub cip_weight: f64,
     /// Step at which the clinical-information loss joins (from scratch: after the
     /// reconstruction has taken shape; fine-tuning: 0).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = TrainOptions::default().cip_start)]
     pub cip_start: u64,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = TrainOptions::default().codebook_weight)]
     pub codebook_weight: f64,
     /// Step at which the discriminator joins (taming's disc_start).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = TrainOptions::default().disc_start)]
     pub disc_start: u64,
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = TrainOptions::default().disc_weight)]
     pub disc_weight: f64,
     /// Restart codes unused for this many steps with encoder outputs (0: off).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = TrainOptions::default().restart_every)]
     pub restart_every: u64,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = TrainOptions::default().checkpoint_every)]
     pub checkpoint_every: u64,
     /// Generator weights to start from (a taming .ckpt or safetensors), e.g. LLM-CXR's.
     #[arg(long)]
@@ -272,7 +272,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     let mut records = Vec::new();
     for (i, path) in a.data.iter().enumerate() {
         let kind = a.kind[i.min(a.kind.len() - 1)];
-        records.extend(open_dataset(kind.into(), path)?.records().iter().cloned());
+        records.extend(open_dataset(kind, path)?.records().iter().cloned());
     }
     // Each dataset's ids are unique; across datasets they must be too.
     let names: Vec<String> = a.data.iter().map(|p| p.display().to_string()).collect();
@@ -400,7 +400,7 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
     let _lock = cxr_data::OutputLock::beside(&a.out)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     // Image ids are unique (open_dataset refuses duplicates), and so are their file names.
-    let ds = open_dataset(a.data.kind.into(), &a.data.data)?;
+    let ds = open_dataset(a.data.kind, &a.data.data)?;
     // Token files of this VQ-GAN are kept (a killed run resumes); another VQ-GAN's folder is
     // refused; a folder that records none (made by hand or by an older llm-cxr) is encoded anew.
     let keep_existing = match identity.check_folder(&a.out)? {
@@ -503,7 +503,7 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<VqganEval> {
     let model = a.model.load()?;
     let config = model.config().clone();
     let classifier = a.classifier.as_deref().map(load_classifier).transpose()?;
-    let ds = open_dataset(a.data.kind.into(), &a.data.data)?;
+    let ds = open_dataset(a.data.kind, &a.data.data)?;
     let mut records = split_records(ds.records(), a.split);
     if a.limit > 0 {
         records.truncate(a.limit);

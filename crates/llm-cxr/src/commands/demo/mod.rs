@@ -18,9 +18,9 @@ mod stages;
 
 use std::path::{Path, PathBuf};
 
-use crate::commands::dataset::Kind;
 use crate::commands::vqgan::{DataArgs, VqganArgs};
 use crate::commands::{classifier, data, lm, phantom, train, vqgan, write_atomic};
+use cxr_data::{DatasetKind, Split};
 use profile::{Profile, FULL, QUICK};
 use scores::{fmt3, CurvePoint, Measure};
 use stages::Stages;
@@ -239,42 +239,44 @@ fn prepare(
         },
     )?;
     let classifier_dir = out.join("classifier");
+    let classifier_defaults = cxr_classifier::train::TrainOptions::default();
     stages.run(
         "classifier",
         classifier::TrainArgs {
             data: phantoms.clone(),
-            kind: Kind::Mimic,
+            kind: DatasetKind::Mimic,
             out: classifier_dir.clone(),
             steps: profile.classifier_steps,
             batch: 16,
-            lr: 1e-3,
+            lr: classifier_defaults.lr,
             size: 64,
             seed: a.seed,
-            checkpoint_every: 50,
+            checkpoint_every: classifier_defaults.checkpoint_every,
             init: None,
         },
     )?;
     let vqgan_dir = out.join("vqgan");
+    let vqgan_defaults = cxr_vqgan::train::TrainOptions::default();
     stages.run(
         "vqgan",
         vqgan::TrainArgs {
             data: vec![phantoms.clone()],
-            kind: vec![Kind::Mimic],
+            kind: vec![DatasetKind::Mimic],
             config: profile.vqgan_preset.into(),
             out: vqgan_dir.clone(),
             steps: profile.vqgan_steps,
-            batch: 4,
-            grad_accum: 1,
-            lr: 2e-4,
+            batch: vqgan_defaults.batch,
+            grad_accum: vqgan_defaults.grad_accum,
+            lr: vqgan_defaults.lr,
             seed: a.seed,
             classifier: None,
-            cip_weight: 100.0,
-            cip_start: 500,
-            codebook_weight: 1.0,
-            disc_start: 1000,
-            disc_weight: 0.8,
-            restart_every: 50,
-            checkpoint_every: 100,
+            cip_weight: vqgan_defaults.cip_weight,
+            cip_start: vqgan_defaults.cip_start,
+            codebook_weight: vqgan_defaults.codebook_weight,
+            disc_start: vqgan_defaults.disc_start,
+            disc_weight: vqgan_defaults.disc_weight,
+            restart_every: vqgan_defaults.restart_every,
+            checkpoint_every: vqgan_defaults.checkpoint_every,
             init: None,
         },
     )?;
@@ -289,7 +291,7 @@ fn prepare(
     };
     let data_args = || DataArgs {
         data: prepared.phantoms.clone(),
-        kind: Kind::Mimic,
+        kind: DatasetKind::Mimic,
     };
     stages.run(
         "vqgan-eval",
@@ -329,15 +331,15 @@ fn prepare(
         "data-build",
         data::BuildArgs {
             data: prepared.phantoms.clone(),
-            kind: Kind::Mimic,
+            kind: DatasetKind::Mimic,
             tokens: prepared.tokens.clone(),
             model: prepared.lm_init.clone(),
             vqgan: None,
             vqgan_config: None,
-            stage: data::StageArg::One,
+            stage: cxr_instruct::build::Stage::One,
             both_directions: true,
             vqa_turns: profile.vqa_per_image,
-            split: data::SplitArg::Train,
+            split: Split::Train,
             out: prepared.data.clone(),
             text: None,
             text_fraction: profile.text_fraction,
@@ -367,6 +369,7 @@ fn fine_tuning(
     seed: u64,
     out: &Path,
 ) -> train::Args {
+    let defaults = cxr_instruct::finetune::FinetuneOptions::default();
     train::Args {
         model: Some(prepared.lm_init.clone()),
         data: Some(prepared.data.clone()),
@@ -378,13 +381,13 @@ fn fine_tuning(
         image_lr: Some(profile.lm_image_lr),
         full_softmax: false,
         warmup: profile.lm_warmup,
-        weight_decay: 0.0,
+        weight_decay: defaults.weight_decay,
         micro_batch: profile.lm_micro_batch,
-        grad_accum: 1,
-        clip: 1.0,
+        grad_accum: defaults.grad_accum,
+        clip: defaults.clip_norm,
         seed,
         checkpoint_every: 20,
-        eval_every: 0,
+        eval_every: defaults.eval_every,
         lora_rank: 0,
         lora_alpha: 16.0,
         lora_targets: Vec::new(),

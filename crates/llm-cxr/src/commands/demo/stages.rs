@@ -413,15 +413,15 @@ mod tests {
     fn value_enums_are_written_by_their_command_line_names() {
         let a = data::BuildArgs {
             data: "phantoms".into(),
-            kind: crate::commands::dataset::Kind::OpenI,
+            kind: cxr_data::DatasetKind::OpenI,
             tokens: "tokens".into(),
             model: "lm".into(),
             vqgan: None,
             vqgan_config: None,
-            stage: data::StageArg::Two,
+            stage: cxr_instruct::build::Stage::Two,
             both_directions: true,
             vqa_turns: 6,
-            split: data::SplitArg::Validate,
+            split: cxr_data::Split::Validate,
             out: "data".into(),
             text: None,
             text_fraction: 0.1,
