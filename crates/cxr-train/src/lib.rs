@@ -10,6 +10,7 @@
 mod simd;
 pub mod conv;
 pub mod group_norm;
+pub mod image_batch;
 pub mod pth;
 pub mod run_record;
 pub mod winograd;

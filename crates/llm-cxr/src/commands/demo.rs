@@ -1073,7 +1073,7 @@ fn page(r: &Report) -> anyhow::Result<String> {
         images: Some(r.last_eval.join("draws").join(super::tasks::DRAWS_CSV)),
         vqa: Some(r.last_eval.join("answers.csv")),
         report: super::eval::ReportOptions {
-            auroc_score: super::eval::Score::Binary,
+            auroc_score: cxr_eval::report_metrics::AurocScore::Binary,
         },
         image: super::eval::ImageOptions {
             classifier: Some(r.classifier.to_path_buf()),
@@ -1085,12 +1085,12 @@ fn page(r: &Report) -> anyhow::Result<String> {
         common: super::eval::Common {
             out: r.last_eval.to_path_buf(),
             phrases: Some(r.phrases.to_path_buf()),
-            uncertain: super::eval::Uncertain::Negative,
+            uncertain: cxr_eval::report_metrics::UncertainPolicy::Negative,
             model: format!("llm-cxr demo, step {}", last.step),
             samples: 8,
         },
     };
     page.markdown("# Final evaluation");
-    super::eval::add_sections(&mut page, &super::eval::all(&all)?);
+    super::eval::render(&mut page, &super::eval::evaluate_all(&all)?)?;
     Ok(page.finish())
 }
