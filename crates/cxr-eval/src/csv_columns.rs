@@ -137,10 +137,7 @@ mod tests {
             rows,
             vec![CsvRow {
                 required: vec!["Is it?".into()],
-                optional: vec![
-                    Some(dir.path().join("a.png").display().to_string()),
-                    None
-                ],
+                optional: vec![Some(dir.path().join("a.png").display().to_string()), None],
             }]
         );
         let err = read_required(&csv, &["answer"]).unwrap_err().to_string();

@@ -93,4 +93,3 @@ pub fn inception_features(
     })?;
     Ok(feats)
 }
-

@@ -94,7 +94,11 @@ impl ImageEvaluation {
         let real: Option<Vec<String>> = real_csv
             .map(|p| read_required(p, &["image"]))
             .transpose()?
-            .map(|rows| rows.into_iter().map(|mut r| std::mem::take(&mut r[0])).collect());
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|mut r| std::mem::take(&mut r[0]))
+                    .collect()
+            });
         Self::compute(
             &generated,
             real.as_deref(),
@@ -118,8 +122,10 @@ impl ImageEvaluation {
         progress: OnProgress,
     ) -> Result<Self, EvalError> {
         let paths: Vec<String> = generated.iter().map(|g| g.image.clone()).collect();
-        let labels: Vec<ChexpertLabels> =
-            generated.par_iter().map(|g| labeler.label(&g.report)).collect();
+        let labels: Vec<ChexpertLabels> = generated
+            .par_iter()
+            .map(|g| labeler.label(&g.report))
+            .collect();
         let classify = |paths: &[String], phase: &str| {
             pass(progress, phase, paths.len(), |on_batch| {
                 classify_images(models.classifier, paths, opts.batch, on_batch)

@@ -28,6 +28,9 @@ pub enum UncertainPolicy {
     Negative,
     Positive,
     /// Leave the (report, observation) pair out of that observation's scores.
+    // No per-value help: the flag describes its values, and per-value help would switch the
+    // CLI's `--help` to its long layout.
+    #[cfg_attr(feature = "clap", value(help = None::<&str>))]
     Ignore,
 }
 
@@ -37,9 +40,13 @@ pub enum UncertainPolicy {
 #[serde(rename_all = "kebab-case")]
 pub enum AurocScore {
     /// Positive 1, everything else 0 (after the uncertain policy).
+    // No per-value help: the flag describes its values, and per-value help would switch the
+    // CLI's `--help` to its long layout.
+    #[cfg_attr(feature = "clap", value(help = None::<&str>))]
     #[default]
     Binary,
     /// Positive 1, uncertain 0.5, negative and blank 0.
+    #[cfg_attr(feature = "clap", value(help = None::<&str>))]
     ThreeLevel,
 }
 

@@ -10,8 +10,8 @@ use cxr_classifier::candle_nn::{VarBuilder, VarMap};
 use cxr_eval::evaluations::{IMAGE_METRICS_JSON, REPORT_METRICS_JSON, VQA_METRICS_JSON};
 use cxr_eval::report_metrics::{ReportMetricOptions, UncertainPolicy};
 use cxr_eval::{
-    EvalError, Evaluations, ImageEvalOptions, ImageEvaluation, ImageModels, Presentation,
-    Progress, ReportEvaluation, ReportLabeler, VqaEvaluation,
+    EvalError, Evaluations, ImageEvalOptions, ImageEvaluation, ImageModels, Presentation, Progress,
+    ReportEvaluation, ReportLabeler, VqaEvaluation,
 };
 use cxr_phantom::PhantomSpec;
 use serde_json::Value;
@@ -94,10 +94,18 @@ fn results_are_written_and_read_back_whole() {
     assert_eq!(report.cases.len(), 3);
     assert_eq!(report.cases[1].generated, impression(2));
     assert_eq!(report.cases[1].reference, impression(1));
-    assert_eq!(report.cases[1].reference_labels, labeler.label(&impression(1)));
+    assert_eq!(
+        report.cases[1].reference_labels,
+        labeler.label(&impression(1))
+    );
     let md = report.to_markdown();
-    for published in ["0.558", "0.597", "0.350", "0.609", "0.092", "0.015", "0.069", "0.162", "0.525"] {
-        assert!(md.contains(published), "report markdown lacks {published}:\n{md}");
+    for published in [
+        "0.558", "0.597", "0.350", "0.609", "0.092", "0.015", "0.069", "0.162", "0.525",
+    ] {
+        assert!(
+            md.contains(published),
+            "report markdown lacks {published}:\n{md}"
+        );
     }
 
     // VQA, with images resolved against the CSV's folder.
@@ -160,10 +168,16 @@ fn results_are_written_and_read_back_whole() {
     assert_eq!(image.cases.len(), 3);
     assert_eq!(image.cases[2].labels, labeler.label(&impression(2)));
     assert!(image.cases[2].image.ends_with("2.png"));
-    assert!(image.cases[2].probabilities.iter().all(|p| (0.0..=1.0).contains(p)));
+    assert!(image.cases[2]
+        .probabilities
+        .iter()
+        .all(|p| (0.0..=1.0).contains(p)));
     let md = image.to_markdown();
     for published in ["0.8054", "0.8777", "0.714"] {
-        assert!(md.contains(published), "image markdown lacks {published}:\n{md}");
+        assert!(
+            md.contains(published),
+            "image markdown lacks {published}:\n{md}"
+        );
     }
 
     // Written, then read back from the folder.
@@ -177,21 +191,26 @@ fn results_are_written_and_read_back_whole() {
         assert!(v.pointer(pointer).unwrap().is_f64(), "{pointer}");
     }
     let v: Value = serde_json::from_str(&vqa_json).unwrap();
-    assert_eq!(v.pointer("/overall/yes_no_accuracy"), Some(&Value::from(0.5)));
+    assert_eq!(
+        v.pointer("/overall/yes_no_accuracy"),
+        Some(&Value::from(0.5))
+    );
     let v: Value = serde_json::from_str(&image_json).unwrap();
     assert!(v["fid_classifier_features"].is_f64() && v["fid_inception"].is_null());
 
     let back = Evaluations::read(&out).unwrap();
-    let (r, i, q) = (
-        back.report.unwrap(),
-        back.image.unwrap(),
-        back.vqa.unwrap(),
-    );
+    let (r, i, q) = (back.report.unwrap(), back.image.unwrap(), back.vqa.unwrap());
     assert_read_back(&r, &report_json);
     assert_read_back(&i, &image_json);
     assert_read_back(&q, &vqa_json);
-    assert_eq!((r.cases, i.cases, q.cases), (report.cases, image.cases, vqa.cases));
-    assert_eq!(r.clinical.per_observation[0].roc, report.clinical.per_observation[0].roc);
+    assert_eq!(
+        (r.cases, i.cases, q.cases),
+        (report.cases, image.cases, vqa.cases)
+    );
+    assert_eq!(
+        r.clinical.per_observation[0].roc,
+        report.clinical.per_observation[0].roc
+    );
 
     // Only what is there is read; a broken file is named.
     std::fs::remove_file(out.join(IMAGE_METRICS_JSON)).unwrap();

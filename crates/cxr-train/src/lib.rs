@@ -2,6 +2,7 @@
 //! language model next): an AdamW whose moments can be saved and restored, and checkpoints that
 //! hold weights, optimizer state and metadata in one safetensors file written atomically, so a
 //! run killed at any moment resumes from its last checkpoint and ends with the same weights.
+//! The one image-batch loader ([`image_batch`]) lives here too, for trainers and evaluations.
 //!
 //! candle-nn's own `AdamW` keeps its moments private, which makes exact resumption impossible;
 //! this one follows `torch.optim.AdamW` (decoupled weight decay, bias correction) step for step.

@@ -6,7 +6,9 @@ use anyhow::Context;
 
 use cxr_classifier::candle_core::Device;
 use cxr_eval::evaluations::{IMAGE_METRICS_JSON, REPORT_METRICS_JSON, VQA_METRICS_JSON};
-use cxr_eval::report_metrics::{AurocScore, ObservationScores, ReportMetricOptions, UncertainPolicy};
+use cxr_eval::report_metrics::{
+    AurocScore, ObservationScores, ReportMetricOptions, UncertainPolicy,
+};
 use cxr_eval::{
     Evaluations, ImageEvalOptions, ImageEvaluation, ImageModels, Presentation, Progress,
     ReportEvaluation, ReportLabeler, VqaEvaluation,
@@ -135,15 +137,33 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     let (common, evaluations) = match cmd {
         Command::Report(a) => {
             let report = Some(report(&a.pairs, &a.report, &a.common)?);
-            (a.common, Evaluations { report, ..Default::default() })
+            (
+                a.common,
+                Evaluations {
+                    report,
+                    ..Default::default()
+                },
+            )
         }
         Command::Image(a) => {
             let image = Some(image(&a.generated, &a.image, &a.common)?);
-            (a.common, Evaluations { image, ..Default::default() })
+            (
+                a.common,
+                Evaluations {
+                    image,
+                    ..Default::default()
+                },
+            )
         }
         Command::Vqa(a) => {
             let vqa = Some(vqa(&a.answers, &a.common)?);
-            (a.common, Evaluations { vqa, ..Default::default() })
+            (
+                a.common,
+                Evaluations {
+                    vqa,
+                    ..Default::default()
+                },
+            )
         }
         Command::All(a) => {
             let evaluations = evaluate_all(&a)?;
@@ -399,7 +419,11 @@ fn report(
     Ok(e)
 }
 
-fn image(generated: &Path, opts: &ImageOptions, common: &Common) -> anyhow::Result<ImageEvaluation> {
+fn image(
+    generated: &Path,
+    opts: &ImageOptions,
+    common: &Common,
+) -> anyhow::Result<ImageEvaluation> {
     let classifier = opts
         .classifier
         .as_ref()
