@@ -31,7 +31,7 @@ pub enum EvalError {
     Vqgan {
         first: PathBuf,
         #[source]
-        source: cxr_classifier::candle_core::Error,
+        source: Box<cxr_classifier::candle_core::Error>,
     },
     #[error("the VQ-GAN evaluation got no images")]
     NoImages,

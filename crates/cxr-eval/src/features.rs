@@ -17,7 +17,7 @@ pub enum FeatureError {
         network: &'static str,
         first: String,
         #[source]
-        source: cxr_classifier::candle_core::Error,
+        source: Box<cxr_classifier::candle_core::Error>,
     },
 }
 
@@ -48,7 +48,7 @@ fn over_images(
         run(&x).map_err(|source| FeatureError::Network {
             network,
             first: chunk[0].clone(),
-            source,
+            source: Box::new(source),
         })?;
         on_batch(chunk.len());
     }

@@ -87,7 +87,7 @@ impl VqganEvaluation {
             };
             one_batch().map_err(|source| EvalError::Vqgan {
                 first: chunk[0].as_ref().to_path_buf(),
-                source,
+                source: Box::new(source),
             })?;
             on_batch(chunk.len());
         }
