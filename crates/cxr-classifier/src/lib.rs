@@ -319,7 +319,18 @@ pub fn txv_input(
     device: &Device,
 ) -> candle_core::Result<Tensor> {
     let x = cxr_image::preprocess(img, &cxr_image::Preprocess { size, channels: 1 });
-    Tensor::from_vec(x.data, (1, 1, size as usize, size as usize), device)? * 1024.0
+    txv_scale(&Tensor::from_vec(
+        x.data,
+        (1, 1, size as usize, size as usize),
+        device,
+    )?)
+}
+
+/// A batch of images in [-1, 1], (B, C, H, W), as torchxrayvision's input: the channel mean
+/// (a one-channel batch is unchanged), scaled to [-1024, 1024]. The one place that scaling is
+/// written: [`txv_input`], the VQ-GAN's clinical-information loss and its evaluation use it.
+pub fn txv_scale(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.mean_keepdim(1)? * 1024.0
 }
 
 #[cfg(test)]

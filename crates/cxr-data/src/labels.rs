@@ -96,8 +96,11 @@ impl Label {
     }
 }
 
-/// The 14 labels of one report; `None` means the observation is not mentioned (blank).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+/// The 14 labels of one report; `None` means the observation is not mentioned (blank). In JSON,
+/// the 14 values in [`Observation::ALL`]'s order (`null` for blank).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct ChexpertLabels(pub [Option<Label>; 14]);
 
 /// A label cell that is not one of `1`, `0`, `-1` (any float spelling) or empty.

@@ -13,6 +13,7 @@ use cxr_classifier::CHEXPERT_OUTPUTS;
 use cxr_data::ChexpertLabels;
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
+use crate::published;
 use crate::report_metrics::{
     binarise, binary_table, markdown_table, Averages, Column, ObservationScores, UncertainPolicy,
 };
@@ -22,19 +23,7 @@ pub const TABLE4_ABBREVIATIONS: [&str; 11] = [
     "Atel.", "Cnsl.", "Pmtx.", "Edema", "Eff.", "Pna.", "Cmgl.", "Les.", "Frac.", "Opac.", "ECm.",
 ];
 
-/// LLM-CXR's published Table 4 row (AUROC, then F1: 11 labels, micro, macro, weighted).
-pub const LLM_CXR_PUBLISHED: ([f64; 14], [f64; 14]) = (
-    [
-        0.8054, 0.8263, 0.7540, 0.8111, 0.8155, 0.7722, 0.7846, 0.7852, 0.7596, 0.8311, 0.8335,
-        0.7907, 0.7980, 0.7991,
-    ],
-    [
-        0.8777, 0.8283, 0.7024, 0.8061, 0.8183, 0.7529, 0.8372, 0.7678, 0.7753, 0.8342, 0.8274,
-        0.8065, 0.8025, 0.8054,
-    ],
-);
-
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ImageTable {
     pub images: usize,
     pub threshold: f64,
@@ -91,7 +80,7 @@ impl ImageTable {
             &self.per_observation,
             self.auroc,
             self.f1,
-            (&LLM_CXR_PUBLISHED.0, &LLM_CXR_PUBLISHED.1),
+            (&published::IMAGE_CLINICAL.0, &published::IMAGE_CLINICAL.1),
             model,
             4,
         );

@@ -25,7 +25,7 @@ pub struct Candidate {
 }
 
 /// Corpus-level scores (and per-report ones where the metric defines them).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NlgScores {
     pub bleu: [f64; 4],
     pub meteor: f64,

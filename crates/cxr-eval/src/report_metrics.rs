@@ -17,36 +17,47 @@
 
 use cxr_data::{ChexpertLabels, Label, Observation};
 
+use crate::published;
+
 /// How an uncertain (-1) label is binarised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum UncertainPolicy {
     #[default]
     Negative,
     Positive,
     /// Leave the (report, observation) pair out of that observation's scores.
+    // No per-value help: the flag describes its values, and per-value help would switch the
+    // CLI's `--help` to its long layout.
+    #[cfg_attr(feature = "clap", value(help = None::<&str>))]
     Ignore,
 }
 
 /// The score a generated label gets for AUROC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum AurocScore {
     /// Positive 1, everything else 0 (after the uncertain policy).
+    // No per-value help: the flag describes its values, and per-value help would switch the
+    // CLI's `--help` to its long layout.
+    #[cfg_attr(feature = "clap", value(help = None::<&str>))]
     #[default]
     Binary,
     /// Positive 1, uncertain 0.5, negative and blank 0.
+    #[cfg_attr(feature = "clap", value(help = None::<&str>))]
     ThreeLevel,
 }
 
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ReportMetricOptions {
     pub uncertain: UncertainPolicy,
     pub auroc_score: AurocScore,
 }
 
 /// Scores of one observation.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ObservationScores {
     pub observation: String,
     /// Reference positives and negatives counted.
@@ -54,17 +65,21 @@ pub struct ObservationScores {
     pub negatives: usize,
     /// None when the references hold only one class.
     pub auroc: Option<f64>,
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub precision: f64,
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub recall: f64,
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub f1: f64,
     /// ROC curve points (false-positive rate, true-positive rate), from (0, 0) to (1, 1); empty
-    /// when the references hold only one class. Left out of the JSON (the plots draw it).
-    #[serde(skip)]
+    /// when the references hold only one class. In the JSON so that the plots are drawn from a
+    /// result read back (absent in results written before it was).
+    #[serde(default)]
     pub roc: Vec<(f64, f64)>,
 }
 
 /// The whole comparison.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ReportTable {
     pub reports: usize,
     pub options: ReportMetricOptions,
@@ -72,15 +87,20 @@ pub struct ReportTable {
     pub auroc: Averages,
     pub f1: Averages,
     /// Jaccard index over the four label values, pooled over every cell (scikit-learn "micro").
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub jaccard_micro: f64,
     /// Mean of the four values' own Jaccard indices (scikit-learn "macro").
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub jaccard_macro: f64,
 }
 
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Averages {
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub micro: f64,
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub macro_: f64,
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub weighted: f64,
 }
 
@@ -101,18 +121,6 @@ pub const TABLE1: [(Observation, &str); 14] = [
     (Observation::PleuralOther, "P.O."),
     (Observation::SupportDevices, "Dev."),
 ];
-
-/// LLM-CXR's published Table 1 row (AUROC, then F1), for side-by-side reading.
-pub const LLM_CXR_PUBLISHED: ([f64; 17], [f64; 17]) = (
-    [
-        0.558, 0.517, 0.496, 0.619, 0.641, 0.509, 0.577, 0.506, 0.494, 0.537, 0.505, 0.677, 0.498,
-        0.640, 0.628, 0.555, 0.597,
-    ],
-    [
-        0.272, 0.081, 0.013, 0.382, 0.464, 0.084, 0.327, 0.036, 0.000, 0.278, 0.035, 0.535, 0.000,
-        0.453, 0.360, 0.211, 0.350,
-    ],
-);
 
 /// The ROC curve: one point per distinct score (tied scores move both rates at once, so the
 /// trapezoids under it add up to [`auroc`]); None when `targets` hold one class only.
@@ -395,13 +403,13 @@ impl ReportTable {
             &self.per_observation,
             self.auroc,
             self.f1,
-            (&LLM_CXR_PUBLISHED.0, &LLM_CXR_PUBLISHED.1),
+            (&published::REPORT_CLINICAL.0, &published::REPORT_CLINICAL.1),
             model,
             3,
         );
         out += &format!(
-            "Jaccard over {{blank, uncertain, negative, positive}}: micro {:.3}, macro {:.3} (LLM-CXR published: micro 0.609). {} reports; uncertain counted as {:?}; AUROC scores {:?}.\n",
-            self.jaccard_micro, self.jaccard_macro, self.reports, self.options.uncertain, self.options.auroc_score
+            "Jaccard over {{blank, uncertain, negative, positive}}: micro {:.3}, macro {:.3} (LLM-CXR published: micro {:.3}). {} reports; uncertain counted as {:?}; AUROC scores {:?}.\n",
+            self.jaccard_micro, self.jaccard_macro, published::REPORT_JACCARD_MICRO, self.reports, self.options.uncertain, self.options.auroc_score
         );
         out
     }
@@ -410,6 +418,21 @@ impl ReportTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An average over no observation with both classes is NaN, which JSON writes as null: it
+    /// reads back as NaN (a demo rerun reads its earlier evaluations back from their files).
+    #[test]
+    fn a_nan_average_reads_back_from_json() {
+        let a = Averages {
+            micro: f64::NAN,
+            macro_: 0.5,
+            weighted: f64::NAN,
+        };
+        let text = serde_json::to_string(&a).unwrap();
+        assert_eq!(text, r#"{"micro":null,"macro_":0.5,"weighted":null}"#);
+        let back: Averages = serde_json::from_str(&text).unwrap();
+        assert!(back.micro.is_nan() && back.weighted.is_nan() && back.macro_ == 0.5);
+    }
 
     #[test]
     fn roc_curve_matches_sklearn_and_its_area_is_the_auroc() {

@@ -20,7 +20,7 @@ use cxr_data::{ChexpertLabels, Label, Observation};
 use crate::ReportLabeler;
 
 /// One question with its generated and reference answers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VqaPair {
     pub question: String,
     pub answer: String,
@@ -30,7 +30,7 @@ pub struct VqaPair {
 }
 
 /// The scores of a set of pairs.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VqaScores {
     pub pairs: usize,
     /// Pairs whose reference answer is yes or no.
@@ -50,7 +50,7 @@ pub struct VqaScores {
 }
 
 /// Scores over all pairs, and per question type (types in name order).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VqaReport {
     pub overall: VqaScores,
     pub by_kind: BTreeMap<String, VqaScores>,

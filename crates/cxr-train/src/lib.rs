@@ -2,7 +2,8 @@
 //! model): an AdamW whose moments can be saved and restored, checkpoints that hold weights,
 //! optimizer state and metadata in one safetensors file written atomically, one way to resume
 //! from them ([`resume`]), so a run killed at any moment resumes from its last checkpoint and
-//! ends with the same weights, and one gradient accumulation ([`grad_accum`]).
+//! ends with the same weights, one gradient accumulation ([`grad_accum`]) and one image-batch
+//! loader ([`image_batch`]), for trainers and evaluations.
 //!
 //! candle-nn's own `AdamW` keeps its moments private, which makes exact resumption impossible;
 //! this one follows `torch.optim.AdamW` (decoupled weight decay, bias correction) step for step.
@@ -12,6 +13,7 @@ mod simd;
 pub mod conv;
 pub mod grad_accum;
 pub mod group_norm;
+pub mod image_batch;
 pub mod pth;
 pub mod resume;
 pub mod run_record;

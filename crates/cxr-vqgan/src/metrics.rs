@@ -86,7 +86,7 @@ pub fn ssim(a: &[f32], b: &[f32], h: usize, w: usize) -> f64 {
 }
 
 /// How the codebook is used over a set of encoded images.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CodebookUsage {
     /// Distinct codes seen.
     pub used: usize,

@@ -28,7 +28,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use cxr_classifier::DenseNet;
+use cxr_classifier::{txv_scale, DenseNet};
 use cxr_train::{
     batch_indices, save_checkpoint, AdamW, AdamWConfig, GradAccumulator, Resume, ResumeError,
     RunRecord, TrainError,
@@ -182,11 +182,6 @@ fn initialise(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
         var.set(&Tensor::from_vec(values, shape, var.device())?)?;
     }
     Ok(())
-}
-
-/// The VQ-GAN input for the classifier: channel mean, scaled to [-1024, 1024].
-fn txv_scale(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.mean_keepdim(1)? * 1024.0
 }
 
 fn load_images(

@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use rayon::prelude::*;
 
 use cxr_classifier::candle_core::{Device, Tensor};
-use cxr_classifier::{DenseNet, DenseNetConfig, CHEXPERT_OUTPUTS};
+use cxr_classifier::{DenseNet, DenseNetConfig};
 use cxr_data::{open_dataset, CxrRecord, DatasetKind, Split};
+use cxr_eval::VqganEvaluation;
+use cxr_train::image_batch::load_image_batch;
 use cxr_vqgan::identity::VqganIdentity;
-use cxr_vqgan::metrics::{codebook_usage, psnr, ssim, CodebookUsage};
 use cxr_vqgan::train::{TrainOptions, Trainer, WEIGHTS};
 use cxr_vqgan::{tokens, vqgan_input, VqModel, VqganConfig};
 
@@ -224,12 +224,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Encode(a) => encode(a),
         Command::Decode(a) => decode(a),
         Command::Eval(a) => {
-            let report = eval(&a)?;
-            let json = serde_json::to_string_pretty(&report)?;
-            if let Some(out) = &a.out {
-                super::write_atomic(out, json.as_bytes())?;
-            }
-            println!("{json}");
+            evaluate(&a)?;
             Ok(())
         }
     }
@@ -248,16 +243,9 @@ pub fn load_inputs<P: AsRef<Path> + Sync>(
     paths: &[P],
     config: &VqganConfig,
 ) -> anyhow::Result<Tensor> {
-    let xs = paths
-        .par_iter()
-        .map(|p| {
-            let p = p.as_ref();
-            let img =
-                cxr_image::load_image(p).with_context(|| format!("loading {}", p.display()))?;
-            Ok(vqgan_input(&img, config, &Device::Cpu)?)
-        })
-        .collect::<anyhow::Result<Vec<Tensor>>>()?;
-    Ok(Tensor::cat(&xs, 0)?)
+    Ok(load_image_batch(paths, |img| {
+        vqgan_input(img, config, &Device::Cpu)
+    })?)
 }
 
 /// The image paths of records.
@@ -487,21 +475,21 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `vqgan eval` reports.
-#[derive(serde::Serialize)]
-pub struct VqganEval {
-    pub images: usize,
-    pub psnr_db: f64,
-    pub ssim: f64,
-    pub codebook: CodebookUsage,
-    /// Fraction of (image, observation) pairs over the 11 classifier observations whose
-    /// thresholded (0.5) labels agree between image and reconstruction.
-    pub label_agreement: Option<f64>,
+/// `vqgan eval`: the split's images (at most --limit) through the VQ-GAN, scored by
+/// [`VqganEvaluation`].
+/// `vqgan eval`: the scores, written to --out and printed.
+pub fn evaluate(a: &EvalArgs) -> anyhow::Result<VqganEvaluation> {
+    let scores = eval(a)?;
+    let json = serde_json::to_string_pretty(&scores)?;
+    if let Some(out) = &a.out {
+        super::write_atomic(out, json.as_bytes())?;
+    }
+    println!("{json}");
+    Ok(scores)
 }
 
-pub fn eval(a: &EvalArgs) -> anyhow::Result<VqganEval> {
+fn eval(a: &EvalArgs) -> anyhow::Result<VqganEvaluation> {
     let model = a.model.load()?;
-    let config = model.config().clone();
     let classifier = a.classifier.as_deref().map(load_classifier).transpose()?;
     let ds = open_dataset(a.data.kind, &a.data.data)?;
     let mut records = split_records(ds.records(), a.split);
@@ -513,50 +501,14 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<VqganEval> {
         "{}: no images in that split",
         a.data.data.display()
     );
-    let (mut psnr_sum, mut ssim_sum, mut codes) = (0.0, 0.0, Vec::new());
-    let (mut agree, mut pairs) = (0usize, 0usize);
-    let side = config.resolution;
     let bar = super::progress(records.len() as u64, "eval");
-    for chunk in records.chunks(a.batch.max(1)) {
-        let x = load_inputs(&paths(chunk), &config)?;
-        let idx = model.encode(&x)?;
-        let rec = model.decode(&idx)?;
-        codes.extend(
-            idx.flatten_all()?
-                .to_vec1::<u32>()?
-                .into_iter()
-                .map(|c| c as u16),
-        );
-        let to01 = |t: &Tensor| -> anyhow::Result<Vec<Vec<f32>>> {
-            Ok(((t.mean(1)? + 1.0)? * 0.5)?
-                .flatten_from(1)?
-                .to_vec2::<f32>()?)
-        };
-        for (p, q) in to01(&x)?.iter().zip(to01(&rec)?) {
-            psnr_sum += psnr(p, &q);
-            ssim_sum += ssim(p, &q, side, side);
-        }
-        if let Some(cls) = &classifier {
-            let probs = |t: &Tensor| -> anyhow::Result<Vec<Vec<f32>>> {
-                let logits = cls.forward_t(&(t.mean_keepdim(1)? * 1024.0)?, false)?;
-                Ok(cxr_classifier::candle_nn::ops::sigmoid(&logits)?.to_vec2::<f32>()?)
-            };
-            for (p, q) in probs(&x)?.iter().zip(probs(&rec)?) {
-                for (_, k) in CHEXPERT_OUTPUTS {
-                    agree += ((p[k] >= 0.5) == (q[k] >= 0.5)) as usize;
-                    pairs += 1;
-                }
-            }
-        }
-        bar.inc(chunk.len() as u64);
-    }
+    let e = VqganEvaluation::compute(
+        &model,
+        classifier.as_ref(),
+        &paths(&records),
+        a.batch,
+        &|n| bar.inc(n as u64),
+    )?;
     bar.finish_and_clear();
-    let n = records.len() as f64;
-    Ok(VqganEval {
-        images: records.len(),
-        psnr_db: psnr_sum / n,
-        ssim: ssim_sum / n,
-        codebook: codebook_usage(codes, config.n_embed),
-        label_agreement: classifier.map(|_| agree as f64 / pairs.max(1) as f64),
-    })
+    Ok(e)
 }

@@ -13,6 +13,14 @@ use crate::commands::{eval, tasks};
 
 /// One held-out evaluation of the model at a step: reports, answers and drawings for the test
 /// cases, scored, and the same scored with the images shuffled among the cases.
+/// What an evaluation at a step gives.
+pub struct AtStep {
+    pub scores: Scores,
+    /// The control's scores.
+    pub shuffled: Scores,
+    pub evaluations: cxr_eval::Evaluations,
+}
+
 pub struct Evaluation<'a> {
     pub test: &'a TestSet,
     pub model: PathBuf,
@@ -73,20 +81,15 @@ impl Evaluation<'_> {
             common: eval::Common {
                 out: out.to_path_buf(),
                 phrases: Some(self.phrases.to_path_buf()),
-                uncertain: eval::Uncertain::Negative,
+                uncertain: cxr_eval::report_metrics::UncertainPolicy::Negative,
                 model: title,
                 samples: 8,
             },
         })
     }
 
-    /// The scores at `step`, and the control's.
-    pub fn run(
-        &self,
-        stages: &mut Stages,
-        step: u64,
-        dir: &Path,
-    ) -> anyhow::Result<(Scores, Scores)> {
+    /// The scores at `step`, the control's, and the evaluation's results.
+    pub fn run(&self, stages: &mut Stages, step: u64, dir: &Path) -> anyhow::Result<AtStep> {
         let test = self.test;
         let reports_csv = dir.join("reports.csv");
         stages.run(
@@ -117,7 +120,7 @@ impl Evaluation<'_> {
                 out: draws.clone(),
             },
         )?;
-        stages.run(
+        let evaluations = stages.run(
             &format!("eval-{step}"),
             self.eval_all(
                 &pairs,
@@ -147,7 +150,7 @@ impl Evaluation<'_> {
             &format!("ask-shuffled-{step}"),
             self.ask(&control_questions, &control_answers)?,
         )?;
-        stages.run(
+        let control_evaluations = stages.run(
             &format!("eval-shuffled-{step}"),
             self.eval_all(
                 &control_pairs,
@@ -160,9 +163,10 @@ impl Evaluation<'_> {
         let drawn_next: Vec<PathBuf> = (0..n).map(|i| drawn[(i + 1) % n].clone()).collect();
         let control_judged =
             heldout::judge_images(&drawn_next, test, &control.join("side-severity.json"))?;
-        Ok((
-            Scores::read(dir, judged.rate),
-            Scores::read(&control, control_judged.rate),
-        ))
+        Ok(AtStep {
+            scores: Scores::of(&evaluations, judged.rate),
+            shuffled: Scores::of(&control_evaluations, control_judged.rate),
+            evaluations,
+        })
     }
 }

@@ -114,7 +114,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if points.last() != Some(&lm_steps) {
         points.push(lm_steps);
     }
-    let mut last_eval = PathBuf::new();
+    let mut last = None;
     for step in points {
         let name = format!("train-{step}");
         stages.run(
@@ -131,12 +131,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             seed: a.seed,
         };
         let dir = eval_root.join(format!("step-{step}"));
-        let (scores, shuffled) = evaluation.run(&mut stages, step, &dir)?;
+        let at = evaluation.run(&mut stages, step, &dir)?;
         let point = CurvePoint {
             step,
             train_seconds,
-            scores,
-            shuffled: Some(shuffled),
+            scores: at.scores,
+            shuffled: Some(at.shuffled),
         };
         tracing::info!(
             "step {step} ({:.1} min of fine-tuning): report micro-F1 {}, image micro-AUROC {}, VQA yes/no accuracy {}, side and severity {}",
@@ -147,9 +147,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             point.both(Measure::SideSeverity)
         );
         curve.push(point);
-        last_eval = dir;
+        last = Some((dir, at.evaluations));
     }
     write_atomic(&out.join("curve.json"), &serde_json::to_vec_pretty(&curve)?)?;
+    let (last_dir, final_evaluation) = last.expect("at least one evaluation point");
 
     let judge_check = heldout::judge_images(
         &test.images,
@@ -165,7 +166,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "profile": profile.name,
         "lm_steps": lm_steps,
         "curve": curve,
-        "vqgan": serde_json::from_slice::<serde_json::Value>(&std::fs::read(&prepared.vqgan_eval)?)?,
+        "vqgan": prepared.vqgan_scores,
         "plain_instructions": plain,
         "side_severity_judge_on_real_images": judge_check.rate,
         "seconds": started.elapsed().as_secs_f64(),
@@ -184,10 +185,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         test: &test,
         reconstructions: &reconstructions,
         judge_check: &judge_check,
-        vqgan_eval: &prepared.vqgan_eval,
-        last_eval: &last_eval,
-        phrases: &phrases,
-        classifier: &prepared.classifier,
+        vqgan: &prepared.vqgan_scores,
+        last_eval: &last_dir,
+        final_evaluation: &final_evaluation,
     })?;
     let index = out.join("index.html");
     write_atomic(&index, page.as_bytes())?;
@@ -212,7 +212,8 @@ struct Prepared {
     phantoms: PathBuf,
     classifier: PathBuf,
     vqgan: PathBuf,
-    vqgan_eval: PathBuf,
+    /// The VQ-GAN's scores on the held-out phantoms.
+    vqgan_scores: cxr_eval::VqganEvaluation,
     tokens: PathBuf,
     lm_init: PathBuf,
     data: PathBuf,
@@ -280,28 +281,26 @@ fn prepare(
             init: None,
         },
     )?;
-    let prepared = Prepared {
-        classifier: classifier_dir.join("classifier.safetensors"),
-        vqgan: vqgan_dir.join("vqgan.safetensors"),
-        vqgan_eval: vqgan_dir.join("eval-test.json"),
-        tokens: out.join("tokens"),
-        lm_init: out.join("lm-init"),
-        data: out.join("data-train"),
-        phantoms,
-    };
+    let classifier = classifier_dir.join("classifier.safetensors");
+    let vqgan = vqgan_dir.join("vqgan.safetensors");
+    let (tokens, lm_init, data) = (
+        out.join("tokens"),
+        out.join("lm-init"),
+        out.join("data-train"),
+    );
     let data_args = || DataArgs {
-        data: prepared.phantoms.clone(),
+        data: phantoms.clone(),
         kind: DatasetKind::Mimic,
     };
-    stages.run(
+    let vqgan_scores = stages.run(
         "vqgan-eval",
         vqgan::EvalArgs {
             data: data_args(),
-            model: vqgan_args(&prepared.vqgan),
+            model: vqgan_args(&vqgan),
             split: vqgan::SplitArg::Test,
             limit: 0,
-            classifier: Some(prepared.classifier.clone()),
-            out: Some(prepared.vqgan_eval.clone()),
+            classifier: Some(classifier.clone()),
+            out: Some(vqgan_dir.join("eval-test.json")),
             batch: 8,
         },
     )?;
@@ -309,8 +308,8 @@ fn prepare(
         "encode",
         vqgan::EncodeArgs {
             data: data_args(),
-            model: vqgan_args(&prepared.vqgan),
-            out: prepared.tokens.clone(),
+            model: vqgan_args(&vqgan),
+            out: tokens.clone(),
             batch: 8,
         },
     )?;
@@ -320,27 +319,27 @@ fn prepare(
             base: a.base.clone(),
             codes: 512,
             image_init: None,
-            vqgan: Some(prepared.vqgan.clone()),
+            vqgan: Some(vqgan.clone()),
             vqgan_config: None,
             keep_tied_head: false,
             seed: 42,
-            out: prepared.lm_init.clone(),
+            out: lm_init.clone(),
         },
     )?;
     stages.run(
         "data-build",
         data::BuildArgs {
-            data: prepared.phantoms.clone(),
+            data: phantoms.clone(),
             kind: DatasetKind::Mimic,
-            tokens: prepared.tokens.clone(),
-            model: prepared.lm_init.clone(),
+            tokens: tokens.clone(),
+            model: lm_init.clone(),
             vqgan: None,
             vqgan_config: None,
             stage: cxr_instruct::build::Stage::One,
             both_directions: true,
             vqa_turns: profile.vqa_per_image,
             split: Split::Train,
-            out: prepared.data.clone(),
+            out: data.clone(),
             text: None,
             text_fraction: profile.text_fraction,
             phrasings: None,
@@ -351,7 +350,15 @@ fn prepare(
             shard_size: 2000,
         },
     )?;
-    Ok(prepared)
+    Ok(Prepared {
+        phantoms,
+        classifier,
+        vqgan,
+        vqgan_scores,
+        tokens,
+        lm_init,
+        data,
+    })
 }
 
 fn vqgan_args(weights: &Path) -> VqganArgs {

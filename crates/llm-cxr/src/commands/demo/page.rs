@@ -19,10 +19,10 @@ pub struct Report<'a> {
     pub test: &'a TestSet,
     pub reconstructions: &'a Path,
     pub judge_check: &'a Judged,
-    pub vqgan_eval: &'a Path,
+    pub vqgan: &'a cxr_eval::VqganEvaluation,
+    /// The last evaluation's folder (its drawings and reports) and its results.
     pub last_eval: &'a Path,
-    pub phrases: &'a Path,
-    pub classifier: &'a Path,
+    pub final_evaluation: &'a cxr_eval::Evaluations,
 }
 
 /// index.html: targets, the score curve, losses, VQ-GAN reconstructions, plain instructions,
@@ -120,17 +120,12 @@ pub fn page(r: &Report) -> anyhow::Result<String> {
             page.figure(&png, 800, caption);
         }
     }
-    if let Ok(v) = std::fs::read(r.vqgan_eval)
-        .map_err(anyhow::Error::from)
-        .and_then(|b| Ok(serde_json::from_slice::<serde_json::Value>(&b)?))
-    {
-        page.markdown(&format!(
-            "VQ-GAN on the held-out phantoms: PSNR {:.2} dB, SSIM {:.3}, classifier label agreement {}.",
-            v["psnr_db"].as_f64().unwrap_or(f64::NAN),
-            v["ssim"].as_f64().unwrap_or(f64::NAN),
-            fmt3(v["label_agreement"].as_f64())
-        ));
-    }
+    page.markdown(&format!(
+        "VQ-GAN on the held-out phantoms: PSNR {:.2} dB, SSIM {:.3}, classifier label agreement {}.",
+        r.vqgan.psnr_db,
+        r.vqgan.ssim,
+        fmt3(r.vqgan.label_agreement)
+    ));
 
     page.markdown(&format!(
         "## Held-out cases at step {}\n\nEach test image beside its VQ-GAN reconstruction and the \
@@ -198,34 +193,8 @@ pub fn page(r: &Report) -> anyhow::Result<String> {
         .collect();
     page.table(&["stage", "seconds", "command"], &rows);
 
-    // The last evaluation's tables and sample cases, as `eval all` shows them.
-    let all = crate::commands::eval::AllArgs {
-        reports: Some(r.last_eval.join("pairs.csv")),
-        images: Some(
-            r.last_eval
-                .join("draws")
-                .join(crate::commands::tasks::DRAWS_CSV),
-        ),
-        vqa: Some(r.last_eval.join("answers.csv")),
-        report: crate::commands::eval::ReportOptions {
-            auroc_score: crate::commands::eval::Score::Binary,
-        },
-        image: crate::commands::eval::ImageOptions {
-            classifier: Some(r.classifier.to_path_buf()),
-            real: None,
-            inception: None,
-            threshold: 0.5,
-            batch: 8,
-        },
-        common: crate::commands::eval::Common {
-            out: r.last_eval.to_path_buf(),
-            phrases: Some(r.phrases.to_path_buf()),
-            uncertain: crate::commands::eval::Uncertain::Negative,
-            model: format!("llm-cxr demo, step {}", last.step),
-            samples: 8,
-        },
-    };
+    // The last evaluation's tables and sample cases, as `eval all` showed them.
     page.markdown("# Final evaluation");
-    crate::commands::eval::add_sections(&mut page, &crate::commands::eval::all(&all)?);
+    crate::commands::eval::render(&mut page, r.final_evaluation)?;
     Ok(page.finish())
 }

@@ -1,8 +1,6 @@
 //! The main job's measures: what each held-out evaluation scores, their targets, and the curve
 //! of scores along fine-tuning.
 
-use std::path::Path;
-
 /// The four measures the main job aims at.
 #[derive(Clone, Copy)]
 pub enum Measure {
@@ -91,13 +89,20 @@ pub struct Scores {
 }
 
 impl Scores {
-    /// The scores `eval all` wrote into `dir`, and the judge's.
-    pub fn read(dir: &Path, side_severity: Option<f64>) -> Self {
+    /// The scores of an evaluation, and the judge's.
+    pub fn of(e: &cxr_eval::Evaluations, side_severity: Option<f64>) -> Self {
+        let finite = |v: f64| v.is_finite().then_some(v);
         Scores {
             side_severity,
-            report_f1: json_number(&dir.join("report-metrics.json"), "/clinical/f1/micro"),
-            image_auroc: json_number(&dir.join("image-metrics.json"), "/clinical/auroc/micro"),
-            vqa_accuracy: json_number(&dir.join("vqa-metrics.json"), "/overall/yes_no_accuracy"),
+            report_f1: e.report.as_ref().and_then(|r| finite(r.clinical.f1.micro)),
+            image_auroc: e
+                .image
+                .as_ref()
+                .and_then(|i| finite(i.clinical.auroc.micro)),
+            vqa_accuracy: e
+                .vqa
+                .as_ref()
+                .and_then(|v| v.scores.overall.yes_no_accuracy),
         }
     }
 
@@ -109,12 +114,6 @@ impl Scores {
             Measure::SideSeverity => self.side_severity,
         }
     }
-}
-
-/// A number from an evaluation's JSON file, if the file and the field are there.
-fn json_number(path: &Path, pointer: &str) -> Option<f64> {
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    v.pointer(pointer)?.as_f64()
 }
 
 /// A score to three decimals, or `n/a`.

@@ -52,9 +52,6 @@ file_stage!(vqgan::EncodeArgs, &["vqgan", "encode"], |a| vqgan::run(
 file_stage!(vqgan::DecodeArgs, &["vqgan", "decode"], |a| vqgan::run(
     vqgan::Command::Decode(a)
 ));
-file_stage!(vqgan::EvalArgs, &["vqgan", "eval"], |a| vqgan::run(
-    vqgan::Command::Eval(a)
-));
 file_stage!(lm::InitArgs, &["lm", "init"], |a| lm::run(
     lm::Command::Init(a)
 ));
@@ -65,9 +62,29 @@ file_stage!(train::Args, &["train"], train::run);
 file_stage!(tasks::ReportArgs, &["report"], tasks::report);
 file_stage!(tasks::AskArgs, &["ask"], tasks::ask);
 file_stage!(tasks::DrawArgs, &["draw"], tasks::draw);
-file_stage!(eval::AllArgs, &["eval", "all"], |a| eval::run(
-    eval::Command::All(a)
-));
+
+impl Stage for vqgan::EvalArgs {
+    const COMMAND: &'static [&'static str] = &["vqgan", "eval"];
+    type Output = cxr_eval::VqganEvaluation;
+    fn run(self) -> anyhow::Result<Self::Output> {
+        vqgan::evaluate(&self)
+    }
+    fn read_back(&self) -> anyhow::Result<Self::Output> {
+        let out = self.out.as_ref().context("vqgan eval without --out")?;
+        Ok(cxr_eval::VqganEvaluation::read(out)?)
+    }
+}
+
+impl Stage for eval::AllArgs {
+    const COMMAND: &'static [&'static str] = &["eval", "all"];
+    type Output = cxr_eval::Evaluations;
+    fn run(self) -> anyhow::Result<Self::Output> {
+        eval::all(&self)
+    }
+    fn read_back(&self) -> anyhow::Result<Self::Output> {
+        Ok(cxr_eval::Evaluations::read(&self.common.out)?)
+    }
+}
 
 /// A finished stage, as `OUT/stages/NAME.json` records it.
 #[derive(serde::Serialize, serde::Deserialize)]
