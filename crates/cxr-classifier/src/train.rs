@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use cxr_train::image_batch::load_image_batch;
 use cxr_train::{
     batch_indices, load_checkpoint, save_checkpoint, AdamW, AdamWConfig, Fingerprint, Resume,
     ResumeError, RunRecord, TrainError,
@@ -108,6 +109,8 @@ pub enum ClassifierTrainError {
     Tensor(#[from] candle_core::Error),
     #[error(transparent)]
     Image(#[from] cxr_image::ImageError),
+    #[error(transparent)]
+    ImageBatch(#[from] cxr_train::image_batch::ImageBatchError),
     #[error("no training examples")]
     Empty,
     /// The weights to start from (`init`) cannot be read.
@@ -172,14 +175,8 @@ fn load_batch(
     size: u32,
     device: &Device,
 ) -> Result<(Tensor, Tensor, Tensor), ClassifierTrainError> {
-    let images = idx
-        .par_iter()
-        .map(|&i| {
-            let img = cxr_image::load_image(&examples[i].image)?;
-            Ok(txv_input(&img, size, device)?)
-        })
-        .collect::<Result<Vec<Tensor>, ClassifierTrainError>>()?;
-    let x = Tensor::cat(&images, 0)?;
+    let paths: Vec<&Path> = idx.iter().map(|&i| examples[i].image.as_path()).collect();
+    let x = load_image_batch(&paths, |img| txv_input(img, size, device))?;
     let rows = |f: &dyn Fn(&Example) -> [f32; 18]| -> candle_core::Result<Tensor> {
         let flat: Vec<f32> = idx.iter().flat_map(|&i| f(&examples[i])).collect();
         Tensor::from_vec(flat, (idx.len(), 18), device)

@@ -15,7 +15,7 @@
 //! Parity with the reference implementations is tested on fixtures written by
 //! `scripts/reference/nlg_metrics.py`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// One generated report and its reference reports.
 #[derive(Debug, Clone)]
@@ -284,11 +284,13 @@ fn meteor_single(
     (1.0 - penalty) * fmean
 }
 
-/// CIDEr-D: the corpus score and each report's own.
+/// CIDEr-D: the corpus score and each report's own. N-grams are kept in ordered maps, so the
+/// sums run in one order and the score is the same on every run (hash order made the last
+/// digits vary).
 pub fn cider_d(corpus: &[Candidate]) -> (f64, Vec<f64>) {
     const SIGMA: f64 = 6.0;
-    let all_ngrams = |tokens: &[String]| -> HashMap<Vec<String>, f64> {
-        let mut m = HashMap::new();
+    let all_ngrams = |tokens: &[String]| -> BTreeMap<Vec<String>, f64> {
+        let mut m = BTreeMap::new();
         for n in 1..=4 {
             for (gram, count) in ngrams(tokens, n) {
                 *m.entry(gram.to_vec()).or_insert(0.0) += count as f64;
@@ -301,7 +303,7 @@ pub fn cider_d(corpus: &[Candidate]) -> (f64, Vec<f64>) {
         .iter()
         .map(|c| c.references.iter().map(|r| all_ngrams(r)).collect())
         .collect();
-    let mut df: HashMap<&Vec<String>, f64> = HashMap::new();
+    let mut df: BTreeMap<&Vec<String>, f64> = BTreeMap::new();
     for image_refs in &refs {
         let mut seen = std::collections::HashSet::new();
         for r in image_refs {
@@ -342,16 +344,16 @@ pub fn cider_d(corpus: &[Candidate]) -> (f64, Vec<f64>) {
     (corpus_score, each)
 }
 
-type TfIdf<'a> = ([HashMap<&'a [String], f64>; 4], [f64; 4], f64);
+type TfIdf<'a> = ([BTreeMap<&'a [String], f64>; 4], [f64; 4], f64);
 
 /// TF-IDF vectors per n-gram order, their norms, and the "length" pycocoevalcap uses (which, by a
 /// quirk of its indexing, counts bigrams).
 fn tfidf<'a>(
-    counts: &'a HashMap<Vec<String>, f64>,
-    df: &HashMap<&Vec<String>, f64>,
+    counts: &'a BTreeMap<Vec<String>, f64>,
+    df: &BTreeMap<&Vec<String>, f64>,
     log_n: f64,
 ) -> TfIdf<'a> {
-    let mut vec: [HashMap<&[String], f64>; 4] = Default::default();
+    let mut vec: [BTreeMap<&[String], f64>; 4] = Default::default();
     let mut norm = [0.0f64; 4];
     let mut length = 0.0;
     for (gram, &tf) in counts {
@@ -373,6 +375,46 @@ mod tests {
 
     fn toks(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_string).collect()
+    }
+
+    /// The same corpus scores the same, to the last bit, however often it is scored (with hash
+    /// maps the sums ran in a different order each time).
+    #[test]
+    fn cider_d_is_the_same_on_every_run() {
+        let words = [
+            "the",
+            "heart",
+            "size",
+            "is",
+            "normal",
+            "small",
+            "left",
+            "right",
+            "pleural",
+            "effusion",
+            "no",
+            "pneumothorax",
+            "mild",
+            "edema",
+            "lungs",
+            "are",
+            "clear",
+        ];
+        let text = |seed: usize, len: usize| -> Vec<String> {
+            (0..len)
+                .map(|k| words[(seed * 7 + k * k * 3 + k) % words.len()].to_string())
+                .collect()
+        };
+        let corpus: Vec<Candidate> = (0..40)
+            .map(|i| Candidate {
+                hypothesis: text(i, 12 + i % 5),
+                references: vec![text(i + 1, 14), text(i + 3, 10)],
+            })
+            .collect();
+        let first = cider_d(&corpus).0;
+        for _ in 0..20 {
+            assert_eq!(cider_d(&corpus).0.to_bits(), first.to_bits());
+        }
     }
 
     #[test]

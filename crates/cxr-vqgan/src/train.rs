@@ -29,6 +29,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use cxr_classifier::{txv_scale, DenseNet};
+use cxr_train::image_batch::{load_image_batch, ImageBatchError};
 use cxr_train::{
     batch_indices, save_checkpoint, AdamW, AdamWConfig, GradAccumulator, Resume, ResumeError,
     RunRecord, TrainError,
@@ -114,11 +115,9 @@ pub enum VqganTrainError {
     Train(#[from] TrainError),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
-    #[error("{path}: {source}")]
-    Image {
-        path: PathBuf,
-        source: cxr_image::ImageError,
-    },
+    /// A training image cannot be read or turned into an input (the error names the file).
+    #[error(transparent)]
+    Image(#[from] ImageBatchError),
     /// The generator weights to start from (`init`) cannot be read.
     #[error("{path}: {message}")]
     Init { path: PathBuf, message: String },
@@ -190,18 +189,10 @@ fn load_images(
     config: &VqganConfig,
     device: &Device,
 ) -> Result<Tensor, VqganTrainError> {
-    let images = idx
-        .par_iter()
-        .map(|&i| {
-            let path = &paths[i];
-            let img = cxr_image::load_image(path).map_err(|source| VqganTrainError::Image {
-                path: path.clone(),
-                source,
-            })?;
-            Ok(vqgan_input(&img, config, device)?)
-        })
-        .collect::<Result<Vec<Tensor>, VqganTrainError>>()?;
-    Ok(Tensor::cat(&images, 0)?)
+    let chosen: Vec<&PathBuf> = idx.iter().map(|&i| &paths[i]).collect();
+    Ok(load_image_batch(&chosen, |img| {
+        vqgan_input(img, config, device)
+    })?)
 }
 
 /// `∂(sum(conv(input, W) * grad_out)) / ∂W`: the gradient a loss with output gradient
