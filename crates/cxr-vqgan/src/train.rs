@@ -26,7 +26,6 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 
 use cxr_classifier::{txv_scale, DenseNet};
 use cxr_train::image_batch::{load_image_batch, ImageBatchError};
