@@ -106,10 +106,9 @@ pub enum ClassifierTrainError {
     Train(#[from] TrainError),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+    /// A training image cannot be read or turned into an input (the error names the file).
     #[error(transparent)]
-    Image(#[from] cxr_image::ImageError),
-    #[error(transparent)]
-    ImageBatch(#[from] cxr_train::image_batch::ImageBatchError),
+    Image(#[from] cxr_train::image_batch::ImageBatchError),
     #[error("no training examples")]
     Empty,
     /// The weights to start from (`init`) cannot be read.

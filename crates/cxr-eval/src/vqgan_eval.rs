@@ -22,6 +22,7 @@ pub struct VqganEvaluation {
     /// Mean PSNR; infinite when a reconstruction is perfect (`null` in JSON).
     #[serde(deserialize_with = "f64_or_infinity")]
     pub psnr_db: f64,
+    #[serde(deserialize_with = "crate::null_as_nan")]
     pub ssim: f64,
     pub codebook: CodebookUsage,
     /// Fraction of (image, observation) pairs over the 11 classifier observations whose

@@ -1,16 +1,16 @@
 //! `llm-cxr classifier train`: the DenseNet-121 classifier on any dataset with CheXpert labels.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use rayon::prelude::*;
 
-use cxr_classifier::candle_core::{Device, Tensor};
+use cxr_classifier::candle_core::Device;
 use cxr_classifier::train::{examples, save_weights, train, TrainOptions, CHECKPOINT};
 use cxr_classifier::{txv_input, DenseNetConfig};
 use cxr_data::{open_dataset, DatasetKind, Split};
 use cxr_eval::image_metrics::image_metrics;
 use cxr_eval::report_metrics::UncertainPolicy;
+use cxr_train::image_batch::load_image_batch;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -111,19 +111,9 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     let eval_bar = super::progress(held_out.len() as u64, "evaluate");
     let mut probs = Vec::new();
     for chunk in held_out.chunks(args.batch.max(1)) {
-        let inputs = chunk
-            .par_iter()
-            .map(|r| {
-                Ok(txv_input(
-                    &cxr_image::load_image(&r.image_path)?,
-                    args.size,
-                    &Device::Cpu,
-                )?)
-            })
-            .collect::<anyhow::Result<Vec<Tensor>>>()?;
-        let p = cxr_classifier::candle_nn::ops::sigmoid(
-            &model.forward_t(&Tensor::cat(&inputs, 0)?, false)?,
-        )?;
+        let paths: Vec<&Path> = chunk.iter().map(|r| r.image_path.as_path()).collect();
+        let x = load_image_batch(&paths, |img| txv_input(img, args.size, &Device::Cpu))?;
+        let p = cxr_classifier::candle_nn::ops::sigmoid(&model.forward_t(&x, false)?)?;
         for row in p.to_vec2::<f32>()? {
             let mut a = [0f32; 18];
             a.copy_from_slice(&row[..18]);

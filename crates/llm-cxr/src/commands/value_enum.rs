@@ -31,12 +31,16 @@ pub fn names<E: clap::ValueEnum, S: serde::Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeSeq;
+    /// One value, by name.
+    struct Named<'a, E>(&'a E);
+    impl<E: clap::ValueEnum> serde::Serialize for Named<'_, E> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            name(self.0, serializer)
+        }
+    }
     let mut seq = serializer.serialize_seq(Some(values.len()))?;
     for v in values {
-        let possible = v
-            .to_possible_value()
-            .ok_or_else(|| serde::ser::Error::custom("a skipped value enum variant"))?;
-        seq.serialize_element(possible.get_name())?;
+        seq.serialize_element(&Named(v))?;
     }
     seq.end()
 }

@@ -475,8 +475,6 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `vqgan eval`: the split's images (at most --limit) through the VQ-GAN, scored by
-/// [`VqganEvaluation`].
 /// `vqgan eval`: the scores, written to --out and printed.
 pub fn evaluate(a: &EvalArgs) -> anyhow::Result<VqganEvaluation> {
     let scores = eval(a)?;
@@ -488,6 +486,7 @@ pub fn evaluate(a: &EvalArgs) -> anyhow::Result<VqganEvaluation> {
     Ok(scores)
 }
 
+/// The split's images (at most --limit) through the VQ-GAN, scored by [`VqganEvaluation`].
 fn eval(a: &EvalArgs) -> anyhow::Result<VqganEvaluation> {
     let model = a.model.load()?;
     let classifier = a.classifier.as_deref().map(load_classifier).transpose()?;

@@ -11,8 +11,6 @@ use super::vqgan_args;
 use crate::commands::chat::{ModelArgs, SamplingArgs};
 use crate::commands::{eval, tasks};
 
-/// One held-out evaluation of the model at a step: reports, answers and drawings for the test
-/// cases, scored, and the same scored with the images shuffled among the cases.
 /// What an evaluation at a step gives.
 pub struct AtStep {
     pub scores: Scores,
@@ -21,6 +19,8 @@ pub struct AtStep {
     pub evaluations: cxr_eval::Evaluations,
 }
 
+/// One held-out evaluation of the model at a step: reports, answers and drawings for the test
+/// cases, scored, and the same scored with the images shuffled among the cases.
 pub struct Evaluation<'a> {
     pub test: &'a TestSet,
     pub model: PathBuf,

@@ -126,7 +126,7 @@ impl Stages {
             // Later stages read this one's outputs (and resume from their own checkpoints), so
             // a folder made with other settings is not mixed into.
             anyhow::ensure!(
-                prev.command == command,
+                records(&prev.command, &stage),
                 "{} was made with other settings (stage {name} ran `llm-cxr {}`, now `llm-cxr {}`): \
                  give another --out or delete the folder",
                 self.dir.parent().unwrap_or(&self.dir).display(),
@@ -174,10 +174,14 @@ impl Stages {
     }
 }
 
-/// `S`'s clap definition, as `llm-cxr COMMAND` parses it.
-fn definition<S: Stage>() -> clap::Command {
+/// `S`'s clap definition, as `llm-cxr COMMAND` parses it; `environment: false` leaves out the
+/// variables that may set an argument (a line must mean the same wherever it is read).
+fn definition<S: Stage>(environment: bool) -> clap::Command {
     let name = S::COMMAND.last().copied().unwrap_or("llm-cxr");
     let mut command = S::augment_args(clap::Command::new(name).no_binary_name(true));
+    if !environment {
+        command = command.mut_args(|a| a.env(None::<&str>));
+    }
     command.build();
     command
 }
@@ -192,7 +196,7 @@ pub fn command_line<S: Stage>(stage: &S) -> anyhow::Result<Vec<String>> {
     let serde_json::Value::Object(mut values) = values else {
         anyhow::bail!("{what}: its arguments are not a struct");
     };
-    let definition = definition::<S>();
+    let definition = definition::<S>(true);
     let mut line: Vec<String> = S::COMMAND.iter().map(|s| s.to_string()).collect();
     let mut positionals = Vec::new();
     for arg in definition.get_arguments() {
@@ -247,17 +251,33 @@ pub fn command_line<S: Stage>(stage: &S) -> anyhow::Result<Vec<String>> {
 /// Parses `args` as `S` and checks that they give `stage`'s values back.
 fn check_parses_back<S: Stage>(stage: &S, args: &[String]) -> anyhow::Result<()> {
     let what = S::COMMAND.join(" ");
-    let matches = definition::<S>()
-        .try_get_matches_from(args)
-        .with_context(|| format!("llm-cxr {what} {}", shown(args, 300)))?;
-    let parsed = S::from_arg_matches(&matches)?;
-    let (want, got) = (serde_json::to_value(stage)?, serde_json::to_value(&parsed)?);
+    let (want, got) = (serde_json::to_value(stage)?, values_of::<S>(args)?);
     anyhow::ensure!(
         want == got,
         "llm-cxr {what}: the command line written for the stage parses to other values \
          ({got}, not {want})"
     );
     Ok(())
+}
+
+/// The values `S` parses `args` to (no environment variables read).
+fn values_of<S: Stage>(args: &[String]) -> anyhow::Result<serde_json::Value> {
+    let matches = definition::<S>(false)
+        .try_get_matches_from(args)
+        .with_context(|| format!("llm-cxr {} {}", S::COMMAND.join(" "), shown(args, 300)))?;
+    Ok(serde_json::to_value(S::from_arg_matches(&matches)?)?)
+}
+
+/// Whether a recorded command line runs `stage`: the same subcommand with the same values,
+/// however the line spells them (a record written by an earlier version lists defaults too).
+fn records<S: Stage>(recorded: &[String], stage: &S) -> bool {
+    let n = S::COMMAND.len();
+    recorded.len() >= n
+        && recorded[..n].iter().zip(S::COMMAND).all(|(a, b)| a == b)
+        && matches!(
+            (values_of::<S>(&recorded[n..]), serde_json::to_value(stage)),
+            (Ok(a), Ok(b)) if a == b
+        )
 }
 
 /// An argument's values as command-line text (none for an absent option).
@@ -337,7 +357,7 @@ mod tests {
 
     fn same_definition<S: Stage>() {
         assert_eq!(
-            ids(&definition::<S>()),
+            ids(&definition::<S>(true)),
             ids(&subcommand(S::COMMAND)),
             "{:?}",
             S::COMMAND
@@ -455,6 +475,32 @@ mod tests {
             "data build --data phantoms --kind open-i --tokens tokens --model lm --stage 2 \
              --both-directions --vqa-turns 6 --split validate --out data --text-fraction 0.1"
         );
+    }
+
+    /// A stage record is compared by what it runs: a line that spells out defaults (as the
+    /// records of earlier versions do) still names the same stage; other values do not.
+    #[test]
+    fn a_record_counts_by_the_values_it_parses_to() {
+        let stage = phantom::Args {
+            n: 300,
+            size: 128,
+            seed: 1,
+            out: "runs/p".into(),
+            dicom: false,
+            jpeg_quality: 95,
+        };
+        let line = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+        assert!(records(
+            &line("phantom --n 300 --size 128 --seed 1 --out runs/p"),
+            &stage
+        ));
+        assert!(records(&command_line(&stage).unwrap(), &stage));
+        assert!(!records(
+            &line("phantom --n 300 --size 128 --seed 2 --out runs/p"),
+            &stage
+        ));
+        assert!(!records(&line("gallery --out runs/p"), &stage));
+        assert!(!records(&line("phantom --n 300 --no-such-flag"), &stage));
     }
 
     /// A field clap does not parse cannot be written on a command line: refused, not dropped.
