@@ -100,7 +100,7 @@ pub struct Done {
     pub earlier: bool,
 }
 
-/// Runs stages, skipping those recorded as done with the same command line.
+/// Runs stages, skipping those recorded as done with the same values.
 pub struct Stages {
     dir: PathBuf,
     pub done: Vec<Done>,
@@ -115,7 +115,7 @@ impl Stages {
     }
 
     /// Runs `stage` under `name`, or reads back its output when a run before finished it with
-    /// the same command line.
+    /// the same values.
     pub fn run<S: Stage>(&mut self, name: &str, stage: S) -> anyhow::Result<S::Output> {
         let command = command_line(&stage)?;
         let record_path = self.dir.join(format!("{name}.json"));
