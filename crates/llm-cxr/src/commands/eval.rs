@@ -141,7 +141,12 @@ pub struct AllArgs {
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     let (common, evaluations) = match cmd {
         Command::Report(a) => {
-            let report = Some(report(&a.pairs, &a.report, &a.common)?);
+            let report = Some(report(
+                &a.pairs,
+                &a.report,
+                &a.common,
+                &labeler(&a.common)?,
+            )?);
             (
                 a.common,
                 Evaluations {
@@ -151,7 +156,12 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             )
         }
         Command::Image(a) => {
-            let image = Some(image(&a.generated, &a.image, &a.common)?);
+            let image = Some(image(
+                &a.generated,
+                &a.image,
+                &a.common,
+                &labeler(&a.common)?,
+            )?);
             (
                 a.common,
                 Evaluations {
@@ -161,7 +171,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             )
         }
         Command::Vqa(a) => {
-            let vqa = Some(vqa(&a.answers, &a.common)?);
+            let vqa = Some(vqa(&a.answers, &a.common, &labeler(&a.common)?)?);
             (
                 a.common,
                 Evaluations {
@@ -189,38 +199,51 @@ pub fn all(a: &AllArgs) -> anyhow::Result<Evaluations> {
 /// OUT/index.html: the evaluations' tables, figures and sample cases.
 fn write_page(common: &Common, evaluations: &Evaluations) -> anyhow::Result<()> {
     let mut page = Page::new(&format!("Evaluation: {}", common.model));
-    render(&mut page, evaluations)?;
+    for (name, png) in render(&mut page, evaluations)? {
+        super::write_atomic(&common.out.join(name), &png)?;
+    }
     let index = common.out.join("index.html");
     super::write_atomic(&index, page.finish().as_bytes())?;
     eprintln!("wrote {}", index.display());
     Ok(())
 }
 
-/// Every evaluation whose input is given, each writing its files under --out (JSON, markdown,
-/// ROC PNG) and printing its markdown.
+/// Every evaluation whose input is given, each writing its files under --out (JSON, markdown)
+/// and printing its markdown.
 pub fn evaluate_all(a: &AllArgs) -> anyhow::Result<Evaluations> {
     anyhow::ensure!(
         a.reports.is_some() || a.images.is_some() || a.vqa.is_some(),
         "nothing to evaluate: give --reports, --images and/or --vqa"
     );
+    // One labeler for every evaluation (it reads and compiles the phrase lists).
+    let labeler = labeler(&a.common)?;
     Ok(Evaluations {
         report: a
             .reports
             .as_deref()
-            .map(|p| report(p, &a.report, &a.common))
+            .map(|p| report(p, &a.report, &a.common, &labeler))
             .transpose()?,
         image: a
             .images
             .as_deref()
-            .map(|p| image(p, &a.image, &a.common))
+            .map(|p| image(p, &a.image, &a.common, &labeler))
             .transpose()?,
-        vqa: a.vqa.as_deref().map(|p| vqa(p, &a.common)).transpose()?,
+        vqa: a
+            .vqa
+            .as_deref()
+            .map(|p| vqa(p, &a.common, &labeler))
+            .transpose()?,
     })
 }
 
 /// The tables, ROC figures and sample cases of the evaluations, in order; drawn from the results
-/// alone (thumbnails are read from the images' paths).
-pub fn render(page: &mut Page, evaluations: &Evaluations) -> anyhow::Result<()> {
+/// alone (thumbnails are read from the images' paths). Returns the ROC figures it drew, by the
+/// file names `eval` saves them under.
+pub fn render(
+    page: &mut Page,
+    evaluations: &Evaluations,
+) -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
+    let mut figures = Vec::new();
     if let Some(e) = &evaluations.report {
         page.markdown(&e.to_markdown());
         let roc = roc_png(
@@ -228,6 +251,7 @@ pub fn render(page: &mut Page, evaluations: &Evaluations) -> anyhow::Result<()> 
             &e.clinical.per_observation,
         )?;
         page.figure(&roc, 960, "ROC per observation (generated reports)");
+        figures.push(("report-roc.png", roc));
         let cases: Vec<Vec<Cell>> = e
             .cases
             .iter()
@@ -258,6 +282,7 @@ pub fn render(page: &mut Page, evaluations: &Evaluations) -> anyhow::Result<()> 
             &e.clinical.per_observation,
         )?;
         page.figure(&roc, 960, "ROC per observation (generated images)");
+        figures.push(("image-roc.png", roc));
         let cases: Vec<Vec<Cell>> = e
             .cases
             .iter()
@@ -323,7 +348,7 @@ pub fn render(page: &mut Page, evaluations: &Evaluations) -> anyhow::Result<()> 
         }
         sample_cases(page, &header, &cases);
     }
-    Ok(())
+    Ok(figures)
 }
 
 fn sample_cases(page: &mut Page, header: &[&str], cases: &[Vec<Cell>]) {
@@ -389,24 +414,17 @@ fn presentation(common: &Common) -> Presentation {
     }
 }
 
-/// Writes a result's JSON (`json_name`), its markdown (the same name, `.md`) and, given its
-/// scores per observation, its ROC figure (`report-roc.png` for "Report") under --out, and
-/// prints the markdown.
+/// Writes a result's JSON (`json_name`) and its markdown (the same name, `.md`) under --out,
+/// and prints the markdown.
 fn write_result(
     common: &Common,
     json_name: &str,
     json: &str,
     markdown: &str,
-    roc: Option<(&str, &[ObservationScores])>,
 ) -> anyhow::Result<()> {
     super::write_atomic(&common.out.join(json_name), json.as_bytes())?;
     let md_name = json_name.replace(".json", ".md");
     super::write_atomic(&common.out.join(md_name), markdown.as_bytes())?;
-    if let Some((what, scores)) = roc {
-        let png = roc_png(&format!("{what} ROC: {}", common.model), scores)?;
-        let name = format!("{}-roc.png", what.to_lowercase());
-        super::write_atomic(&common.out.join(name), &png)?;
-    }
     println!("{markdown}");
     Ok(())
 }
@@ -415,6 +433,7 @@ fn report(
     pairs_csv: &Path,
     opts: &ReportOptions,
     common: &Common,
+    labeler: &ReportLabeler,
 ) -> anyhow::Result<ReportEvaluation> {
     let metric_opts = ReportMetricOptions {
         uncertain: common.uncertain,
@@ -422,7 +441,7 @@ fn report(
     };
     let e = ReportEvaluation::from_csv(
         pairs_csv,
-        &labeler(common)?,
+        labeler,
         metric_opts,
         &presentation(common),
         &progress_bars(),
@@ -432,7 +451,6 @@ fn report(
         REPORT_METRICS_JSON,
         &serde_json::to_string_pretty(&e)?,
         &e.to_markdown(),
-        Some(("Report", &e.clinical.per_observation)),
     )?;
     Ok(e)
 }
@@ -441,12 +459,12 @@ fn image(
     generated: &Path,
     opts: &ImageOptions,
     common: &Common,
+    labeler: &ReportLabeler,
 ) -> anyhow::Result<ImageEvaluation> {
     let classifier = opts
         .classifier
         .as_ref()
         .context("the image evaluation needs --classifier (DenseNet-121 weights)")?;
-    let labeler = labeler(common)?;
     let config = cxr_classifier::DenseNetConfig::densenet121_txv();
     let classifier = cxr_classifier::DenseNet::load(&config, classifier, &Device::Cpu)?;
     let inception = match (&opts.inception, &opts.real) {
@@ -459,7 +477,7 @@ fn image(
     let e = ImageEvaluation::from_csv(
         generated,
         opts.real.as_deref(),
-        &labeler,
+        labeler,
         ImageModels {
             classifier: &classifier,
             inception: inception.as_ref(),
@@ -477,19 +495,17 @@ fn image(
         IMAGE_METRICS_JSON,
         &serde_json::to_string_pretty(&e)?,
         &e.to_markdown(),
-        Some(("Image", &e.clinical.per_observation)),
     )?;
     Ok(e)
 }
 
-fn vqa(answers: &Path, common: &Common) -> anyhow::Result<VqaEvaluation> {
-    let e = VqaEvaluation::from_csv(answers, &labeler(common)?, &presentation(common))?;
+fn vqa(answers: &Path, common: &Common, labeler: &ReportLabeler) -> anyhow::Result<VqaEvaluation> {
+    let e = VqaEvaluation::from_csv(answers, labeler, &presentation(common))?;
     write_result(
         common,
         VQA_METRICS_JSON,
         &serde_json::to_string_pretty(&e)?,
         &e.to_markdown(),
-        None,
     )?;
     Ok(e)
 }
