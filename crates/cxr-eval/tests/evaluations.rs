@@ -2,7 +2,9 @@
 //! back from the folder whole (every field, the sample cases included), with the JSON paths the
 //! main job and the tests read, and LLM-CXR's published numbers in the markdown.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cxr_classifier::candle_core::{DType, Device};
@@ -11,23 +13,10 @@ use cxr_eval::evaluations::{IMAGE_METRICS_JSON, REPORT_METRICS_JSON, VQA_METRICS
 use cxr_eval::report_metrics::{ReportMetricOptions, UncertainPolicy};
 use cxr_eval::{
     EvalError, Evaluations, ImageEvalOptions, ImageEvaluation, ImageModels, Presentation, Progress,
-    ReportEvaluation, ReportLabeler, VqaEvaluation,
+    ReportEvaluation, VqaEvaluation,
 };
 use cxr_phantom::PhantomSpec;
 use serde_json::Value;
-
-fn labeler() -> Option<ReportLabeler> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/chexpert-labeler-phrases");
-    if !dir.is_dir() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{} is absent (CI=true: CI must have it)", dir.display());
-        }
-        eprintln!("SKIP: {} is absent", dir.display());
-        return None;
-    }
-    Some(ReportLabeler::from_dir(&dir).unwrap())
-}
 
 fn impression(i: u64) -> String {
     PhantomSpec::sample(5, i)
@@ -60,7 +49,9 @@ fn assert_read_back<T: serde::Serialize>(back: &T, written: &str) {
 
 #[test]
 fn results_are_written_and_read_back_whole() {
-    let Some(labeler) = labeler() else { return };
+    let Some(labeler) = common::labeler() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let shown = Presentation {
         model: "ours".into(),

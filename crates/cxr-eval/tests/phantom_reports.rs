@@ -1,23 +1,15 @@
 //! Two independently written halves agree: the labeler reads the phantom generator's reports
 //! (findings + impression) back to the labels the generator asserted for them.
 
-use std::path::PathBuf;
+mod common;
 
-use cxr_eval::ReportLabeler;
 use cxr_phantom::PhantomSpec;
 
 #[test]
 fn labeler_reads_phantom_reports_back_to_their_labels() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/chexpert-labeler-phrases");
-    if !dir.is_dir() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{} is absent (CI=true: CI must have it)", dir.display());
-        }
-        eprintln!("SKIP: {} is absent", dir.display());
+    let Some(labeler) = common::labeler() else {
         return;
-    }
-    let labeler = ReportLabeler::from_dir(&dir).unwrap();
+    };
     let n = 2000;
     let mut agree = 0;
     let mut shown = 0;

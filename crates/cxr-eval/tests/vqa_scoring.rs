@@ -1,22 +1,8 @@
 //! VQA scoring on hand-checked pairs: every number below was counted by hand.
 
-use std::path::PathBuf;
+mod common;
 
 use cxr_eval::vqa::{judge, vqa_report, VqaPair};
-use cxr_eval::ReportLabeler;
-
-fn labeler() -> Option<ReportLabeler> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/chexpert-labeler-phrases");
-    if !dir.is_dir() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{} is absent (CI=true: CI must have it)", dir.display());
-        }
-        eprintln!("SKIP: {} is absent", dir.display());
-        return None;
-    }
-    Some(ReportLabeler::from_dir(&dir).unwrap())
-}
 
 fn pair(kind: &str, question: &str, answer: &str, reference: &str) -> VqaPair {
     VqaPair {
@@ -29,7 +15,9 @@ fn pair(kind: &str, question: &str, answer: &str, reference: &str) -> VqaPair {
 
 #[test]
 fn scores_closed_and_open_questions() {
-    let Some(labeler) = labeler() else { return };
+    let Some(labeler) = common::labeler() else {
+        return;
+    };
     let pairs = vec![
         // Closed, right.
         pair("presence", "Is there a pleural effusion?", "Yes.", "yes"),
