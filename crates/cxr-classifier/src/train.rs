@@ -264,14 +264,7 @@ pub fn train(
     if ck_path.is_file() {
         let ck = Resume::open(&ck_path, &device)?;
         step = ck.require("step")?;
-        if ck.get::<u64>("seed") != Some(opts.seed) {
-            return Err(ck
-                .refuse(format!(
-                    "was written with another seed ({:?}); use a new --out",
-                    ck.metadata.get("seed")
-                ))
-                .into());
-        }
+        ck.check_setting("seed", &opts.seed)?;
         ck.check_record(&record)?;
         ck.restore(varmap.data().lock().expect("varmap lock").iter())?;
         ck.restore_optimizer(&mut opt, step)?;

@@ -522,15 +522,8 @@ fn resume(
             ))
             .into());
     }
-    if ck.get::<u64>("seed") != Some(opts.seed) || ck.get("samples_per_step") != Some(per_step) {
-        return Err(ck
-            .refuse(format!(
-                "was written with another seed or batch (seed {:?}, samples per step {:?}); use a new output folder",
-                ck.metadata.get("seed"),
-                ck.metadata.get("samples_per_step")
-            ))
-            .into());
-    }
+    ck.check_setting("seed", &opts.seed)?;
+    ck.check_setting("samples_per_step", &per_step)?;
     ck.restore(net.vars.iter().map(|(name, var)| (name, var)))?;
     ck.restore_optimizer(opt, step)?;
     Ok(step)

@@ -12,6 +12,7 @@ pub mod generate;
 pub mod gguf;
 pub mod gpt_neox;
 pub mod image_vocab;
+pub mod init;
 pub mod linear;
 pub mod llama;
 pub mod loss;

@@ -70,6 +70,9 @@ pub struct LoraConfig {
 }
 
 impl LoraConfig {
+    /// PEFT's usual scale numerator (the update is scaled by alpha / rank).
+    pub const DEFAULT_ALPHA: f64 = 16.0;
+
     /// PEFT's default targets for an architecture.
     pub fn default_targets(config: &crate::LmConfig) -> Vec<String> {
         match config {

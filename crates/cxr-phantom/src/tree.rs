@@ -35,6 +35,11 @@ pub struct TreeOptions {
     pub jpeg_quality: u8,
 }
 
+impl TreeOptions {
+    /// JPEG quality unless asked otherwise: high enough that compression does not blur findings.
+    pub const DEFAULT_JPEG_QUALITY: u8 = 95;
+}
+
 /// What was written.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct TreeSummary {

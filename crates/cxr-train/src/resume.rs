@@ -56,6 +56,22 @@ impl Resume {
             .ok_or_else(|| self.refuse(format!("no {key} in metadata")))
     }
 
+    /// Refuses a checkpoint whose metadata `key` is not this run's `value` ("was written with
+    /// another KEY (theirs), this run has VALUE; use a new output folder").
+    pub fn check_setting<T>(&self, key: &str, value: &T) -> Result<(), ResumeError>
+    where
+        T: FromStr + PartialEq + std::fmt::Display,
+    {
+        if self.get::<T>(key).as_ref() == Some(value) {
+            return Ok(());
+        }
+        let theirs = self.metadata.get(key).map_or("none", String::as_str);
+        Err(self.refuse(format!(
+            "was written with another {} ({theirs}), this run has {value}; use a new output folder",
+            key.replace('_', " ")
+        )))
+    }
+
     /// Refuses a checkpoint of another run, listing every setting that differs.
     pub fn check_record(&self, record: &RunRecord) -> Result<(), ResumeError> {
         record.compare(&self.metadata).map_err(|r| self.refuse(r))
@@ -128,5 +144,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.ends_with("w is [2], the model's is [3]"), "{e}");
+        ck.check_setting("step", &7u64).unwrap();
+        let e = ck.check_setting("step", &8u64).unwrap_err().to_string();
+        assert!(
+            e.ends_with(
+                "was written with another step (7), this run has 8; use a new output folder"
+            ),
+            "{e}"
+        );
+        let e = ck.check_setting("seed", &1u64).unwrap_err().to_string();
+        assert!(e.contains("another seed (none)"), "{e}");
     }
 }

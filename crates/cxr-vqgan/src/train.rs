@@ -354,11 +354,7 @@ impl<'a> Trainer<'a> {
                 .into());
         }
         ck.check_record(&self.record)?;
-        if ck.get::<u64>("seed") != Some(self.opts.seed) {
-            return Err(ck
-                .refuse("was written with another seed; use a new output folder")
-                .into());
-        }
+        ck.check_setting("seed", &self.opts.seed)?;
         ck.restore(self.varmap.data().lock().expect("varmap lock").iter())?;
         // The discriminator's optimizer starts at disc_start: its bias correction counts its own.
         ck.restore_optimizer(&mut self.opt_g, ck.require("generator_updates")?)?;

@@ -87,7 +87,7 @@ pub struct BuildArgs {
     pub both_directions: bool,
     /// Questions per VQA sample, as turns of one conversation about the image (its codes read
     /// once for several answers; the loss on the answers only). 1: one per sample, as LLM-CXR.
-    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    #[arg(long, default_value_t = BuildOptions::default().vqa_turns, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     pub vqa_turns: usize,
     /// Which split's images to use (records without a split count as train).
     #[arg(long, value_enum, default_value = "train")]
@@ -100,25 +100,25 @@ pub struct BuildArgs {
     #[arg(long)]
     pub text: Option<PathBuf>,
     /// Share of text instructions in the mix (the paper: 0.2).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = BuildOptions::default().text_fraction)]
     pub text_fraction: f64,
     /// Instruction phrasings for the two image directions, as JSON
     /// {"cxr_to_report": [...], "report_to_cxr": [...]}; default: our own twelve each.
     #[arg(long)]
     pub phrasings: Option<PathBuf>,
     /// Synthetic questions per image.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = BuildOptions::default().vqa_per_image)]
     pub vqa_per_image: usize,
     /// Model-written VQA from `llm-cxr data vqa`: images with pairs there use them instead of
     /// the synthetic ones.
     #[arg(long)]
     pub vqa_file: Option<PathBuf>,
     /// Samples longer than this many tokens are dropped.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = BuildOptions::default().max_tokens)]
     pub max_tokens: usize,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = BuildOptions::default().seed)]
     pub seed: u64,
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = BuildOptions::default().shard_size)]
     pub shard_size: usize,
 }
 

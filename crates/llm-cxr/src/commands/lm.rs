@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use candle_core::Device;
-use cxr_lm::image_vocab::{ImageInit, NewRows};
-use cxr_lm::weights::Weight;
-use cxr_lm::{ImageVocab, LanguageModel, WeightMode};
+use cxr_lm::image_vocab::ImageInit;
+use cxr_lm::init::InitOptions;
+use cxr_lm::{LanguageModel, WeightMode};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -27,7 +27,7 @@ pub struct InitArgs {
     )]
     pub base: PathBuf,
     /// Number of image codes (the VQ-GAN's codebook size: 1024 for the paper preset, 512 for demo).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = InitOptions::default().codes)]
     pub codes: u32,
     /// How the image codes' rows start: `codebook` (each code's VQ-GAN codebook vector, mapped
     /// to the hidden size by a fixed orthogonal projection and scaled to the text rows; needs
@@ -51,7 +51,7 @@ pub struct InitArgs {
     #[arg(long)]
     pub keep_tied_head: bool,
     /// Seed of the new rows (noise and projection).
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = InitOptions::default().seed)]
     pub seed: u64,
     /// Output directory (config.json, model.safetensors, tokenizer.json, tokenizer_config.json).
     #[arg(long)]
@@ -68,14 +68,57 @@ pub enum ImageInitArg {
 pub fn run(command: Command) -> anyhow::Result<()> {
     let Command::Init(args) = command;
     anyhow::ensure!(args.codes > 0, "--codes must be at least 1");
-    let mut lm = LanguageModel::load(&args.base, WeightMode::Train, &Device::Cpu)
+    let base = LanguageModel::load(&args.base, WeightMode::Train, &Device::Cpu)
         .with_context(|| format!("loading the base model {}", args.base.display()))?;
-    anyhow::ensure!(
-        lm.image_vocab.is_none(),
-        "{} already has an image vocabulary ({:?})",
+    let opts = InitOptions {
+        codes: args.codes,
+        image: image_init(&args)?,
+        seed: args.seed,
+        keep_tied_head: args.keep_tied_head,
+    };
+    let grown = cxr_lm::init::init(base, &opts)
+        .with_context(|| format!("growing {}", args.base.display()))?;
+    if grown.untied_head {
+        tracing::info!("the head is untied from the embedding table");
+    }
+    // The VQ-GAN whose codes the model will read, recorded beside it: `data build` refuses
+    // token files of any other.
+    let identity_json = match &args.vqgan {
+        Some(path) => Some(serde_json::to_vec_pretty(
+            &vqgan_args(&args, path).identity()?,
+        )?),
+        None => None,
+    };
+    let extra: Vec<(&str, &[u8])> = identity_json
+        .as_deref()
+        .map(|j| (cxr_vqgan::identity::IDENTITY_FILE, j))
+        .into_iter()
+        .collect();
+    grown.save(&args.out, &extra)?;
+    println!(
+        "{}: vocabulary {} -> {} rows; `### Response:\\n` = {:?}; image code k = id {} + k; written to {}",
         args.base.display(),
-        lm.image_vocab
+        grown.base_vocab_size,
+        grown.config.vocab_size(),
+        grown
+            .tokenizer
+            .token_id(cxr_lm::image_vocab::RESPONSE_KEY_NL),
+        grown.image_vocab.base,
+        args.out.display()
     );
+    Ok(())
+}
+
+fn vqgan_args(args: &InitArgs, path: &std::path::Path) -> super::vqgan::VqganArgs {
+    super::vqgan::VqganArgs {
+        vqgan: path.to_path_buf(),
+        config: args.vqgan_config.clone(),
+    }
+}
+
+/// The start of the image rows `--image-init` and `--vqgan` ask for (default: the VQ-GAN's
+/// codebook when one is given, else N(0, 0.02²)).
+fn image_init(args: &InitArgs) -> anyhow::Result<ImageInit> {
     let chosen = args.image_init.unwrap_or_else(|| {
         if args.vqgan.is_some() {
             ImageInitArg::Codebook
@@ -87,17 +130,14 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             ImageInitArg::Normal
         }
     });
-    let image = match (chosen, &args.vqgan) {
+    Ok(match (chosen, &args.vqgan) {
         (ImageInitArg::Codebook, None) => anyhow::bail!(
             "--image-init codebook starts the image rows from a VQ-GAN's codebook: give --vqgan"
         ),
         (ImageInitArg::Codebook, Some(path)) => {
-            let vqgan = super::vqgan::VqganArgs {
-                vqgan: path.clone(),
-                config: args.vqgan_config.clone(),
-            }
-            .load()
-            .with_context(|| format!("loading the VQ-GAN {}", path.display()))?;
+            let vqgan = vqgan_args(args, path)
+                .load()
+                .with_context(|| format!("loading the VQ-GAN {}", path.display()))?;
             let codebook = vqgan.quantizer().codebook().clone();
             anyhow::ensure!(
                 codebook.dim(0)? == args.codes as usize,
@@ -110,75 +150,5 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         }
         (ImageInitArg::Normal, _) => ImageInit::Normal,
         (ImageInitArg::Mean, _) => ImageInit::Mean,
-    };
-    let mut config = lm.model.config();
-    let before = config.vocab_size();
-    let pieces = ImageVocab::key_pieces(&lm.tokenizer)?;
-    let vocab = ImageVocab::extend(&mut lm.tokenizer, args.codes)?;
-    let init = NewRows {
-        keys: pieces
-            .into_iter()
-            .filter_map(|(key, ids)| Some((lm.tokenizer.token_id(key)?, ids)))
-            .collect(),
-        image_base: vocab.base,
-        image,
-        seed: args.seed,
-    };
-    let mut tensors: std::collections::HashMap<String, Weight> = lm
-        .weights
-        .vars()
-        .into_iter()
-        .map(|(name, var)| (name, Weight::Float(var.as_tensor().clone())))
-        .collect();
-    if !args.keep_tied_head && cxr_lm::image_vocab::untie_head(&mut tensors, &mut config)? {
-        tracing::info!("the head is untied from the embedding table");
-    }
-    cxr_lm::image_vocab::resize_vocab(&mut tensors, &mut config, vocab.vocab_size(), &init)?;
-    let mut tensors: Vec<(String, candle_core::Tensor)> = tensors
-        .into_iter()
-        .filter_map(|(name, w)| match w {
-            Weight::Float(t) => Some((name, t)),
-            Weight::Quantized(_) => None,
-        })
-        .collect();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    // The VQ-GAN whose codes the model will read, recorded beside it: `data build` refuses
-    // token files of any other.
-    let identity = match &args.vqgan {
-        Some(path) => Some(
-            super::vqgan::VqganArgs {
-                vqgan: path.clone(),
-                config: args.vqgan_config.clone(),
-            }
-            .identity()?,
-        ),
-        None => None,
-    };
-    let identity_json = identity
-        .as_ref()
-        .map(serde_json::to_vec_pretty)
-        .transpose()?;
-    let extra: Vec<(&str, &[u8])> = identity_json
-        .as_deref()
-        .map(|j| (cxr_vqgan::identity::IDENTITY_FILE, j))
-        .into_iter()
-        .collect();
-    cxr_lm::save_hf_with(
-        &args.out,
-        &config,
-        &tensors,
-        &lm.tokenizer,
-        Some(vocab),
-        &extra,
-    )?;
-    println!(
-        "{}: vocabulary {} -> {} rows; `### Response:\\n` = {:?}; image code k = id {} + k; written to {}",
-        args.base.display(),
-        before,
-        config.vocab_size(),
-        lm.tokenizer.token_id(cxr_lm::image_vocab::RESPONSE_KEY_NL),
-        vocab.base,
-        args.out.display()
-    );
-    Ok(())
+    })
 }

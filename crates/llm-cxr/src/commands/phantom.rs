@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long)]
     pub dicom: bool,
     /// JPEG quality (1-100).
-    #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
+    #[arg(long, default_value_t = TreeOptions::DEFAULT_JPEG_QUALITY, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub jpeg_quality: u8,
 }
 

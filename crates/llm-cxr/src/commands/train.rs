@@ -70,7 +70,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub lora_rank: usize,
     /// LoRA scale numerator: the update is scaled by alpha / rank.
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, default_value_t = cxr_lm::LoraConfig::DEFAULT_ALPHA)]
     pub lora_alpha: f64,
     /// Linear layers that get adapters, by their last name component; default: PEFT's for the
     /// architecture (GPT-NeoX query_key_value; LLaMA q_proj, v_proj).

@@ -236,7 +236,7 @@ fn prepare(
             seed: a.seed,
             out: phantoms.clone(),
             dicom: false,
-            jpeg_quality: 95,
+            jpeg_quality: cxr_phantom::TreeOptions::DEFAULT_JPEG_QUALITY,
         },
     )?;
     let classifier_dir = out.join("classifier");
@@ -322,10 +322,11 @@ fn prepare(
             vqgan: Some(vqgan.clone()),
             vqgan_config: None,
             keep_tied_head: false,
-            seed: 42,
+            seed: cxr_lm::init::InitOptions::default().seed,
             out: lm_init.clone(),
         },
     )?;
+    let build_defaults = cxr_instruct::build::BuildOptions::default();
     stages.run(
         "data-build",
         data::BuildArgs {
@@ -345,9 +346,9 @@ fn prepare(
             phrasings: None,
             vqa_per_image: profile.vqa_per_image,
             vqa_file: None,
-            max_tokens: 1024,
+            max_tokens: build_defaults.max_tokens,
             seed: a.seed,
-            shard_size: 2000,
+            shard_size: build_defaults.shard_size,
         },
     )?;
     Ok(Prepared {
@@ -396,7 +397,7 @@ fn fine_tuning(
         checkpoint_every: 20,
         eval_every: defaults.eval_every,
         lora_rank: 0,
-        lora_alpha: 16.0,
+        lora_alpha: cxr_lm::LoraConfig::DEFAULT_ALPHA,
         lora_targets: Vec::new(),
     }
 }
