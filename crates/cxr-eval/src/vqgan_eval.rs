@@ -13,7 +13,7 @@ use cxr_vqgan::metrics::{codebook_usage, psnr, ssim, CodebookUsage};
 use cxr_vqgan::{vqgan_input, VqModel};
 use serde::Deserialize;
 
-use crate::evaluations::{read_json, EvalError};
+use crate::evaluations::{pass, read_json, EvalError, OnProgress};
 
 /// The result of the VQ-GAN evaluation.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -36,14 +36,13 @@ fn f64_or_infinity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Err
 }
 
 impl VqganEvaluation {
-    /// Encodes and decodes every image in batches of `batch`; `on_batch` hears how many images
-    /// each batch held.
+    /// Encodes and decodes every image in batches of `batch`: the pass `progress` hears of.
     pub fn compute<P: AsRef<Path> + Sync>(
         model: &VqModel,
         classifier: Option<&DenseNet>,
         paths: &[P],
         batch: usize,
-        on_batch: &dyn Fn(usize),
+        progress: OnProgress,
     ) -> Result<Self, EvalError> {
         if paths.is_empty() {
             return Err(EvalError::NoImages);
@@ -52,46 +51,57 @@ impl VqganEvaluation {
         let (mut psnr_sum, mut ssim_sum, mut codes) = (0.0, 0.0, Vec::new());
         let (mut agree, mut pairs) = (0usize, 0usize);
         let side = config.resolution;
-        for chunk in paths.chunks(batch.max(1)) {
-            let x = load_image_batch(chunk, |img| vqgan_input(img, config, &Device::Cpu))?;
-            let mut one_batch = || -> cxr_classifier::candle_core::Result<()> {
-                let idx = model.encode(&x)?;
-                let rec = model.decode(&idx)?;
-                codes.extend(
-                    idx.flatten_all()?
-                        .to_vec1::<u32>()?
-                        .into_iter()
-                        .map(|c| c as u16),
-                );
-                let to01 = |t: &Tensor| -> cxr_classifier::candle_core::Result<Vec<Vec<f32>>> {
-                    ((t.mean(1)? + 1.0)? * 0.5)?
-                        .flatten_from(1)?
-                        .to_vec2::<f32>()
-                };
-                for (p, q) in to01(&x)?.iter().zip(to01(&rec)?) {
-                    psnr_sum += psnr(p, &q);
-                    ssim_sum += ssim(p, &q, side, side);
-                }
-                if let Some(cls) = classifier {
-                    let probs = |t: &Tensor| -> cxr_classifier::candle_core::Result<Vec<Vec<f32>>> {
-                        let logits = cls.forward_t(&txv_scale(t)?, false)?;
-                        cxr_classifier::candle_nn::ops::sigmoid(&logits)?.to_vec2::<f32>()
-                    };
-                    for (p, q) in probs(&x)?.iter().zip(probs(&rec)?) {
-                        for (_, k) in CHEXPERT_OUTPUTS {
-                            agree += ((p[k] >= 0.5) == (q[k] >= 0.5)) as usize;
-                            pairs += 1;
+        pass(
+            progress,
+            "eval",
+            paths.len(),
+            |on_batch| -> Result<(), EvalError> {
+                for chunk in paths.chunks(batch.max(1)) {
+                    let x = load_image_batch(chunk, |img| vqgan_input(img, config, &Device::Cpu))?;
+                    let mut one_batch = || -> cxr_classifier::candle_core::Result<()> {
+                        let idx = model.encode(&x)?;
+                        let rec = model.decode(&idx)?;
+                        codes.extend(
+                            idx.flatten_all()?
+                                .to_vec1::<u32>()?
+                                .into_iter()
+                                .map(|c| c as u16),
+                        );
+                        let to01 =
+                            |t: &Tensor| -> cxr_classifier::candle_core::Result<Vec<Vec<f32>>> {
+                                ((t.mean(1)? + 1.0)? * 0.5)?
+                                    .flatten_from(1)?
+                                    .to_vec2::<f32>()
+                            };
+                        for (p, q) in to01(&x)?.iter().zip(to01(&rec)?) {
+                            psnr_sum += psnr(p, &q);
+                            ssim_sum += ssim(p, &q, side, side);
                         }
-                    }
+                        if let Some(cls) = classifier {
+                            let probs =
+                                |t: &Tensor| -> cxr_classifier::candle_core::Result<Vec<Vec<f32>>> {
+                                    let logits = cls.forward_t(&txv_scale(t)?, false)?;
+                                    cxr_classifier::candle_nn::ops::sigmoid(&logits)?
+                                        .to_vec2::<f32>()
+                                };
+                            for (p, q) in probs(&x)?.iter().zip(probs(&rec)?) {
+                                for (_, k) in CHEXPERT_OUTPUTS {
+                                    agree += ((p[k] >= 0.5) == (q[k] >= 0.5)) as usize;
+                                    pairs += 1;
+                                }
+                            }
+                        }
+                        Ok(())
+                    };
+                    one_batch().map_err(|source| EvalError::Vqgan {
+                        first: chunk[0].as_ref().to_path_buf(),
+                        source: Box::new(source),
+                    })?;
+                    on_batch(chunk.len());
                 }
                 Ok(())
-            };
-            one_batch().map_err(|source| EvalError::Vqgan {
-                first: chunk[0].as_ref().to_path_buf(),
-                source: Box::new(source),
-            })?;
-            on_batch(chunk.len());
-        }
+            },
+        )?;
         let n = paths.len() as f64;
         Ok(Self {
             images: paths.len(),

@@ -10,8 +10,8 @@ use cxr_eval::report_metrics::{
     AurocScore, ObservationScores, ReportMetricOptions, UncertainPolicy,
 };
 use cxr_eval::{
-    Evaluations, ImageEvalOptions, ImageEvaluation, ImageModels, Presentation, Progress,
-    ReportEvaluation, ReportLabeler, VqaEvaluation,
+    Evaluations, ImageEvalOptions, ImageEvaluation, ImageModels, Presentation, ReportEvaluation,
+    ReportLabeler, VqaEvaluation,
 };
 
 use crate::html::{Cell, Page};
@@ -380,27 +380,6 @@ fn thumbnail_cell(path: &str) -> Cell {
     }
 }
 
-/// Progress bars (one per pass) driven by an evaluation's progress.
-fn progress_bars() -> impl Fn(Progress<'_>) + Sync {
-    let bar = std::sync::Mutex::new(None::<indicatif::ProgressBar>);
-    move |p| {
-        let mut bar = bar.lock().unwrap_or_else(|e| e.into_inner());
-        match p {
-            Progress::Start { phase, total } => *bar = Some(super::progress(total as u64, phase)),
-            Progress::Advance(n) => {
-                if let Some(b) = bar.as_ref() {
-                    b.inc(n as u64);
-                }
-            }
-            Progress::Finish => {
-                if let Some(b) = bar.take() {
-                    b.finish_and_clear();
-                }
-            }
-        }
-    }
-}
-
 fn labeler(common: &Common) -> anyhow::Result<ReportLabeler> {
     Ok(ReportLabeler::from_dir(&super::label::phrases_dir(
         common.phrases.clone(),
@@ -444,7 +423,7 @@ fn report(
         labeler,
         metric_opts,
         &presentation(common),
-        &progress_bars(),
+        &super::progress_bars(),
     )?;
     write_result(
         common,
@@ -488,7 +467,7 @@ fn image(
             uncertain: common.uncertain,
         },
         &presentation(common),
-        &progress_bars(),
+        &super::progress_bars(),
     )?;
     write_result(
         common,

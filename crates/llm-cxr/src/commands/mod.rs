@@ -40,3 +40,26 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> 
     }
     cxr_data::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
+
+/// Progress bars (one per pass) driven by an evaluation's progress.
+pub fn progress_bars() -> impl Fn(cxr_eval::Progress<'_>) + Sync {
+    let bar = std::sync::Mutex::new(None::<indicatif::ProgressBar>);
+    move |p| {
+        let mut bar = bar.lock().unwrap_or_else(|e| e.into_inner());
+        match p {
+            cxr_eval::Progress::Start { phase, total } => {
+                *bar = Some(progress(total as u64, phase))
+            }
+            cxr_eval::Progress::Advance(n) => {
+                if let Some(b) = bar.as_ref() {
+                    b.inc(n as u64);
+                }
+            }
+            cxr_eval::Progress::Finish => {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
+            }
+        }
+    }
+}

@@ -500,14 +500,11 @@ fn eval(a: &EvalArgs) -> anyhow::Result<VqganEvaluation> {
         "{}: no images in that split",
         a.data.data.display()
     );
-    let bar = super::progress(records.len() as u64, "eval");
-    let e = VqganEvaluation::compute(
+    Ok(VqganEvaluation::compute(
         &model,
         classifier.as_ref(),
         &paths(&records),
         a.batch,
-        &|n| bar.inc(n as u64),
-    )?;
-    bar.finish_and_clear();
-    Ok(e)
+        &super::progress_bars(),
+    )?)
 }
