@@ -48,73 +48,86 @@ impl VqganEvaluation {
             return Err(EvalError::NoImages);
         }
         let config = model.config();
-        let (mut psnr_sum, mut ssim_sum, mut codes) = (0.0, 0.0, Vec::new());
-        let (mut agree, mut pairs) = (0usize, 0usize);
-        let side = config.resolution;
-        pass(
-            progress,
-            "eval",
-            paths.len(),
-            |on_batch| -> Result<(), EvalError> {
-                for chunk in paths.chunks(batch.max(1)) {
-                    let x = load_image_batch(chunk, |img| vqgan_input(img, config, &Device::Cpu))?;
-                    let mut one_batch = || -> cxr_classifier::candle_core::Result<()> {
-                        let idx = model.encode(&x)?;
-                        let rec = model.decode(&idx)?;
-                        codes.extend(
-                            idx.flatten_all()?
-                                .to_vec1::<u32>()?
-                                .into_iter()
-                                .map(|c| c as u16),
-                        );
-                        let to01 =
-                            |t: &Tensor| -> cxr_classifier::candle_core::Result<Vec<Vec<f32>>> {
-                                ((t.mean(1)? + 1.0)? * 0.5)?
-                                    .flatten_from(1)?
-                                    .to_vec2::<f32>()
-                            };
-                        for (p, q) in to01(&x)?.iter().zip(to01(&rec)?) {
-                            psnr_sum += psnr(p, &q);
-                            ssim_sum += ssim(p, &q, side, side);
-                        }
-                        if let Some(cls) = classifier {
-                            let probs =
-                                |t: &Tensor| -> cxr_classifier::candle_core::Result<Vec<Vec<f32>>> {
-                                    let logits = cls.forward_t(&txv_scale(t)?, false)?;
-                                    cxr_classifier::candle_nn::ops::sigmoid(&logits)?
-                                        .to_vec2::<f32>()
-                                };
-                            for (p, q) in probs(&x)?.iter().zip(probs(&rec)?) {
-                                for (_, k) in CHEXPERT_OUTPUTS {
-                                    agree += ((p[k] >= 0.5) == (q[k] >= 0.5)) as usize;
-                                    pairs += 1;
-                                }
-                            }
-                        }
-                        Ok(())
-                    };
-                    one_batch().map_err(|source| EvalError::Vqgan {
+        let mut sums = Sums::default();
+        pass(progress, "eval", paths.len(), |on_batch| {
+            for chunk in paths.chunks(batch.max(1)) {
+                let x = load_image_batch(chunk, |img| vqgan_input(img, config, &Device::Cpu))?;
+                sums.add(model, classifier, &x)
+                    .map_err(|source| EvalError::Vqgan {
                         first: chunk[0].as_ref().to_path_buf(),
                         source: Box::new(source),
                     })?;
-                    on_batch(chunk.len());
-                }
-                Ok(())
-            },
-        )?;
+                on_batch(chunk.len());
+            }
+            Ok::<(), EvalError>(())
+        })?;
         let n = paths.len() as f64;
         Ok(Self {
             images: paths.len(),
-            psnr_db: psnr_sum / n,
-            ssim: ssim_sum / n,
-            codebook: codebook_usage(codes, config.n_embed),
-            label_agreement: classifier.map(|_| agree as f64 / pairs.max(1) as f64),
+            psnr_db: sums.psnr / n,
+            ssim: sums.ssim / n,
+            codebook: codebook_usage(sums.codes, config.n_embed),
+            label_agreement: classifier.map(|_| sums.agree as f64 / sums.pairs.max(1) as f64),
         })
     }
 
     /// A result as `vqgan eval --out` wrote it.
     pub fn read(path: &Path) -> Result<Self, EvalError> {
         read_json(path)
+    }
+}
+
+/// The running sums of a round trip over batches.
+#[derive(Default)]
+struct Sums {
+    psnr: f64,
+    ssim: f64,
+    codes: Vec<u16>,
+    /// Observations on which the classifier's call (p >= 0.5) agrees, of `pairs`.
+    agree: usize,
+    pairs: usize,
+}
+
+impl Sums {
+    /// Encodes and decodes the batch `x` and adds its scores.
+    fn add(
+        &mut self,
+        model: &VqModel,
+        classifier: Option<&DenseNet>,
+        x: &Tensor,
+    ) -> cxr_classifier::candle_core::Result<()> {
+        type Rows = cxr_classifier::candle_core::Result<Vec<Vec<f32>>>;
+        let side = model.config().resolution;
+        let idx = model.encode(x)?;
+        let rec = model.decode(&idx)?;
+        self.codes.extend(
+            idx.flatten_all()?
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|c| c as u16),
+        );
+        let to01 = |t: &Tensor| -> Rows {
+            ((t.mean(1)? + 1.0)? * 0.5)?
+                .flatten_from(1)?
+                .to_vec2::<f32>()
+        };
+        for (p, q) in to01(x)?.iter().zip(to01(&rec)?) {
+            self.psnr += psnr(p, &q);
+            self.ssim += ssim(p, &q, side, side);
+        }
+        if let Some(cls) = classifier {
+            let probs = |t: &Tensor| -> Rows {
+                let logits = cls.forward_t(&txv_scale(t)?, false)?;
+                cxr_classifier::candle_nn::ops::sigmoid(&logits)?.to_vec2::<f32>()
+            };
+            for (p, q) in probs(x)?.iter().zip(probs(&rec)?) {
+                for (_, k) in CHEXPERT_OUTPUTS {
+                    self.agree += ((p[k] >= 0.5) == (q[k] >= 0.5)) as usize;
+                    self.pairs += 1;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
