@@ -522,6 +522,7 @@ fn resume(
             ))
             .into());
     }
+    // The run record holds both since it exists; checkpoints written before it carry them alone.
     ck.check_setting("seed", &opts.seed)?;
     ck.check_setting("samples_per_step", &per_step)?;
     ck.restore(net.vars.iter().map(|(name, var)| (name, var)))?;

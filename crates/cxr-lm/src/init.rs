@@ -9,7 +9,7 @@ use candle_core::Tensor;
 
 use crate::image_vocab::{self, ImageInit, ImageVocab, NewRows};
 use crate::weights::Weight;
-use crate::{LanguageModel, LmConfig, LmError, TextTokenizer};
+use crate::{LanguageModel, LmConfig, LmError, TextTokenizer, WeightMode};
 
 /// How a base model is grown.
 #[derive(Debug, Clone)]
@@ -52,19 +52,23 @@ pub struct InitModel {
 /// Grows `base` (loaded with [`crate::WeightMode::Train`]) as `opts` says. A model that already
 /// has an image vocabulary is refused.
 pub fn init(base: LanguageModel, opts: &InitOptions) -> Result<InitModel, LmError> {
-    let mut tokenizer = base.tokenizer;
     if let Some(vocab) = base.image_vocab {
-        return Err(LmError::Config {
-            origin: "base model".into(),
-            reason: format!("already has an image vocabulary ({vocab:?})"),
-        });
+        return Err(LmError::Init(format!(
+            "the model already has an image vocabulary ({vocab:?})"
+        )));
     }
     if opts.codes == 0 {
-        return Err(LmError::Config {
-            origin: "lm init".into(),
-            reason: "the image vocabulary needs at least one code".into(),
-        });
+        return Err(LmError::Init(
+            "the image vocabulary needs at least one code".into(),
+        ));
     }
+    if base.weights.mode() != WeightMode::Train {
+        return Err(LmError::Init(
+            "the base model must be loaded with WeightMode::Train (its weights as f32 variables)"
+                .into(),
+        ));
+    }
+    let mut tokenizer = base.tokenizer;
     let mut config = base.model.config();
     let base_vocab_size = config.vocab_size();
     let pieces = ImageVocab::key_pieces(&tokenizer)?;

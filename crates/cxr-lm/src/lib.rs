@@ -52,6 +52,9 @@ pub enum LmError {
     Io { path: PathBuf, reason: String },
     #[error("generation: {0}")]
     Generate(String),
+    /// A base model that cannot be grown into LLM-CXR's layout ([`init::init`]).
+    #[error("lm init: {0}")]
+    Init(String),
     #[error("tensor op failed: {0}")]
     Candle(String),
 }

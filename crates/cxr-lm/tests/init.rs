@@ -100,6 +100,11 @@ fn keep_tied_head_leaves_the_head_tied() {
     .unwrap();
     assert!(!grown.untied_head);
     assert!(grown.tensors.iter().all(|(n, _)| n != "embed_out.weight"));
+    assert!(matches!(&grown.config, LmConfig::GptNeox(c) if c.tie_word_embeddings));
+}
+
+#[test]
+fn zero_codes_and_an_inference_load_are_refused() {
     let e = init(
         tied_base(),
         &InitOptions {
@@ -111,4 +116,15 @@ fn keep_tied_head_leaves_the_head_tied() {
     .unwrap()
     .to_string();
     assert!(e.contains("at least one code"), "{e}");
+    let base = tied_base();
+    let dir = tempfile::tempdir().unwrap();
+    let grown = init(base, &InitOptions::default()).unwrap();
+    grown.save(dir.path(), &[]).unwrap();
+    let mut loaded = LanguageModel::load(dir.path(), WeightMode::Inference, &Device::Cpu).unwrap();
+    loaded.image_vocab = None;
+    let e = init(loaded, &InitOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("WeightMode::Train"), "{e}");
 }

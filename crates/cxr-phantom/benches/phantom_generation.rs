@@ -29,7 +29,7 @@ fn main() {
             size,
             seed: 100 + rep,
             dicom: false,
-            jpeg_quality: 95,
+            jpeg_quality: TreeOptions::DEFAULT_JPEG_QUALITY,
         };
         let t = Instant::now();
         write_tree(&opts, &|| {}).expect("write tree");

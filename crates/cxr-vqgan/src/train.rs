@@ -354,6 +354,7 @@ impl<'a> Trainer<'a> {
                 .into());
         }
         ck.check_record(&self.record)?;
+        // The record holds the seed too; checkpoints written before it carry it alone.
         ck.check_setting("seed", &self.opts.seed)?;
         ck.restore(self.varmap.data().lock().expect("varmap lock").iter())?;
         // The discriminator's optimizer starts at disc_start: its bias correction counts its own.

@@ -70,6 +70,12 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     anyhow::ensure!(args.codes > 0, "--codes must be at least 1");
     let base = LanguageModel::load(&args.base, WeightMode::Train, &Device::Cpu)
         .with_context(|| format!("loading the base model {}", args.base.display()))?;
+    anyhow::ensure!(
+        base.image_vocab.is_none(),
+        "{} already has an image vocabulary ({:?})",
+        args.base.display(),
+        base.image_vocab
+    );
     let opts = InitOptions {
         codes: args.codes,
         image: image_init(&args)?,
