@@ -397,7 +397,9 @@ fn norm_backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let n = w.len();
     let mut dx = vec![0f32; x.len()];
-    let (dw, db) = dx
+    // Each band of rows sums its own dw / db; the bands are then added in order, so that the
+    // result does not depend on how the threads happened to split the work.
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = dx
         .par_chunks_mut(n * NORM_ROWS)
         .zip(x.par_chunks(n * NORM_ROWS))
         .zip(dy.par_chunks(n * NORM_ROWS))
@@ -424,14 +426,12 @@ fn norm_backward(
             }
             (dw, db)
         })
-        .reduce(
-            || (vec![0f32; n], vec![0f32; n]),
-            |(mut aw, mut ab), (bw, bb)| {
-                aw.iter_mut().zip(&bw).for_each(|(a, b)| *a += b);
-                ab.iter_mut().zip(&bb).for_each(|(a, b)| *a += b);
-                (aw, ab)
-            },
-        );
+        .collect();
+    let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
+    for (pw, pb) in &parts {
+        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
     (dx, dw, db)
 }
 
@@ -997,6 +997,33 @@ mod tests {
             |t| candle_nn::ops::rms_norm_slow(&t[0], &t[1], 1e-5),
             1e-4,
         );
+    }
+
+    #[test]
+    fn norm_weight_gradients_do_not_depend_on_the_thread_count() {
+        // dw and db sum over every row; a reduction whose tree follows the threads' split gives
+        // other bits with another pool (or another schedule), and training stops being repeatable.
+        let (rows, n) = (4096, 64);
+        let values = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (x, w, dy) = (
+            values(randn(&[rows, n])),
+            values(randn(&[n])),
+            values(randn(&[rows, n])),
+        );
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| norm_backward(&x, &w, &dy, 1e-5, true))
+        };
+        let one = run(1);
+        for threads in [2, 3, 8] {
+            assert!(
+                run(threads) == one,
+                "{threads} threads give other bits than one"
+            );
+        }
     }
 
     #[test]

@@ -336,10 +336,12 @@ pub fn sum_of_squares(t: &Tensor) -> candle_core::Result<f64> {
         candle_core::bail!("sum_of_squares: f32 CPU tensors only");
     };
     let (a, b) = layout.contiguous_offsets().expect("made contiguous above");
-    Ok(v[a..b]
+    // Partial sums per fixed chunk, added in order: the same bits whatever the thread schedule.
+    let parts: Vec<f64> = v[a..b]
         .par_chunks(1 << 16)
         .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-        .sum())
+        .collect();
+    Ok(parts.iter().sum())
 }
 
 fn to_bytes(t: &Tensor) -> candle_core::Result<(safetensors::Dtype, Vec<u8>)> {
@@ -483,6 +485,24 @@ mod tests {
         seen.sort();
         assert_eq!(seen, (0..10).collect::<Vec<_>>());
         assert_eq!(batch_indices(10, 2, 7, 3), batch_indices(10, 2, 7, 3));
+    }
+
+    #[test]
+    fn sum_of_squares_does_not_depend_on_the_thread_count() {
+        // The gradient norm scales every clipped step: its bits must not follow the threads.
+        let t = Tensor::randn(0f32, 1.0, 1 << 20, &Device::Cpu).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| sum_of_squares(&t).unwrap())
+        };
+        let one = run(1);
+        assert!((one / (1 << 20) as f64 - 1.0).abs() < 0.01, "{one}");
+        for threads in [2, 3, 8] {
+            assert_eq!(run(threads).to_bits(), one.to_bits(), "{threads} threads");
+        }
     }
 
     #[test]
