@@ -14,7 +14,9 @@
 //! - Samples longer than `max_tokens` are dropped (the reference drops 2048+).
 //!
 //! Output: `shard-NNNNN.jsonl` (one [`Tokenized`] per line) and `manifest.json` ([`Manifest`]),
-//! the folder written whole and renamed into place; one seed gives the same shards, byte for byte.
+//! and with `hugging_face` the same samples as `hf/shard-NNNNN.jsonl` ([`HfSample`]: what
+//! Hugging Face `datasets` loads and transformers' `Trainer` trains on); the folder written whole
+//! and renamed into place; one seed gives the same shards, byte for byte.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -68,6 +70,8 @@ pub struct BuildOptions {
     pub max_tokens: usize,
     pub seed: u64,
     pub shard_size: usize,
+    /// Also write every shard in the Hugging Face form ([`HfSample`]) under `hf/`.
+    pub hugging_face: bool,
 }
 
 impl Default for BuildOptions {
@@ -81,6 +85,7 @@ impl Default for BuildOptions {
             max_tokens: 1024,
             seed: 42,
             shard_size: 2000,
+            hugging_face: false,
         }
     }
 }
@@ -108,6 +113,9 @@ pub struct Manifest {
     pub image_vocab: Option<ImageVocab>,
     pub tasks: BTreeMap<Task, TaskStats>,
     pub shards: Vec<String>,
+    /// The same shards in the Hugging Face form, relative to the folder (`hf/shard-NNNNN.jsonl`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hf_shards: Vec<String>,
     /// The VQ-GAN whose codes the samples hold, as the token folder records it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vqgan: Option<cxr_vqgan::identity::VqganIdentity>,
@@ -392,11 +400,11 @@ pub fn write_shards(
     out_dir: &Path,
     samples: &[Tokenized],
     manifest: &mut Manifest,
-    shard_size: usize,
+    opts: &BuildOptions,
 ) -> Result<Vec<PathBuf>, InstructError> {
     let mut failed: Option<InstructError> = None;
     cxr_data::replace_dir_atomic::<std::io::Error>(out_dir, |tmp| {
-        write_shards_into(tmp, samples, manifest, shard_size).map_err(|e| {
+        write_shards_into(tmp, samples, manifest, opts).map_err(|e| {
             let message = e.to_string();
             failed = Some(e);
             std::io::Error::other(message)
@@ -415,27 +423,76 @@ fn write_shards_into(
     out_dir: &Path,
     samples: &[Tokenized],
     manifest: &mut Manifest,
-    shard_size: usize,
+    opts: &BuildOptions,
 ) -> Result<(), InstructError> {
     let io = |path: &Path, e: std::io::Error| InstructError::File {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
+    let write = |name: &str, text: String| {
+        let path = out_dir.join(name);
+        std::fs::write(&path, text.as_bytes()).map_err(|e| io(&path, e))
+    };
     manifest.shards.clear();
-    for (k, chunk) in samples.chunks(shard_size.max(1)).enumerate() {
+    manifest.hf_shards.clear();
+    if opts.hugging_face {
+        let path = out_dir.join(HF_FOLDER);
+        std::fs::create_dir_all(&path).map_err(|e| io(&path, e))?;
+    }
+    for (k, chunk) in samples.chunks(opts.shard_size.max(1)).enumerate() {
         let name = format!("shard-{k:05}.jsonl");
-        let path = out_dir.join(&name);
-        let mut text = String::new();
-        for t in chunk {
-            text += &serde_json::to_string(t).expect("samples serialise");
-            text.push('\n');
+        write(&name, jsonl(chunk))?;
+        if opts.hugging_face {
+            let hf_name = format!("{HF_FOLDER}/{name}");
+            write(&hf_name, jsonl(chunk.iter().map(HfSample::from)))?;
+            manifest.hf_shards.push(hf_name);
         }
-        std::fs::write(&path, text.as_bytes()).map_err(|e| io(&path, e))?;
         manifest.shards.push(name);
     }
     let path = out_dir.join("manifest.json");
     let json = serde_json::to_string_pretty(manifest).expect("manifest serialises");
     std::fs::write(&path, json.as_bytes()).map_err(|e| io(&path, e))
+}
+
+/// One JSON object per line.
+fn jsonl<T: serde::Serialize>(items: impl IntoIterator<Item = T>) -> String {
+    items
+        .into_iter()
+        .map(|t| serde_json::to_string(&t).expect("samples serialise") + "\n")
+        .collect()
+}
+
+/// Where the Hugging Face form of the shards goes, inside the built folder.
+pub const HF_FOLDER: &str = "hf";
+
+/// A sample as Hugging Face `datasets` loads it (`load_dataset("json", ...)`) and transformers'
+/// `Trainer` trains on it: `labels` is `input_ids` with -100 wherever no loss counts (the prompt,
+/// and the instructions of later turns), the masking of the reference's
+/// `DataCollatorForCompletionOnlyLM`; the model shifts the labels itself. `task` and `source` are
+/// for people (the `Trainer` drops columns its model does not take).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HfSample {
+    pub input_ids: Vec<u32>,
+    pub labels: Vec<i64>,
+    pub task: Task,
+    pub source: String,
+}
+
+impl From<&Tokenized> for HfSample {
+    fn from(t: &Tokenized) -> Self {
+        let labels = t
+            .ids
+            .iter()
+            .zip(t.loss_mask())
+            .map(|(&id, counts)| if counts { i64::from(id) } else { -100 })
+            .collect();
+        HfSample {
+            input_ids: t.ids.clone(),
+            labels,
+            task: t.task,
+            source: t.source.clone(),
+        }
+    }
 }
 
 /// Reads a built folder back: the manifest and every sample, in order.

@@ -196,7 +196,7 @@ fn builder_follows_the_stage_rules_and_is_deterministic() {
 
     let tokenized = build::tokenize_all(&samples, &inputs, &mut manifest).unwrap();
     let out = dir.path().join("built");
-    let shards = build::write_shards(&out, &tokenized, &mut manifest, opts.shard_size).unwrap();
+    let shards = build::write_shards(&out, &tokenized, &mut manifest, &opts).unwrap();
     assert_eq!(shards.len(), tokenized.len().div_ceil(50));
     let (back, read) = build::read_shards(&out).unwrap();
     assert_eq!(read, tokenized);

@@ -80,6 +80,46 @@ fn logits_and_greedy_continuations_match_transformers() {
 
 /// The cached step reproduces the full forward position by position (the KV cache and the rotary
 /// offsets are right), and a left-padded batch gives each row what it gets alone.
+/// A model fine-tuned by scripts/hf-finetune.py (transformers' Trainer, fixture from
+/// scripts/reference/hf_trainer_fixture.py) comes back: the folder the script writes, and the same
+/// weights in bf16 as ZeRO-3 saves them, give transformers' logits and greedy continuations, the
+/// training moved them, and the `lm init` tokenizer came along.
+#[test]
+fn a_model_fine_tuned_by_the_trainer_script_comes_back() {
+    for name in ["llama_trainer_tiny", "llama_trainer_bf16_tiny"] {
+        let model = load(name, WeightMode::Inference);
+        let (ids, want_logits, want_greedy) = io(name);
+        let logits = model.forward(&ids).unwrap();
+        let diff = max_diff(&logits, &want_logits);
+        assert!(
+            diff < 1e-4,
+            "{name}: logits differ from transformers by {diff}"
+        );
+        let io = candle_core::safetensors::load(
+            fixtures().join(format!("{name}_io.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let moved = max_diff(&logits, &io["logits_before"]);
+        assert!(
+            moved > 0.1,
+            "{name}: training moved the logits by {moved} only"
+        );
+        let prompts: Vec<Vec<u32>> = ids.to_vec2().unwrap();
+        for (prompt, want) in prompts.iter().zip(&want_greedy) {
+            let got = generate(
+                &model,
+                std::slice::from_ref(prompt),
+                &greedy(want.len()),
+                |_, _| {},
+            )
+            .unwrap();
+            assert_eq!(&got[0], want, "{name}: greedy continuation differs");
+        }
+        assert!(fixtures().join(name).join("tokenizer.json").is_file());
+    }
+}
+
 #[test]
 fn cached_steps_and_padded_batches_match_the_full_forward() {
     for dir in ["gpt_neox_tiny", "llama_tiny"] {

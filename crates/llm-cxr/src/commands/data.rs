@@ -120,6 +120,11 @@ pub struct BuildArgs {
     pub seed: u64,
     #[arg(long, default_value_t = BuildOptions::default().shard_size)]
     pub shard_size: usize,
+    /// Also write the shards as Hugging Face `datasets` reads them (`hf/`: input_ids, and labels
+    /// with -100 before the response), for fine-tuning with transformers' Trainer
+    /// (scripts/hf-finetune.py, docs/hugging-face.md).
+    #[arg(long)]
+    pub hf: bool,
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
@@ -301,6 +306,7 @@ fn build_data(a: BuildArgs) -> anyhow::Result<()> {
         max_tokens: a.max_tokens,
         seed: a.seed,
         shard_size: a.shard_size,
+        hugging_face: a.hf,
     };
     let (samples, mut manifest) = build::samples(&inputs, &opts)?;
     manifest.vqgan = vqgan;
@@ -311,7 +317,7 @@ fn build_data(a: BuildArgs) -> anyhow::Result<()> {
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    let shards = build::write_shards(&a.out, &tokenized, &mut manifest, opts.shard_size)?;
+    let shards = build::write_shards(&a.out, &tokenized, &mut manifest, &opts)?;
     print!("{}", manifest.summary());
     println!(
         "{} samples in {} shards under {}",

@@ -349,6 +349,7 @@ fn prepare(
             max_tokens: build_defaults.max_tokens,
             seed: a.seed,
             shard_size: build_defaults.shard_size,
+            hf: build_defaults.hugging_face,
         },
     )?;
     Ok(Prepared {

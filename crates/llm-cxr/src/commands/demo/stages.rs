@@ -468,6 +468,7 @@ mod tests {
             max_tokens: 1024,
             seed: 42,
             shard_size: 2000,
+            hf: false,
         };
         let line = command_line(&a).unwrap().join(" ");
         assert_eq!(

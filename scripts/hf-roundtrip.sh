@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The Hugging Face round trip, end to end on CPU (docs/hugging-face.md): from a finished main job
+# (`llm-cxr demo --out DEMO`), build its training data again with --hf, fine-tune its `lm init`
+# folder with transformers' Trainer (scripts/hf-finetune.py), kill the run once and resume it, then
+# bring the model back to `report`, `ask`, `draw`, `eval vqa` and `serve`.
+#
+# Usage: PYTHON=venv/bin/python bash scripts/hf-roundtrip.sh DEMO OUT [STEPS]
+#   PYTHON: a Python with torch, transformers, datasets and accelerate (default python3)
+#   LLMCXR: the llm-cxr binary (default target/release/llm-cxr)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+demo="${1:?usage: hf-roundtrip.sh DEMO OUT [STEPS]}"
+out="${2:?usage: hf-roundtrip.sh DEMO OUT [STEPS]}"
+steps="${3:-40}"
+py="${PYTHON:-python3}"
+bin="${LLMCXR:-target/release/llm-cxr}"
+vqgan="$demo/vqgan/vqgan.safetensors"
+for f in "$demo/stages/data-build.json" "$demo/lm-init/config.json" "$vqgan" "$demo/eval/questions.csv"; do
+    [ -e "$f" ] || { echo "hf-roundtrip: $f is missing: DEMO must be a finished main job" >&2; exit 1; }
+done
+mkdir -p "$out"
+step() { echo "== $*" >&2; }
+
+step "1. the main job's data build again, with --hf"
+mapfile -t build < <("$py" - "$demo/stages/data-build.json" <<'PY'
+import json, sys
+cmd = json.load(open(sys.argv[1]))["command"]
+i = cmd.index("--out")
+del cmd[i:i + 2]  # the output folder is ours
+print("\n".join(cmd))
+PY
+)
+"$bin" "${build[@]}" --hf --out "$out/data"
+
+step "2. fine-tune with transformers' Trainer; killed after its first checkpoint, then resumed"
+finetune=("$py" scripts/hf-finetune.py --model "$demo/lm-init" --data "$out/data" --out "$out/hf"
+    --steps "$steps" --lr 2e-4 --warmup 10 --micro-batch 4 --save-steps $((steps / 2)) --seed 1)
+rm -rf "$out/hf"
+"${finetune[@]}" > "$out/finetune-1.log" 2>&1 &
+pid=$!
+mark="$out/hf/checkpoints/checkpoint-$((steps / 2))/checkpoint-complete"
+until [ -e "$mark" ] || ! kill -0 $pid 2>/dev/null; do sleep 0.2; done
+kill -9 $pid 2>/dev/null || true
+wait $pid 2>/dev/null || true
+[ -e "$mark" ] || { cat "$out/finetune-1.log" >&2; exit 1; }
+"${finetune[@]}" 2>&1 | tee "$out/finetune-2.log" | grep -E "resuming|wrote" >&2
+model="$out/hf/model"
+
+step "3. report, ask and draw with the model the Trainer wrote"
+mapfile -t images < <(find "$demo/phantoms/files" -name '*.jpg' | sort | head -4)
+"$bin" report "${images[@]}" --model "$model" --vqgan "$vqgan" --temperature 0 \
+    --max-new-tokens 80 --out "$out/reports.csv"
+head -20 "$demo/eval/questions.csv" > "$out/questions.csv"
+"$bin" ask --from "$out/questions.csv" --model "$model" --vqgan "$vqgan" --temperature 0 \
+    --max-new-tokens 24 --out "$out/answers.csv"
+"$bin" draw "Large right pleural effusion." "No acute cardiopulmonary process." \
+    --model "$model" --vqgan "$vqgan" --seed 1 --out "$out/draws"
+
+step "4. eval vqa on its answers"
+"$bin" eval vqa "$out/answers.csv" --model "hf-finetune, $steps steps" --out "$out/eval-vqa"
+
+step "5. serve it and ask for a report over HTTP"
+"$bin" serve --model "$model" --vqgan "$vqgan" --port 0 > "$out/serve.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 120); do
+    port=$(grep -oE '127\.0\.0\.1:[0-9]+' "$out/serve.log" | head -1 | cut -d: -f2 || true)
+    [ -n "$port" ] && curl -sf "http://127.0.0.1:$port/health" > /dev/null && break
+    sleep 1
+done
+curl -sf -F "image=@${images[0]}" -F max_tokens=40 -F temperature=0 \
+    "http://127.0.0.1:$port/v1/report" > "$out/served-report.json"
+kill $server
+echo "hf-roundtrip: done; outputs under $out" >&2
