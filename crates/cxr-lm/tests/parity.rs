@@ -57,29 +57,33 @@ fn logits_and_greedy_continuations_match_transformers() {
         ("llama_rope_llama3_tiny", "llama_rope_llama3_tiny"),
     ] {
         let model = load(dir, WeightMode::Inference);
-        let (ids, want_logits, want_greedy) = io(io_name);
-        let logits = model.forward(&ids).unwrap();
-        let diff = max_diff(&logits, &want_logits);
-        assert!(
-            diff < 1e-4,
-            "{dir}: logits differ from transformers by {diff}"
-        );
-        let prompts: Vec<Vec<u32>> = ids.to_vec2().unwrap();
-        for (prompt, want) in prompts.iter().zip(&want_greedy) {
-            let got = generate(
-                &model,
-                std::slice::from_ref(prompt),
-                &greedy(want.len()),
-                |_, _| {},
-            )
-            .unwrap();
-            assert_eq!(&got[0], want, "{dir}: greedy continuation differs");
-        }
+        assert_matches_transformers(&model, io_name, dir);
     }
 }
 
-/// The cached step reproduces the full forward position by position (the KV cache and the rotary
-/// offsets are right), and a left-padded batch gives each row what it gets alone.
+/// Logits within 1e-4 of the fixture's, and its greedy continuations; returns the logits.
+fn assert_matches_transformers(model: &cxr_lm::CausalLm, io_name: &str, what: &str) -> Tensor {
+    let (ids, want_logits, want_greedy) = io(io_name);
+    let logits = model.forward(&ids).unwrap();
+    let diff = max_diff(&logits, &want_logits);
+    assert!(
+        diff < 1e-4,
+        "{what}: logits differ from transformers by {diff}"
+    );
+    let prompts: Vec<Vec<u32>> = ids.to_vec2().unwrap();
+    for (prompt, want) in prompts.iter().zip(&want_greedy) {
+        let got = generate(
+            model,
+            std::slice::from_ref(prompt),
+            &greedy(want.len()),
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(&got[0], want, "{what}: greedy continuation differs");
+    }
+    logits
+}
+
 /// A model fine-tuned by scripts/hf-finetune.py (transformers' Trainer, fixture from
 /// scripts/reference/hf_trainer_fixture.py) comes back: the folder the script writes, and the same
 /// weights in bf16 as ZeRO-3 saves them, give transformers' logits and greedy continuations, the
@@ -88,13 +92,7 @@ fn logits_and_greedy_continuations_match_transformers() {
 fn a_model_fine_tuned_by_the_trainer_script_comes_back() {
     for name in ["llama_trainer_tiny", "llama_trainer_bf16_tiny"] {
         let model = load(name, WeightMode::Inference);
-        let (ids, want_logits, want_greedy) = io(name);
-        let logits = model.forward(&ids).unwrap();
-        let diff = max_diff(&logits, &want_logits);
-        assert!(
-            diff < 1e-4,
-            "{name}: logits differ from transformers by {diff}"
-        );
+        let logits = assert_matches_transformers(&model, name, name);
         let io = candle_core::safetensors::load(
             fixtures().join(format!("{name}_io.safetensors")),
             &Device::Cpu,
@@ -105,21 +103,12 @@ fn a_model_fine_tuned_by_the_trainer_script_comes_back() {
             moved > 0.1,
             "{name}: training moved the logits by {moved} only"
         );
-        let prompts: Vec<Vec<u32>> = ids.to_vec2().unwrap();
-        for (prompt, want) in prompts.iter().zip(&want_greedy) {
-            let got = generate(
-                &model,
-                std::slice::from_ref(prompt),
-                &greedy(want.len()),
-                |_, _| {},
-            )
-            .unwrap();
-            assert_eq!(&got[0], want, "{name}: greedy continuation differs");
-        }
         assert!(fixtures().join(name).join("tokenizer.json").is_file());
     }
 }
 
+/// The cached step reproduces the full forward position by position (the KV cache and the rotary
+/// offsets are right), and a left-padded batch gives each row what it gets alone.
 #[test]
 fn cached_steps_and_padded_batches_match_the_full_forward() {
     for dir in ["gpt_neox_tiny", "llama_tiny"] {
