@@ -92,19 +92,16 @@ class PadCollator:
 
 
 def last_complete_checkpoint(folder):
-    """The newest checkpoint with its mark; the unmarked ones (cut off by a kill) are removed."""
+    """The newest checkpoint with its mark. Unmarked ones (cut off by a kill) are passed over,
+    not removed: every rank looks, and the Trainer writes over one when it saves that step again."""
     if not os.path.isdir(folder):
         return None
     done = []
     for name in os.listdir(folder):
+        step = name.removeprefix("checkpoint-")
         path = os.path.join(folder, name)
-        if not name.startswith("checkpoint-"):
-            continue
-        if os.path.exists(os.path.join(path, COMPLETE)):
-            done.append((int(name.split("-")[1]), path))
-        elif int(os.environ.get("RANK", "0")) == 0:
-            print(f"hf-finetune: removing {path}, cut off while it was written", flush=True)
-            shutil.rmtree(path)
+        if step != name and step.isdigit() and os.path.exists(os.path.join(path, COMPLETE)):
+            done.append((int(step), path))
     return max(done)[1] if done else None
 
 
@@ -139,16 +136,15 @@ def main():
 
     class MarkComplete(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
+            # Every rank has written its part (its own rng state, its ZeRO shards) before the mark.
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.barrier()
             if state.is_world_process_zero:
                 folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
                 open(os.path.join(folder, COMPLETE), "w").close()
 
-    dataset = datasets.load_dataset("json", data_files=shards, split="train")
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    if model.get_input_embeddings().weight.shape[0] != model.config.vocab_size:
-        fail(f"{args.model}: the embedding table does not match the config's vocab_size")
-    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-
+    # The arguments first: with a ZeRO-3 config they make from_pretrained load the model already
+    # split over the processes instead of whole in each.
     checkpoints = os.path.join(args.out, "checkpoints")
     training = TrainingArguments(
         output_dir=checkpoints,
@@ -156,7 +152,7 @@ def main():
         num_train_epochs=args.epochs,
         learning_rate=args.lr,
         warmup_steps=args.warmup,
-        lr_scheduler_type="constant_with_warmup",  # the reference's WarmupLR
+        lr_scheduler_type="constant_with_warmup",  # linear warmup, then constant
         weight_decay=0.0,
         per_device_train_batch_size=args.micro_batch,
         gradient_accumulation_steps=args.grad_accum,
@@ -172,9 +168,17 @@ def main():
         remove_unused_columns=True,  # drops `task` and `source`
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        # named only when asked for: transformers 5 renames it, 4.x (the reference's) knows this name
-        **({"gradient_checkpointing": True} if args.gradient_checkpointing else {}),
     )
+    with training.main_process_first(desc="loading the shards"):
+        dataset = datasets.load_dataset("json", data_files=shards, split="train")
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    if model.get_input_embeddings().num_embeddings != model.config.vocab_size:
+        fail(f"{args.model}: the embedding table does not match the config's vocab_size")
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+
     trainer = Trainer(model=model, args=training, train_dataset=dataset,
                       data_collator=PadCollator(pad_id), callbacks=[MarkComplete()])
     last = last_complete_checkpoint(checkpoints)

@@ -97,6 +97,7 @@ def main():
     fp32 = os.path.join(OUT, "llama_trainer_tiny")
     shutil.rmtree(fp32, ignore_errors=True)
     shutil.copytree(trained, fp32)
+    os.remove(os.path.join(fp32, "training_args.bin"))  # a pickle of the run's arguments; not read
     model = AutoModelForCausalLM.from_pretrained(fp32, dtype=torch.float32).eval()
     write_io(model, "llama_trainer_tiny", before)
     # The same weights rounded to bf16, saved as ZeRO-3 saves them with bf16 on.

@@ -449,9 +449,8 @@ fn write_shards_into(
         }
         manifest.shards.push(name);
     }
-    let path = out_dir.join("manifest.json");
     let json = serde_json::to_string_pretty(manifest).expect("manifest serialises");
-    std::fs::write(&path, json.as_bytes()).map_err(|e| io(&path, e))
+    write("manifest.json", json)
 }
 
 /// One JSON object per line.

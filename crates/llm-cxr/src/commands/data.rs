@@ -121,7 +121,7 @@ pub struct BuildArgs {
     #[arg(long, default_value_t = BuildOptions::default().shard_size)]
     pub shard_size: usize,
     /// Also write the shards as Hugging Face `datasets` reads them (`hf/`: input_ids, and labels
-    /// with -100 before the response), for fine-tuning with transformers' Trainer
+    /// with -100 where no loss counts), for fine-tuning with transformers' Trainer
     /// (scripts/hf-finetune.py, docs/hugging-face.md).
     #[arg(long)]
     pub hf: bool,
