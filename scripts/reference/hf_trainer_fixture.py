@@ -7,12 +7,14 @@ hf/shard-00000.jsonl; rows of input_ids, labels with -100 before the response, t
 runs scripts/hf-finetune.py on it for a few steps (the script itself, as a user runs it), and
 keeps the model folder it writes, plus a bf16 copy of the same weights (what ZeRO-3 saves with
 bf16 on). Per folder it writes input ids, the full logits, greedy continuations, and the logits of
-the model before training (the test checks that training moved them).
+the model before training (the test checks that training moved them); and the data's rows with
+the loss transformers computes on them through the script's collator.
 
     python3 -m venv venv
     venv/bin/pip install torch==2.15.0 transformers==5.24.0 safetensors==0.8.0 datasets accelerate
     venv/bin/python scripts/reference/hf_trainer_fixture.py
 """
+import importlib.util
 import json
 import os
 import shutil
@@ -85,6 +87,22 @@ def write_io(model, name, before):
               os.path.join(OUT, f"{name}_io.safetensors"))
 
 
+def write_trainer_loss(model, data):
+    """The data's rows and the loss transformers computes on them, batched by the script's own
+    collator: what the Trainer minimises, for the test that `llm-cxr train`'s loss is the same."""
+    spec = importlib.util.spec_from_file_location("hf_finetune", os.path.join(REPO, "scripts", "hf-finetune.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with open(os.path.join(data, "hf", "shard-00000.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    batch = script.PadCollator(0)(rows)
+    with torch.no_grad():
+        loss = float(model(**batch).loss)
+    print(f"trainer loss on the {len(rows)} rows: {loss:.6f}")
+    with open(os.path.join(OUT, "llama_trainer_rows.json"), "w") as f:
+        json.dump({"trainer_loss": loss, "rows": rows}, f)
+
+
 def main():
     work = tempfile.mkdtemp()
     init, data, run = (os.path.join(work, d) for d in ["lm-init", "data", "run"])
@@ -100,6 +118,7 @@ def main():
     os.remove(os.path.join(fp32, "training_args.bin"))  # a pickle of the run's arguments; not read
     model = AutoModelForCausalLM.from_pretrained(fp32, dtype=torch.float32).eval()
     write_io(model, "llama_trainer_tiny", before)
+    write_trainer_loss(model, data)
     # The same weights rounded to bf16, saved as ZeRO-3 saves them with bf16 on.
     bf16 = os.path.join(OUT, "llama_trainer_bf16_tiny")
     shutil.rmtree(bf16, ignore_errors=True)

@@ -325,3 +325,40 @@ fn lora_trains_adapters_and_merges_exactly() {
         );
     }
 }
+
+/// The Hugging Face form trains what `llm-cxr train` trains: on a model fine-tuned by
+/// scripts/hf-finetune.py (fixture from scripts/reference/hf_trainer_fixture.py), the loss that
+/// transformers computes on the Hugging Face rows through the script's collator equals our response
+/// loss (full softmax) on the same samples, and `data build --hf` writes those very rows.
+#[test]
+fn the_trainers_loss_on_the_hugging_face_rows_is_ours_on_the_samples() {
+    use cxr_instruct::build::HfSample;
+    let text = std::fs::read_to_string(fixture("llama_trainer_rows.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let want = doc["trainer_loss"].as_f64().unwrap();
+    let rows: Vec<HfSample> = serde_json::from_value(doc["rows"].clone()).unwrap();
+    let samples: Vec<Tokenized> = rows
+        .iter()
+        .map(|r| Tokenized {
+            task: r.task,
+            source: r.source.clone(),
+            ids: r.input_ids.clone(),
+            response_start: r.labels.iter().position(|&l| l != -100).unwrap(),
+            prompt_spans: Vec::new(),
+        })
+        .collect();
+    for (s, r) in samples.iter().zip(&rows) {
+        assert_eq!(&HfSample::from(s), r);
+    }
+    let (model, _, _) = cxr_lm::CausalLm::load_hf(
+        &fixture("llama_trainer_tiny"),
+        cxr_lm::WeightMode::Inference,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ours = cxr_instruct::finetune::evaluate(&model, &samples, 4, None).unwrap();
+    assert!(
+        (ours - want).abs() < 1e-5 * want,
+        "ours {ours}, transformers {want}"
+    );
+}
