@@ -13,7 +13,7 @@ use std::path::Path;
 
 use candle_core::{Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
-use cxr_train::conv::Conv2d;
+use cxr_ops::conv::Conv2d;
 
 use crate::ClassifierError;
 

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Module, ModuleT, Tensor, D};
 use candle_nn::{batch_norm, linear, BatchNorm, BatchNormConfig, Linear, VarBuilder};
-use cxr_train::conv::Conv2d;
+use cxr_ops::conv::Conv2d;
 
 pub use candle_core;
 pub use candle_nn;

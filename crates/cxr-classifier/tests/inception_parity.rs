@@ -168,7 +168,7 @@ fn pool3_features_match_pytorch_fid() {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    let diff = cxr_train::max_abs_diff(&ours, want).unwrap();
+    let diff = cxr_ops::max_abs_diff(&ours, want).unwrap();
     eprintln!("max |diff| {diff} at scale {scale}");
     assert!(diff / scale < 1e-4, "max |diff| {diff} at scale {scale}");
     // The two images differ, and so do their features.

@@ -167,7 +167,7 @@ pub fn response_nll_in(
     let picked = h.reshape((b * t, hidden))?.index_select(&positions, 0)?;
     let logits = model.head().forward(&picked)?;
     let Some(vocab) = modes else {
-        let nll = cxr_lm::loss::cross_entropy_rows(&logits, &targets)?.sum_all()?;
+        let nll = cxr_ops::loss::cross_entropy_rows(&logits, &targets)?.sum_all()?;
         return Ok((nll, n));
     };
     let ids: Vec<u32> = targets.to_vec1()?;
@@ -196,7 +196,7 @@ pub fn response_nll_in(
             )
         };
         let want = Tensor::new(want.as_slice(), &device)?;
-        nll = (nll + cxr_lm::loss::cross_entropy_rows(&part.contiguous()?, &want)?.sum_all()?)?;
+        nll = (nll + cxr_ops::loss::cross_entropy_rows(&part.contiguous()?, &want)?.sum_all()?)?;
     }
     Ok((nll, n))
 }

@@ -273,7 +273,7 @@ fn lora_trains_adapters_and_merges_exactly() {
         );
         assert!(net.vars.iter().all(|(n, _)| n.contains(".lora_")));
         let ids = Tensor::new(&[[3u32, 17, 99, 5, 42, 7]], &Device::Cpu).unwrap();
-        let d = cxr_train::max_abs_diff(
+        let d = cxr_ops::max_abs_diff(
             &base.forward(&ids).unwrap(),
             &net.model.forward(&ids).unwrap(),
         )
@@ -314,7 +314,7 @@ fn lora_trains_adapters_and_merges_exactly() {
             .collect();
         let w = cxr_lm::Weights::new(merged, "merged", WeightMode::Inference, &Device::Cpu);
         let plain = CausalLm::new(&config, &w).unwrap();
-        let d = cxr_train::max_abs_diff(
+        let d = cxr_ops::max_abs_diff(
             &plain.forward(&ids).unwrap(),
             &net.model.forward(&ids).unwrap(),
         )

@@ -70,7 +70,7 @@ impl Rotary {
         // (ours, with its backward; a 70m-shape prefill 105 -> 92 ms against narrow + copy +
         // candle's rope + cat). Per-row positions (padded batches) take the compositions below.
         if cos.rank() == 2 {
-            return crate::fused::rope(x, &cos, &sin);
+            return cxr_ops::transformer::rope(x, &cos, &sin);
         }
         let (rot, pass) = if self.dims == head_dim {
             (x.clone(), None)
@@ -348,11 +348,11 @@ pub fn self_attention(
     let whole_causal = span.offset == 0 && !span.padded() && t > 1;
     let (k, v) = match cache {
         Some(c) => c.append(k, v)?,
-        None if whole_causal => return crate::fused::causal_attention(q, k, v),
+        None if whole_causal => return cxr_ops::transformer::causal_attention(q, k, v),
         None => (k.contiguous()?, v.contiguous()?),
     };
     if whole_causal {
-        return crate::fused::causal_attention(q, &k, &v);
+        return cxr_ops::transformer::causal_attention(q, &k, &v);
     }
     attend(&q.contiguous()?, &k, &v, mask)?
         .transpose(1, 2)?
@@ -375,32 +375,8 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
             .broadcast_add(&mask.unsqueeze(1)?)?
             .reshape((b, kv_heads, group * t, total))?;
     }
-    let probs = softmax(&scores)?;
+    let probs = cxr_ops::transformer::softmax(&scores)?;
     probs.matmul(v)?.reshape((b, heads, t, d))
-}
-
-pub fn softmax(x: &Tensor) -> Result<Tensor> {
-    if x.track_op() {
-        candle_nn::ops::softmax(x, D::Minus1)
-    } else {
-        candle_nn::ops::softmax_last_dim(x)
-    }
-}
-
-pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    if x.track_op() || weight.track_op() {
-        crate::fused::layer_norm(x, weight, bias, eps)
-    } else {
-        candle_nn::ops::layer_norm(&x.contiguous()?, weight, bias, eps as f32)
-    }
-}
-
-pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if x.track_op() || weight.track_op() {
-        crate::fused::rms_norm(x, weight, eps)
-    } else {
-        candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
-    }
 }
 
 #[cfg(test)]
@@ -416,7 +392,7 @@ mod tests {
         let cos = rot.cos.narrow(0, 4, 5).unwrap();
         let sin = rot.sin.narrow(0, 4, 5).unwrap();
         let slow = rope_differentiable(&x, &cos, &sin).unwrap();
-        let diff = cxr_train::max_abs_diff(&fast, &slow).unwrap();
+        let diff = cxr_ops::max_abs_diff(&fast, &slow).unwrap();
         assert!(diff < 1e-5, "{diff}");
     }
 

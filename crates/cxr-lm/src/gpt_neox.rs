@@ -5,10 +5,11 @@
 
 use candle_core::{Result, Tensor, D};
 
-use crate::attention::{layer_norm, self_attention, LayerCache, Rotary, Span};
+use crate::attention::{self_attention, LayerCache, Rotary, Span};
 use crate::config::{GptNeoxConfig, HiddenAct};
 use crate::weights::{Linear, Weights};
 use crate::LmError;
+use cxr_ops::transformer::layer_norm;
 
 #[derive(Clone, Debug)]
 struct Norm {
@@ -151,7 +152,7 @@ impl GptNeox {
     fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
         let h = layer.dense_h_to_4h.forward(x)?;
         let h = match self.config.hidden_act {
-            HiddenAct::Gelu => crate::fused::gelu_erf(&h)?,
+            HiddenAct::Gelu => cxr_ops::transformer::gelu_erf(&h)?,
             // gelu_new and gelu_fast: the tanh approximation.
             _ => h.gelu()?,
         };

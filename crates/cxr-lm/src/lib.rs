@@ -7,7 +7,6 @@
 
 pub mod attention;
 pub mod config;
-pub mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod gpt_neox;
@@ -15,7 +14,6 @@ pub mod image_vocab;
 pub mod init;
 pub mod linear;
 pub mod llama;
-pub mod loss;
 pub mod model;
 pub mod tokenizer;
 pub mod weights;

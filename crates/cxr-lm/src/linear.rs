@@ -3,14 +3,13 @@
 //!   embedding lookup;
 //! - columns (in, out), for float inference: a prefill is then one plain GEMM (the gemm crate runs
 //!   at ~200 GFLOP/s here with this layout against 90-160 with x·Wᵀ) and a decode step a streaming
-//!   GEMV of our own (below), which reads each weight once, in order;
+//!   GEMV (`cxr_ops::gemv`), which reads each weight once, in order;
 //! - quantized (GGUF blocks), through candle's quantized matmul.
 
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{CpuStorage, DType, Layout, Module, Result, Shape, Tensor, D};
-use rayon::prelude::*;
+use candle_core::{DType, Module, Result, Tensor, D};
 
 #[derive(Clone, Debug)]
 enum Weight {
@@ -164,8 +163,12 @@ impl Linear {
                     *last = w.dim(0)?;
                 }
                 // The bias is added inside the op.
-                return crate::fused::linear(&x.reshape((rows, in_dim))?, w, self.bias.as_ref())?
-                    .reshape(dims);
+                return cxr_ops::transformer::linear(
+                    &x.reshape((rows, in_dim))?,
+                    w,
+                    self.bias.as_ref(),
+                )?
+                .reshape(dims);
             }
             Weight::Rows(w) => QMatMul::Tensor(w.clone()).forward(x)?,
             Weight::Columns(wt) => {
@@ -175,8 +178,8 @@ impl Linear {
                     *last = out_dim;
                 }
                 let x2 = x.reshape((rows, in_dim))?;
-                let y = if rows <= GEMV_MAX_ROWS && x.dtype() == DType::F32 && !x.track_op() {
-                    x2.contiguous()?.apply_op2_no_bwd(wt, &Gemv)?
+                let y = if rows <= GEMV_MAX_ROWS && !x.track_op() {
+                    cxr_ops::gemv::gemv(&x2, wt)?
                 } else {
                     x2.matmul(wt)?
                 };
@@ -189,106 +192,6 @@ impl Linear {
         }
     }
 }
-
-/// `y (m, n) = x (m, k) · Wt (k, n)` for a few rows: columns are split among threads, and each
-/// thread streams its slice of every weight row once, four rows at a time, with its outputs in L1.
-struct Gemv;
-
-impl candle_core::CustomOp2 for Gemv {
-    fn name(&self) -> &'static str {
-        "cxr-lm-gemv"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (m, k) = xl.shape().dims2()?;
-        let (k2, n) = wl.shape().dims2()?;
-        if k != k2 {
-            candle_core::bail!("gemv: x has {k} columns, the weight {k2} rows")
-        }
-        let (CpuStorage::F32(x), CpuStorage::F32(w), Some((xs0, xs1)), Some((ws0, ws1))) =
-            (xs, ws, xl.contiguous_offsets(), wl.contiguous_offsets())
-        else {
-            candle_core::bail!("gemv needs contiguous f32 operands")
-        };
-        let (x, w) = (&x[xs0..xs1], &w[ws0..ws1]);
-        // Each task takes a contiguous band of weight rows, so that every thread streams memory
-        // in order (what the prefetchers reward), into its own partial sums; bands are then added.
-        let tasks = rayon::current_num_threads().clamp(1, k.div_ceil(64).max(1));
-        let band = k.div_ceil(tasks).next_multiple_of(4);
-        let partials: Vec<Vec<f32>> = (0..k)
-            .step_by(band)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|k0| {
-                let k1 = (k0 + band).min(k);
-                let mut out = vec![0f32; m * n];
-                gemv_band(x, w, (m, k, n), (k0, k1), &mut out);
-                out
-            })
-            .collect();
-        let mut parts = partials.into_iter();
-        let mut y = parts.next().unwrap_or_else(|| vec![0f32; m * n]);
-        for p in parts {
-            add_into(&mut y, &p);
-        }
-        Ok((CpuStorage::F32(y), Shape::from((m, n))))
-    }
-}
-
-/// `out (m, n) += x[:, k0..k1] · w[k0..k1, :]`, four weight rows per pass over the outputs.
-#[inline(always)]
-fn gemv_band_generic(
-    x: &[f32],
-    w: &[f32],
-    (m, k, n): (usize, usize, usize),
-    (k0, k1): (usize, usize),
-    out: &mut [f32],
-) {
-    for r in 0..m {
-        let xr = &x[r * k..(r + 1) * k];
-        let y = &mut out[r * n..(r + 1) * n];
-        let mut kk = k0;
-        while kk + 4 <= k1 {
-            let (a, b, c, d) = (xr[kk], xr[kk + 1], xr[kk + 2], xr[kk + 3]);
-            let rows = &w[kk * n..(kk + 4) * n];
-            let (w0, rest) = rows.split_at(n);
-            let (w1, rest) = rest.split_at(n);
-            let (w2, w3) = rest.split_at(n);
-            for j in 0..n {
-                y[j] += a * w0[j] + b * w1[j] + c * w2[j] + d * w3[j];
-            }
-            kk += 4;
-        }
-        while kk < k1 {
-            let a = xr[kk];
-            for (yv, wv) in y.iter_mut().zip(&w[kk * n..(kk + 1) * n]) {
-                *yv += a * wv;
-            }
-            kk += 1;
-        }
-    }
-}
-
-cxr_train::dispatch_simd!(
-    gemv_band_generic,
-    gemv_band,
-    (x: &[f32], w: &[f32], dims: (usize, usize, usize), band: (usize, usize), out: &mut [f32])
-);
-
-#[inline(always)]
-fn add_into_generic(y: &mut [f32], p: &[f32]) {
-    for (a, b) in y.iter_mut().zip(p) {
-        *a += b;
-    }
-}
-
-cxr_train::dispatch_simd!(add_into_generic, add_into, (y: &mut [f32], p: &[f32]));
 
 #[cfg(test)]
 mod tests {
@@ -306,12 +209,12 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (1, m, 67), &dev).unwrap();
             let want = rows.forward(&x).unwrap();
             let got = cols.forward(&x).unwrap();
-            let d = cxr_train::max_abs_diff(&want, &got).unwrap();
+            let d = cxr_ops::max_abs_diff(&want, &got).unwrap();
             assert!(d < 1e-4, "m={m}: {d}");
         }
         let sub = cols.outputs(10..20).unwrap();
         let x = Tensor::randn(0f32, 1.0, (2, 67), &dev).unwrap();
-        let d = cxr_train::max_abs_diff(
+        let d = cxr_ops::max_abs_diff(
             &sub.forward(&x).unwrap(),
             &rows.forward(&x).unwrap().narrow(1, 10, 10).unwrap(),
         )

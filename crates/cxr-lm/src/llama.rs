@@ -5,10 +5,11 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::attention::{rms_norm, self_attention, LayerCache, Rotary, Span};
+use crate::attention::{self_attention, LayerCache, Rotary, Span};
 use crate::config::LlamaConfig;
 use crate::weights::{Linear, Weights};
 use crate::LmError;
+use cxr_ops::transformer::rms_norm;
 
 #[derive(Clone, Debug)]
 struct Layer {

@@ -33,7 +33,7 @@ fn load(dir: &str, mode: WeightMode) -> cxr_lm::CausalLm {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    cxr_train::max_abs_diff(a, b).unwrap()
+    cxr_ops::max_abs_diff(a, b).unwrap()
 }
 
 fn greedy(n: usize) -> GenerateOptions {
@@ -58,6 +58,68 @@ fn logits_and_greedy_continuations_match_transformers() {
     ] {
         let model = load(dir, WeightMode::Inference);
         assert_matches_transformers(&model, io_name, dir);
+    }
+}
+
+/// The ops' portable path (what a CUDA device runs) gives transformers' logits and greedy
+/// continuations too, and in training the CPU kernels' loss and gradients, for both
+/// architectures (attention, LayerNorm, RMSNorm, GELU, rope, the dense layer, the loss).
+#[test]
+fn the_portable_path_computes_what_the_cpu_kernels_compute() {
+    for name in ["gpt_neox_tiny", "llama_tiny"] {
+        let model = load(name, WeightMode::Inference);
+        cxr_ops::portable(|| assert_matches_transformers(&model, name, name));
+
+        let (model, _, weights) =
+            cxr_lm::CausalLm::load_hf(&fixtures().join(name), WeightMode::Train, &Device::Cpu)
+                .unwrap();
+        let (ids, _, _) = io(name);
+        let step = || {
+            let logits = model.forward(&ids).unwrap();
+            let (b, t, vocab) = logits.dims3().unwrap();
+            let rows = logits
+                .narrow(1, 0, t - 1)
+                .unwrap()
+                .reshape((b * (t - 1), vocab))
+                .unwrap();
+            let targets = ids.narrow(1, 1, t - 1).unwrap().flatten_all().unwrap();
+            let loss = cxr_ops::loss::cross_entropy_rows(&rows, &targets)
+                .unwrap()
+                .mean_all()
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            let grads: Vec<(String, Tensor)> = weights
+                .vars()
+                .into_iter()
+                .map(|(n, v)| (n, grads.get(v.as_tensor()).cloned().unwrap()))
+                .collect();
+            (loss.to_scalar::<f32>().unwrap(), grads)
+        };
+        let (kernel_loss, kernel_grads) = step();
+        let (portable_loss, portable_grads) = cxr_ops::portable(step);
+        assert!(
+            (kernel_loss - portable_loss).abs() < 1e-5,
+            "{name}: loss {kernel_loss} vs {portable_loss}"
+        );
+        assert!(
+            kernel_grads.len() > 10,
+            "{name}: {} grads",
+            kernel_grads.len()
+        );
+        for ((n, a), (_, b)) in kernel_grads.iter().zip(&portable_grads) {
+            let scale = b
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let d = max_diff(a, b);
+            assert!(
+                d <= 1e-4 * scale.max(1e-3),
+                "{name}: d{n} differs by {d} (max {scale})"
+            );
+        }
     }
 }
 

@@ -8,16 +8,11 @@
 //! candle-nn's own `AdamW` keeps its moments private, which makes exact resumption impossible;
 //! this one follows `torch.optim.AdamW` (decoupled weight decay, bias correction) step for step.
 
-#[macro_use]
-mod simd;
-pub mod conv;
 pub mod grad_accum;
-pub mod group_norm;
 pub mod image_batch;
 pub mod pth;
 pub mod resume;
 pub mod run_record;
-pub mod winograd;
 
 pub use grad_accum::GradAccumulator;
 pub use resume::{Resume, ResumeError};
@@ -31,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
+use cxr_ops::adamw::{AdamWStep, Moments};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -92,9 +88,7 @@ impl Default for AdamWConfig {
 struct Slot {
     name: String,
     var: Var,
-    /// First and second moments, element for element of the variable (contiguous order).
-    m: Vec<f32>,
-    v: Vec<f32>,
+    moments: Moments,
     /// Elements from this index on learn at the rate times this factor (fresh embedding rows).
     tail_lr: Option<(usize, f64)>,
 }
@@ -108,86 +102,6 @@ pub struct AdamW {
     slots: Vec<Slot>,
 }
 
-/// One AdamW update of a contiguous f32 variable from its gradient.
-struct Update<'a> {
-    moments: std::sync::Mutex<(&'a mut [f32], &'a mut [f32])>,
-    lr: f32,
-    /// Elements from `.0` on use rate `.1` and decay `.2` instead.
-    tail: Option<(usize, f32, f32)>,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    decay: f32,
-    bc1: f32,
-    bc2: f32,
-    /// Gradients are multiplied by this first (clipping).
-    grad_scale: f32,
-}
-
-impl Update<'_> {
-    fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], lr: f32, decay: f32) {
-        for i in 0..p.len() {
-            let gi = g[i] * self.grad_scale;
-            m[i] = self.beta1 * m[i] + (1.0 - self.beta1) * gi;
-            v[i] = self.beta2 * v[i] + (1.0 - self.beta2) * gi * gi;
-            let update = (m[i] / self.bc1) / ((v[i] / self.bc2).sqrt() + self.eps);
-            p[i] = p[i] * decay - lr * update;
-        }
-    }
-}
-
-impl candle_core::InplaceOp2 for Update<'_> {
-    fn name(&self) -> &'static str {
-        "cxr-adamw"
-    }
-
-    fn cpu_fwd(
-        &self,
-        ps: &mut candle_core::CpuStorage,
-        pl: &candle_core::Layout,
-        gs: &candle_core::CpuStorage,
-        gl: &candle_core::Layout,
-    ) -> candle_core::Result<()> {
-        use rayon::prelude::*;
-        let (candle_core::CpuStorage::F32(p), candle_core::CpuStorage::F32(g)) = (ps, gs) else {
-            candle_core::bail!("AdamW: f32 variables and gradients only");
-        };
-        let (Some((p0, p1)), Some((g0, g1))) = (pl.contiguous_offsets(), gl.contiguous_offsets())
-        else {
-            candle_core::bail!("AdamW: contiguous variables and gradients only");
-        };
-        let (p, g) = (&mut p[p0..p1], &g[g0..g1]);
-        let mut guard = self.moments.lock().expect("moments lock");
-        let (m, v) = &mut *guard;
-        if p.len() != g.len() || m.len() != p.len() || v.len() != p.len() {
-            candle_core::bail!(
-                "AdamW: {} values, {} gradients, {} moments",
-                p.len(),
-                g.len(),
-                m.len()
-            );
-        }
-        const CHUNK: usize = 1 << 14;
-        let tail_start = self.tail.map_or(usize::MAX, |t| t.0);
-        p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-            .enumerate()
-            .for_each(|(k, ((p, g), (m, v)))| {
-                // The chunk's elements before the tail, then those in it: two plain loops.
-                let split = tail_start.saturating_sub(k * CHUNK).min(p.len());
-                let (p0, p1) = p.split_at_mut(split);
-                let (m0, m1) = m.split_at_mut(split);
-                let (v0, v1) = v.split_at_mut(split);
-                self.apply(p0, &g[..split], m0, v0, self.lr, self.decay);
-                if let Some((_, lr, decay)) = self.tail {
-                    self.apply(p1, &g[split..], m1, v1, lr, decay);
-                }
-            });
-        Ok(())
-    }
-}
-
 impl AdamW {
     /// Named variables, e.g. a `VarMap`'s; they are kept in name order.
     pub fn new(mut vars: Vec<(String, Var)>, config: AdamWConfig) -> candle_core::Result<Self> {
@@ -195,16 +109,14 @@ impl AdamW {
         let slots = vars
             .into_iter()
             .map(|(name, var)| {
-                let n = var.elem_count();
-                Slot {
+                Ok(Slot {
                     name,
-                    m: vec![0.0; n],
-                    v: vec![0.0; n],
+                    moments: Moments::zeros(&var)?,
                     var,
                     tail_lr: None,
-                }
+                })
             })
-            .collect();
+            .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             config,
             step: 0,
@@ -239,7 +151,7 @@ impl AdamW {
         let mut sum = 0.0;
         for slot in &self.slots {
             if let Some(g) = grads.get(slot.var.as_tensor()) {
-                sum += sum_of_squares(g)?;
+                sum += cxr_ops::sum_of_squares(g)?;
             }
         }
         Ok(sum.sqrt())
@@ -255,13 +167,11 @@ impl AdamW {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
-            let g = g.detach().to_dtype(DType::F32)?.contiguous()?;
             let tail = slot.tail_lr.map(|(start, factor)| {
                 let lr = c.lr * factor;
                 (start, lr as f32, (1.0 - lr * c.weight_decay) as f32)
             });
-            let op = Update {
-                moments: std::sync::Mutex::new((&mut slot.m, &mut slot.v)),
+            let step = AdamWStep {
                 lr: c.lr as f32,
                 tail,
                 beta1: c.beta1 as f32,
@@ -272,31 +182,23 @@ impl AdamW {
                 bc2: bc2 as f32,
                 grad_scale: grad_scale as f32,
             };
-            slot.var.as_tensor().inplace_op2(&g, &op)?;
+            cxr_ops::adamw::update(&slot.var, g, &mut slot.moments, &step)?;
         }
         Ok(())
     }
 
     /// The moments as named tensors (`adamw.m.<name>`, `adamw.v.<name>`).
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.slots
-            .iter()
-            .flat_map(|s| {
-                let shape = s.var.shape().clone();
-                let dev = s.var.device();
-                [
-                    (
-                        format!("adamw.m.{}", s.name),
-                        Tensor::from_slice(&s.m, shape.clone(), dev),
-                    ),
-                    (
-                        format!("adamw.v.{}", s.name),
-                        Tensor::from_slice(&s.v, shape, dev),
-                    ),
-                ]
-            })
-            .map(|(name, t)| (name, t.expect("moments match their variable")))
-            .collect()
+        let mut out = Vec::with_capacity(2 * self.slots.len());
+        for s in &self.slots {
+            let (m, v) = s
+                .moments
+                .tensors(&s.var)
+                .expect("moments match their variable");
+            out.push((format!("adamw.m.{}", s.name), m));
+            out.push((format!("adamw.v.{}", s.name), v));
+        }
+        out
     }
 
     /// Restores moments and step count saved by [`AdamW::state`].
@@ -306,42 +208,27 @@ impl AdamW {
         step: u64,
     ) -> candle_core::Result<()> {
         for slot in &mut self.slots {
-            for (kind, target) in [("m", &mut slot.m), ("v", &mut slot.v)] {
+            let get = |kind: &str| {
                 let key = format!("adamw.{kind}.{}", slot.name);
-                let t = tensors
+                tensors
                     .get(&key)
-                    .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {key}")))?;
-                let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-                if values.len() != target.len() {
-                    candle_core::bail!(
-                        "{key}: {} values for {} weights",
-                        values.len(),
-                        target.len()
-                    );
-                }
-                *target = values;
-            }
+                    .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {key}")))
+                    .and_then(|t| {
+                        if t.elem_count() != slot.var.elem_count() {
+                            candle_core::bail!(
+                                "{key}: {} values for {} weights",
+                                t.elem_count(),
+                                slot.var.elem_count()
+                            );
+                        }
+                        Ok(t)
+                    })
+            };
+            slot.moments = Moments::load(&slot.var, get("m")?, get("v")?)?;
         }
         self.step = step;
         Ok(())
     }
-}
-
-/// The sum of the squares of a tensor's values, in f64, in one pass and without a temporary.
-pub fn sum_of_squares(t: &Tensor) -> candle_core::Result<f64> {
-    use rayon::prelude::*;
-    let t = t.to_dtype(DType::F32)?.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) = &*storage else {
-        candle_core::bail!("sum_of_squares: f32 CPU tensors only");
-    };
-    let (a, b) = layout.contiguous_offsets().expect("made contiguous above");
-    // Partial sums per fixed chunk, added in order: the same bits whatever the thread schedule.
-    let parts: Vec<f64> = v[a..b]
-        .par_chunks(1 << 16)
-        .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-        .collect();
-    Ok(parts.iter().sum())
 }
 
 fn to_bytes(t: &Tensor) -> candle_core::Result<(safetensors::Dtype, Vec<u8>)> {
@@ -389,22 +276,6 @@ pub fn save_checkpoint(
     cxr_data::write_atomic(path, &bytes).map_err(|e| err(e.to_string()))
 }
 
-/// The values of a contiguous f32 CPU storage, for custom ops; `op` names the op in errors.
-pub fn contiguous_f32<'a>(
-    s: &'a candle_core::CpuStorage,
-    l: &candle_core::Layout,
-    op: &str,
-) -> candle_core::Result<&'a [f32]> {
-    let candle_core::CpuStorage::F32(data) = s else {
-        candle_core::bail!("{op}: only f32 is supported");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{op}: inputs must be contiguous"),
-    }
-}
-
-/// The largest absolute difference between two tensors of the same shape (parity checks).
 /// This process's peak resident memory in MiB (Linux `VmHWM`; NaN elsewhere), for benchmarks.
 pub fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -413,13 +284,6 @@ pub fn peak_rss_mb() -> f64 {
         .find(|l| l.starts_with("VmHWM:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
-    if a.dims() != b.dims() {
-        candle_core::bail!("shapes differ: {:?} vs {:?}", a.dims(), b.dims());
-    }
-    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar()
 }
 
 /// One draw from N(mean, std²) by Box-Muller (the trainers' seeded initialisations).
@@ -485,24 +349,6 @@ mod tests {
         seen.sort();
         assert_eq!(seen, (0..10).collect::<Vec<_>>());
         assert_eq!(batch_indices(10, 2, 7, 3), batch_indices(10, 2, 7, 3));
-    }
-
-    #[test]
-    fn sum_of_squares_does_not_depend_on_the_thread_count() {
-        // The gradient norm scales every clipped step: its bits must not follow the threads.
-        let t = Tensor::randn(0f32, 1.0, 1 << 20, &Device::Cpu).unwrap();
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| sum_of_squares(&t).unwrap())
-        };
-        let one = run(1);
-        assert!((one / (1 << 20) as f64 - 1.0).abs() < 0.01, "{one}");
-        for threads in [2, 3, 8] {
-            assert_eq!(run(threads).to_bits(), one.to_bits(), "{threads} threads");
-        }
     }
 
     #[test]

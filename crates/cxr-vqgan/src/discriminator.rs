@@ -3,7 +3,7 @@
 
 use candle_core::{ModuleT, Tensor};
 use candle_nn::{batch_norm, BatchNorm, VarBuilder};
-use cxr_train::conv::Conv2d;
+use cxr_ops::conv::Conv2d;
 
 /// One `Conv2d(k4, p1)` and, on inner layers, BatchNorm and LeakyReLU(0.2).
 struct Layer {

@@ -4,8 +4,8 @@
 
 use candle_core::{Module, Tensor, D};
 use candle_nn::VarBuilder;
-use cxr_train::conv::Conv2d;
-use cxr_train::group_norm::GroupNorm;
+use cxr_ops::conv::Conv2d;
+use cxr_ops::group_norm::GroupNorm;
 
 use crate::VqganConfig;
 

@@ -197,12 +197,12 @@ fn load_images(
 /// `∂(sum(conv(input, W) * grad_out)) / ∂W`: the gradient a loss with output gradient
 /// `grad_out` gives the conv's weight.
 fn conv_weight_grad(
-    conv: &cxr_train::conv::Conv2d,
+    conv: &cxr_ops::conv::Conv2d,
     input: &Tensor,
     grad_out: &Tensor,
 ) -> candle_core::Result<Tensor> {
     let w = Var::from_tensor(&conv.weight().detach())?;
-    let out = cxr_train::conv::conv2d(
+    let out = cxr_ops::conv::conv2d(
         &input.detach(),
         w.as_tensor(),
         conv.stride(),

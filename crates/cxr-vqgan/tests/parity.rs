@@ -23,7 +23,7 @@ fn io() -> std::collections::HashMap<String, Tensor> {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    cxr_train::max_abs_diff(a, b).unwrap()
+    cxr_ops::max_abs_diff(a, b).unwrap()
 }
 
 fn check(model: &VqModel) {
@@ -50,6 +50,62 @@ fn safetensors_weights_match_taming() {
     assert_eq!(cfg.tokens_per_image(), 256);
     let model = VqModel::load(&cfg, &fixture("vqgan_small.safetensors"), &Device::Cpu).unwrap();
     check(&model);
+}
+
+/// The ops' portable path (what a CUDA device runs: candle's conv2d, GroupNorm and attention)
+/// matches taming too, and in training gives the CPU kernels' gradients.
+#[test]
+fn the_portable_path_matches_taming_and_the_kernels_gradients() {
+    let model =
+        VqModel::load(&config(), &fixture("vqgan_small.safetensors"), &Device::Cpu).unwrap();
+    cxr_ops::portable(|| check(&model));
+
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = VqModel::new(&config(), vb).unwrap();
+    let tensors =
+        candle_core::safetensors::load(fixture("vqgan_small.safetensors"), &Device::Cpu).unwrap();
+    for (name, t) in tensors {
+        varmap.data().lock().unwrap()[&name].set(&t).unwrap();
+    }
+    let x = io()["input"].clone();
+    let step = || {
+        let rec = model.reconstruct(&x).unwrap();
+        let loss = ((&x - &rec.image)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            + &rec.quant_loss)
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        let mut named: Vec<(String, Tensor)> = data
+            .iter()
+            .filter_map(|(n, v)| Some((n.clone(), grads.get(v.as_tensor())?.clone())))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        (loss.to_scalar::<f32>().unwrap(), named)
+    };
+    let (kernel_loss, kernel_grads) = step();
+    let (portable_loss, portable_grads) = cxr_ops::portable(step);
+    assert!((kernel_loss - portable_loss).abs() < 1e-5);
+    assert!(kernel_grads.len() > 20 && kernel_grads.len() == portable_grads.len());
+    for ((n, a), (_, b)) in kernel_grads.iter().zip(&portable_grads) {
+        let scale = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let d = max_abs_diff(a, b);
+        assert!(
+            d <= 1e-3 * scale.max(1e-3),
+            "d{n} differs by {d} (max {scale})"
+        );
+    }
 }
 
 #[test]

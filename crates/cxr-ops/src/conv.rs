@@ -545,8 +545,11 @@ impl CustomOp2 for ChannelBias {
     }
 }
 
-/// `conv2d(x, weight)` with square stride and zero padding; f32 on the CPU.
+/// `conv2d(x, weight)` with square stride and zero padding, differentiable in both.
 pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if !crate::cpu_kernel(x) {
+        return x.conv2d(weight, padding, stride, 1, 1);
+    }
     x.contiguous()?.apply_op2(
         &weight.contiguous()?,
         Conv2dOp {
@@ -638,8 +641,7 @@ fn winograd_worthwhile(x: &Tensor, w: &Tensor, stride: usize, padding: usize) ->
         && padding == 1
         && h * wd >= 32 * 32
         && cin >= 16
-        && x.dtype() == candle_core::DType::F32
-        && x.device().is_cpu()
+        && crate::cpu_kernel(x)
         && !x.track_op()
         && !w.track_op()
 }
@@ -732,6 +734,13 @@ impl Module for Conv2d {
         if let Some(op) = self.winograd_op(x)? {
             return x.contiguous()?.apply_op1_no_bwd(&op);
         }
+        if !crate::cpu_kernel(x) {
+            let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+            return match &self.bias {
+                Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+                None => Ok(y),
+            };
+        }
         match &self.bias {
             // Inference: the output starts from the bias (no extra pass, no copy).
             Some(b) if !x.track_op() && !self.weight.track_op() && !b.track_op() => {
@@ -759,7 +768,8 @@ mod tests {
         crate::max_abs_diff(a, b).unwrap()
     }
 
-    /// Forward and both gradients equal candle's own conv2d for every shape kind we use.
+    /// Forward and both gradients equal the portable path's (candle's conv2d) for every shape kind
+    /// we use.
     #[test]
     fn matches_candle_forward_and_backward() {
         let dev = Device::Cpu;
@@ -776,7 +786,7 @@ mod tests {
             let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (cout, cin, k, k), &dev).unwrap())
                 .unwrap();
             let ours = conv2d(&x, &wt, stride, pad).unwrap();
-            let theirs = x.conv2d(&wt, pad, stride, 1, 1).unwrap();
+            let theirs = crate::portable(|| conv2d(&x, &wt, stride, pad)).unwrap();
             assert_eq!(ours.dims(), theirs.dims());
             assert!(
                 max_diff(&ours, &theirs) < 1e-4,
@@ -855,5 +865,35 @@ mod tests {
         let skip = Tensor::randn(0f32, 1., reference.dims(), &dev).unwrap();
         let fused = frozen.forward_residual(&x, &skip).unwrap();
         assert!(max_diff(&fused, &(reference + &skip).unwrap()) < 1e-4);
+    }
+
+    /// A layer with bias, training and inference: the portable path (what CUDA runs) gives the
+    /// kernels' values and gradients.
+    #[test]
+    fn the_layer_computes_the_same_on_the_portable_path() {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev);
+        let layer = Conv2d::new((16, 8, 3), 1, 1, true, vb).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 16, 33, 35), &dev).unwrap()).unwrap();
+        let ours = layer.forward(&x).unwrap();
+        let portable = crate::portable(|| layer.forward(&x)).unwrap();
+        assert!(max_diff(&ours, &portable) < 1e-4);
+        let r = Tensor::randn(0f32, 1., ours.dims(), &dev).unwrap();
+        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (portable * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let bias = layer.bias.as_ref().unwrap();
+        for t in [x.as_tensor(), &layer.weight, bias] {
+            assert!(max_diff(g1.get(t).unwrap(), g2.get(t).unwrap()) < 1e-3);
+        }
+        let frozen = Tensor::randn(0f32, 1., (2, 16, 33, 35), &dev).unwrap();
+        let inference = layer.forward(&frozen.detach()).unwrap();
+        let portable = crate::portable(|| layer.forward(&frozen)).unwrap();
+        assert!(max_diff(&inference, &portable) < 1e-4);
     }
 }

@@ -1,16 +1,16 @@
-//! Softmax cross-entropy in one op (f32, CPU): per row of logits (n, vocab) and a target id, the
+//! Softmax cross-entropy in one op on the CPU (f32; elsewhere candle's log_softmax and gather): per row of logits (n, vocab) and a target id, the
 //! negative log-likelihood; backward writes softmax - one-hot straight into the gradient.
 //!
 //! Built from candle's ops (log_softmax, gather) the loss of a 512-token sample over a 51k
 //! vocabulary made about ten logits-sized (100 MB) temporaries per step, each one mapped and
 //! zero-faulted by the kernel; this op makes one (the gradient).
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// The values of a contiguous f32 storage.
 fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    cxr_train::contiguous_f32(s, l, &format!("cross-entropy: {what}"))
+    crate::contiguous_f32(s, l, &format!("cross-entropy: {what}"))
 }
 
 /// Logits as rows: values, rows, vocabulary.
@@ -125,15 +125,37 @@ impl CustomOp3 for CrossEntropyGrad {
 /// Per-row negative log-likelihood of `targets` (n, u32) under `logits` (n, vocab), differentiable
 /// with respect to the logits.
 pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if !crate::cpu_kernel(logits) {
+        return cross_entropy_composed(logits, targets);
+    }
     logits
         .contiguous()?
         .apply_op2(&targets.contiguous()?, CrossEntropy)
 }
 
+/// The portable path, in f32 whatever the logits' dtype.
+fn cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (n, vocab) = logits.dims2()?;
+    if targets.dims() != [n] {
+        candle_core::bail!("cross-entropy: {:?} targets for {n} rows", targets.dims());
+    }
+    if n > 0 {
+        let bad = targets.max(0)?.to_scalar::<u32>()?;
+        if bad as usize >= vocab {
+            candle_core::bail!("cross-entropy: target {bad} outside the vocabulary of {vocab}");
+        }
+    }
+    let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    log_probs
+        .gather(&targets.unsqueeze(1)?, 1)?
+        .squeeze(1)?
+        .neg()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var, D};
+    use candle_core::{Device, Var};
 
     #[test]
     fn matches_log_softmax_and_its_gradient() {
@@ -146,15 +168,9 @@ mod tests {
         let weights = Tensor::new(&[1.0f32, 2.0, 0.5], &dev).unwrap();
 
         let ours = cross_entropy_rows(logits.as_tensor(), &targets).unwrap();
-        let reference = candle_nn::ops::log_softmax(logits.as_tensor(), D::Minus1)
-            .unwrap()
-            .gather(&targets.unsqueeze(1).unwrap(), 1)
-            .unwrap()
-            .squeeze(1)
-            .unwrap()
-            .neg()
-            .unwrap();
-        let diff = cxr_train::max_abs_diff(&ours, &reference).unwrap();
+        let reference =
+            crate::portable(|| cross_entropy_rows(logits.as_tensor(), &targets)).unwrap();
+        let diff = crate::max_abs_diff(&ours, &reference).unwrap();
         assert!(diff < 1e-5, "loss {diff}");
 
         let g_ours = (ours * &weights)
@@ -171,7 +187,7 @@ mod tests {
             .unwrap();
         let a = g_ours.get(logits.as_tensor()).unwrap();
         let b = g_ref.get(logits.as_tensor()).unwrap();
-        let diff = cxr_train::max_abs_diff(a, b).unwrap();
+        let diff = crate::max_abs_diff(a, b).unwrap();
         assert!(diff < 1e-5, "gradient {diff}");
     }
 
@@ -181,6 +197,10 @@ mod tests {
         let logits = Tensor::zeros((2, 4), candle_core::DType::F32, &dev).unwrap();
         let targets = Tensor::new(&[1u32, 4], &dev).unwrap();
         let err = cross_entropy_rows(&logits, &targets)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("target 4"), "{err}");
+        let err = crate::portable(|| cross_entropy_rows(&logits, &targets))
             .unwrap_err()
             .to_string();
         assert!(err.contains("target 4"), "{err}");
