@@ -358,6 +358,11 @@ impl InceptionV3 {
         Self::new(crate::var_builder(path, device).map_err(err)?).map_err(err)
     }
 
+    /// The device the weights live on: inputs fed to the network are built there.
+    pub fn device(&self) -> &Device {
+        self.stem[0].conv.weight().device()
+    }
+
     /// Pool3 features (B, 2048) of a (B, 3, 299, 299) batch scaled to [-1, 1].
     pub fn features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let [c1a, c2a, c2b, c3b, c4a] = &self.stem;

@@ -282,6 +282,11 @@ impl DenseNet {
         &self.config
     }
 
+    /// The device the weights live on: inputs fed to the network are built there.
+    pub fn device(&self) -> &Device {
+        self.classifier.weight().device()
+    }
+
     /// `features2`: ReLU and global average pool of the last dense block, (B, 1024).
     pub fn features2(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let x = self.conv0.forward(x)?;

@@ -72,6 +72,8 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// Weights to start from instead of a fresh initialisation.
     pub init: Option<PathBuf>,
+    /// Where the network trains; a resumed checkpoint is loaded onto it.
+    pub device: Device,
 }
 
 /// The defaults of `llm-cxr classifier train` (which reads them from here).
@@ -86,6 +88,7 @@ impl Default for TrainOptions {
             checkpoint_every: 50,
             out: PathBuf::from("classifier-run"),
             init: None,
+            device: Device::Cpu,
         }
     }
 }
@@ -228,12 +231,9 @@ pub fn train(
     if examples.is_empty() {
         return Err(ClassifierTrainError::Empty);
     }
-    let device = Device::Cpu;
+    let device = &opts.device;
     let varmap = VarMap::new();
-    let model = DenseNet::new(
-        config,
-        VarBuilder::from_varmap(&varmap, DType::F32, &device),
-    )?;
+    let model = DenseNet::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     initialise(&varmap, opts.seed)?;
     if let Some(init) = &opts.init {
         let mut vm = varmap.clone();
@@ -262,7 +262,7 @@ pub fn train(
     let record = run_record(config, examples, opts)?;
     let mut step = 0;
     if ck_path.is_file() {
-        let ck = Resume::open(&ck_path, &device)?;
+        let ck = Resume::open(&ck_path, device)?;
         step = ck.require("step")?;
         ck.check_setting("seed", &opts.seed)?;
         ck.check_record(&record)?;
@@ -292,7 +292,7 @@ pub fn train(
     while step < opts.steps {
         let started = std::time::Instant::now();
         let idx = batch_indices(examples.len(), opts.batch, opts.seed, step);
-        let (x, y, m) = load_batch(examples, &idx, opts.size, &device)?;
+        let (x, y, m) = load_batch(examples, &idx, opts.size, device)?;
         let loss = masked_bce(&model.forward_t(&x, true)?, &y, &m)?;
         opt.step(&loss.backward()?)?;
         step += 1;
@@ -314,6 +314,7 @@ pub fn train(
 
 /// Saves a model's weights (names as torchxrayvision's) for `DenseNet::load`.
 pub fn save_weights(model_dir: &Path, checkpoint: &Path) -> Result<PathBuf, ClassifierTrainError> {
+    // A copy from file to file: the tensors need no device but the CPU's memory.
     let (tensors, _) = load_checkpoint(checkpoint, &Device::Cpu)?;
     let weights: Vec<(String, Tensor)> = tensors
         .into_iter()

@@ -48,6 +48,7 @@ fn resume_refuses_other_examples_or_settings_naming_each() {
         checkpoint_every: 1,
         out: dir.path().join("run"),
         init: None,
+        ..Default::default()
     };
     train(&tiny(), &ex, &opts, &mut |_| {}).unwrap();
     assert!(opts.out.join(CHECKPOINT).is_file());

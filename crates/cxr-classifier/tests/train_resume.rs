@@ -55,6 +55,7 @@ fn resumed_run_ends_with_the_same_weights() {
         checkpoint_every: 2,
         out: dir.path().join(out),
         init: None,
+        ..Default::default()
     };
     train(&tiny(), &ex, &opts("straight", 5), &mut |_| {}).unwrap();
     // "Killed" after step 2 (its checkpoint is all that survives), then started again.
@@ -107,6 +108,7 @@ fn loss_falls_on_repeated_data() {
         checkpoint_every: 100,
         out: dir.path().join("run"),
         init: None,
+        ..Default::default()
     };
     train(&tiny(), &ex, &opts, &mut |r| losses.push(r.loss)).unwrap();
     let first = losses[..3].iter().sum::<f32>() / 3.0;

@@ -2,7 +2,7 @@
 //! the DenseNet-121 classifier's 18 probabilities and 1024-d `features2` (torchxrayvision's
 //! input), and pytorch-fid's Inception-v3 pool3 features, each in the order of the paths given.
 
-use cxr_classifier::candle_core::{Device, Tensor};
+use cxr_classifier::candle_core::Tensor;
 use cxr_classifier::inception::{inception_input, InceptionV3};
 use cxr_classifier::{txv_input, DenseNet};
 use cxr_train::image_batch::{load_image_batch, ImageBatchError};
@@ -63,7 +63,7 @@ pub fn classify_images(
     on_batch: &dyn Fn(usize),
 ) -> Result<Classified, FeatureError> {
     let mut out = Classified::default();
-    let input = |img: &cxr_image::GrayImage| txv_input(img, TXV_SIDE, &Device::Cpu);
+    let input = |img: &cxr_image::GrayImage| txv_input(img, TXV_SIDE, model.device());
     over_images(paths, batch, "classifier", &input, on_batch, |x| {
         let f = model.features2(x, false)?;
         let p = cxr_classifier::candle_nn::ops::sigmoid(&model.classify(&f)?)?;
@@ -86,7 +86,7 @@ pub fn inception_features(
     on_batch: &dyn Fn(usize),
 ) -> Result<Vec<Vec<f32>>, FeatureError> {
     let mut feats = Vec::new();
-    let input = |img: &cxr_image::GrayImage| inception_input(img, &Device::Cpu);
+    let input = |img: &cxr_image::GrayImage| inception_input(img, net.device());
     over_images(paths, batch, "Inception-v3", &input, on_batch, |x| {
         feats.extend(net.features(x)?.to_vec2::<f32>()?);
         Ok(())

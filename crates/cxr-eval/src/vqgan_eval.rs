@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use cxr_classifier::candle_core::{Device, Tensor};
+use cxr_classifier::candle_core::Tensor;
 use cxr_classifier::{txv_scale, DenseNet, CHEXPERT_OUTPUTS};
 use cxr_train::image_batch::load_image_batch;
 use cxr_vqgan::metrics::{codebook_usage, psnr, ssim, CodebookUsage};
@@ -51,7 +51,7 @@ impl VqganEvaluation {
         let mut sums = Sums::default();
         pass(progress, "eval", paths.len(), |on_batch| {
             for chunk in paths.chunks(batch.max(1)) {
-                let x = load_image_batch(chunk, |img| vqgan_input(img, config, &Device::Cpu))?;
+                let x = load_image_batch(chunk, |img| vqgan_input(img, config, model.device()))?;
                 sums.add(model, classifier, &x)
                     .map_err(|source| EvalError::Vqgan {
                         first: chunk[0].as_ref().to_path_buf(),

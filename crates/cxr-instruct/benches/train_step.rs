@@ -33,7 +33,7 @@ fn phase(name: &str) -> serde_json::Value {
         .unwrap_or(3);
     let tensors =
         cxr_lm::weights::random_weights(&config, 0, None, &candle_core::Device::Cpu).unwrap();
-    let net = Trainable::from_tensors(&config, tensors).unwrap();
+    let net = Trainable::from_tensors(&config, tensors, &candle_core::Device::Cpu).unwrap();
     let sample = Tokenized {
         task: Task::Text,
         source: "random".into(),

@@ -5,7 +5,7 @@
 //! into an [`Answer`]. Generation itself (batched, or continuous in the server) stays with the
 //! caller.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use cxr_lm::image_vocab::IMAGE_PLACEHOLDER;
 use cxr_lm::{Constraint, GenerateOptions, ImageVocab, LanguageModel, LmError, Sampling};
 use cxr_vqgan::VqModel;
@@ -207,7 +207,7 @@ impl Engine {
                 codes.len()
             )));
         }
-        let idx = Tensor::from_vec(codes.clone(), (1, count), &Device::Cpu)?;
+        let idx = Tensor::from_vec(codes.clone(), (1, count), self.vqgan.device())?;
         let image = cxr_vqgan::to_gray_images(&self.vqgan.decode(&idx)?)?.remove(0);
         Ok((codes, image))
     }

@@ -37,6 +37,16 @@ pub enum FinetuneError {
     Resume(#[from] ResumeError),
     #[error("{0}")]
     Data(String),
+    /// The model was loaded onto another device than the options train on (for candle, two
+    /// handles of one GPU made apart are two devices).
+    #[error(
+        "the model was loaded onto another device ({model:?}) than the run trains on ({run:?}): \
+         load it onto the options' device"
+    )]
+    Device {
+        model: candle_core::DeviceLocation,
+        run: candle_core::DeviceLocation,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +73,9 @@ pub struct FinetuneOptions {
     pub eval_every: u64,
     /// Output folder: the checkpoint, and `model/` at the end.
     pub out: PathBuf,
+    /// Where the model trains: the [`Trainable`] must be loaded onto it, and a resumed
+    /// checkpoint is.
+    pub device: Device,
 }
 
 /// The defaults of `llm-cxr train` (which reads them from here): the paper's rate and warmup.
@@ -82,6 +95,7 @@ impl Default for FinetuneOptions {
             checkpoint_every: 50,
             eval_every: 0,
             out: PathBuf::from("finetune"),
+            device: Device::Cpu,
         }
     }
 }
@@ -156,11 +170,11 @@ pub fn response_nll_in(
     samples: &[&Tokenized],
     modes: Option<&ImageVocab>,
 ) -> candle_core::Result<(Tensor, usize)> {
-    let device = Device::Cpu;
-    let (ids, positions, targets) = batch_tensors(samples, &device)?;
+    let device = model.device();
+    let (ids, positions, targets) = batch_tensors(samples, device)?;
     let n = positions.dim(0)?;
     if n == 0 {
-        return Ok((Tensor::zeros((), DType::F32, &device)?, 0));
+        return Ok((Tensor::zeros((), DType::F32, device)?, 0));
     }
     let h = model.forward_hidden(&ids)?;
     let (b, t, hidden) = h.dims3()?;
@@ -171,7 +185,7 @@ pub fn response_nll_in(
         return Ok((nll, n));
     };
     let ids: Vec<u32> = targets.to_vec1()?;
-    let (mut nll, base) = (Tensor::zeros((), DType::F32, &device)?, vocab.base);
+    let (mut nll, base) = (Tensor::zeros((), DType::F32, device)?, vocab.base);
     for image in [false, true] {
         let rows: Vec<u32> = (0..n as u32)
             .filter(|&r| vocab.ids().contains(&ids[r as usize]) == image)
@@ -179,7 +193,7 @@ pub fn response_nll_in(
         if rows.is_empty() {
             continue;
         }
-        let r = Tensor::new(rows.as_slice(), &device)?;
+        let r = Tensor::new(rows.as_slice(), device)?;
         let (part, want) = if image {
             let want: Vec<u32> = rows.iter().map(|&r| ids[r as usize] - base).collect();
             (
@@ -195,7 +209,7 @@ pub fn response_nll_in(
                 want,
             )
         };
-        let want = Tensor::new(want.as_slice(), &device)?;
+        let want = Tensor::new(want.as_slice(), device)?;
         nll = (nll + cxr_ops::loss::cross_entropy_rows(&part.contiguous()?, &want)?.sum_all()?)?;
     }
     Ok((nll, n))
@@ -232,23 +246,28 @@ pub struct Trainable {
 }
 
 impl Trainable {
-    /// Every weight trained.
-    pub fn load(dir: &Path) -> Result<Self, FinetuneError> {
-        let (model, config, weights) = CausalLm::load_hf(dir, WeightMode::Train, &Device::Cpu)?;
+    /// Every weight trained, loaded onto `device`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, FinetuneError> {
+        let (model, config, weights) = CausalLm::load_hf(dir, WeightMode::Train, device)?;
         let mut net = Self::assemble(model, config, &weights, None);
         net.base = base_fingerprint(dir)?;
         Ok(net)
     }
 
-    /// LoRA: the base weights frozen (float inference layout), adapters on `lora.targets`.
-    pub fn load_lora(dir: &Path, lora: cxr_lm::LoraConfig) -> Result<Self, FinetuneError> {
+    /// LoRA: the base weights frozen (float inference layout), adapters on `lora.targets`, all
+    /// loaded onto `device`.
+    pub fn load_lora(
+        dir: &Path,
+        lora: cxr_lm::LoraConfig,
+        device: &Device,
+    ) -> Result<Self, FinetuneError> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| FinetuneError::Model {
             path: config_path.clone(),
             reason: e.to_string(),
         })?;
         let config = LmConfig::from_json(&text, &config_path.display().to_string())?;
-        let weights = cxr_lm::Weights::read_hf(dir, WeightMode::Inference, &Device::Cpu)?
+        let weights = cxr_lm::Weights::read_hf(dir, WeightMode::Inference, device)?
             .with_lora(lora.clone())?;
         let model = CausalLm::new(&config, &weights)?;
         let mut net = Self::assemble(model, config, &weights, Some((dir.to_path_buf(), lora)));
@@ -263,12 +282,14 @@ impl Trainable {
         Ok(net)
     }
 
-    /// A model from tensors under HF names (benchmarks build random ones).
+    /// A model from tensors under HF names, which live on `device` (benchmarks build random
+    /// ones).
     pub fn from_tensors(
         config: &LmConfig,
         tensors: std::collections::HashMap<String, cxr_lm::weights::Weight>,
+        device: &Device,
     ) -> Result<Self, FinetuneError> {
-        let weights = cxr_lm::Weights::new(tensors, "tensors", WeightMode::Train, &Device::Cpu);
+        let weights = cxr_lm::Weights::new(tensors, "tensors", WeightMode::Train, device);
         let model = CausalLm::new(config, &weights)?;
         let mut net = Self::assemble(model, config.clone(), &weights, None);
         let mut f = cxr_train::Fingerprint::new();
@@ -310,7 +331,7 @@ impl Trainable {
         let Some((base, cfg)) = &self.lora else {
             return Ok(self.tensors());
         };
-        let mut tensors = cxr_lm::weights::read_hf_tensors(base, &Device::Cpu)?;
+        let mut tensors = cxr_lm::weights::read_hf_tensors(base, self.model.device())?;
         let vars: std::collections::HashMap<&str, &candle_core::Var> =
             self.vars.iter().map(|(n, v)| (n.as_str(), v)).collect();
         let scale = cfg.alpha / cfg.rank as f64;
@@ -373,6 +394,12 @@ pub fn finetune(
     }
     for s in train.iter().chain(validation) {
         check_sample(s, &net.config)?;
+    }
+    if !net.model.device().same_device(&opts.device) {
+        return Err(FinetuneError::Device {
+            model: net.model.device().location(),
+            run: opts.device.location(),
+        });
     }
     let mut opt = AdamW::new(
         net.vars.clone(),
@@ -504,7 +531,7 @@ fn resume(
     opts: &FinetuneOptions,
     record: &cxr_train::RunRecord,
 ) -> Result<u64, FinetuneError> {
-    let ck = Resume::open(path, &Device::Cpu)?;
+    let ck = Resume::open(path, &opts.device)?;
     let step: u64 = ck.require("step")?;
     ck.check_record(record)?;
     let per_step = (opts.micro_batch.max(1) * opts.grad_accum.max(1)) as u64;

@@ -34,7 +34,7 @@ fn samples(n: usize) -> Vec<Tokenized> {
 
 #[test]
 fn loss_is_the_response_nll_of_the_full_forward() {
-    let net = Trainable::load(&fixture("gpt_neox_tiny")).unwrap();
+    let net = Trainable::load(&fixture("gpt_neox_tiny"), &Device::Cpu).unwrap();
     let s = &samples(3)[2];
     let (nll, n) = response_nll(&net.model, &[s]).unwrap();
     assert_eq!(n, s.ids.len() - s.response_start + 1 - 1);
@@ -59,7 +59,7 @@ fn loss_is_the_response_nll_of_the_full_forward() {
 #[test]
 fn right_padding_changes_nothing() {
     for model in ["gpt_neox_tiny", "llama_tiny"] {
-        let net = Trainable::load(&fixture(model)).unwrap();
+        let net = Trainable::load(&fixture(model), &Device::Cpu).unwrap();
         let s = samples(2);
         assert_ne!(s[0].ids.len(), s[1].ids.len());
         let alone: f32 = s
@@ -114,7 +114,7 @@ fn accumulation_equals_the_bigger_batch() {
             ..opts(&dir.path().join(out))
         };
         let net = finetune(
-            Trainable::load(&fixture("llama_tiny")).unwrap(),
+            Trainable::load(&fixture("llama_tiny"), &Device::Cpu).unwrap(),
             &data,
             &[],
             &o,
@@ -150,7 +150,7 @@ fn training_learns_and_resumes_exactly() {
     };
     let mut validation_losses = Vec::new();
     finetune(
-        Trainable::load(&fixture("gpt_neox_tiny")).unwrap(),
+        Trainable::load(&fixture("gpt_neox_tiny"), &Device::Cpu).unwrap(),
         &data,
         &validation,
         &long,
@@ -170,7 +170,7 @@ fn training_learns_and_resumes_exactly() {
 
     // 4 steps straight, against 2 steps then a fresh process-like resume to 4.
     let straight = finetune(
-        Trainable::load(&fixture("gpt_neox_tiny")).unwrap(),
+        Trainable::load(&fixture("gpt_neox_tiny"), &Device::Cpu).unwrap(),
         &data,
         &[],
         &opts(&dir.path().join("straight")),
@@ -179,7 +179,7 @@ fn training_learns_and_resumes_exactly() {
     .unwrap();
     let split_dir = dir.path().join("split");
     finetune(
-        Trainable::load(&fixture("gpt_neox_tiny")).unwrap(),
+        Trainable::load(&fixture("gpt_neox_tiny"), &Device::Cpu).unwrap(),
         &data,
         &[],
         &FinetuneOptions {
@@ -192,7 +192,7 @@ fn training_learns_and_resumes_exactly() {
     assert!(split_dir.join(CHECKPOINT).is_file());
     let mut seen = Vec::new();
     let resumed = finetune(
-        Trainable::load(&fixture("gpt_neox_tiny")).unwrap(),
+        Trainable::load(&fixture("gpt_neox_tiny"), &Device::Cpu).unwrap(),
         &data,
         &[],
         &opts(&split_dir),
@@ -204,7 +204,7 @@ fn training_learns_and_resumes_exactly() {
 
     // Another seed's checkpoint is refused with the file named.
     let err = finetune(
-        Trainable::load(&fixture("gpt_neox_tiny")).unwrap(),
+        Trainable::load(&fixture("gpt_neox_tiny"), &Device::Cpu).unwrap(),
         &data,
         &[],
         &FinetuneOptions {
@@ -224,7 +224,7 @@ fn out_of_vocabulary_samples_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let refusal = |data: &[Tokenized]| {
         finetune(
-            Trainable::load(&fixture("gpt_neox_tiny")).unwrap(),
+            Trainable::load(&fixture("gpt_neox_tiny"), &Device::Cpu).unwrap(),
             data,
             &[],
             &opts(dir.path()),
@@ -265,7 +265,7 @@ fn lora_trains_adapters_and_merges_exactly() {
             targets: LoraConfig::default_targets(&config),
             seed: 3,
         };
-        let net = Trainable::load_lora(&base_dir, lora).unwrap();
+        let net = Trainable::load_lora(&base_dir, lora, &Device::Cpu).unwrap();
         assert_eq!(
             net.vars.len(),
             2 * per_layer * 2,

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::Device;
 use cxr_instruct::finetune::{finetune, FinetuneOptions, Trainable, CHECKPOINT};
 use cxr_instruct::{Task, Tokenized};
 
@@ -40,7 +41,7 @@ fn opts(out: &Path) -> FinetuneOptions {
 
 fn run(model: &str, data: &[Tokenized], opts: &FinetuneOptions) -> Result<(), String> {
     finetune(
-        Trainable::load(&fixture(model)).unwrap(),
+        Trainable::load(&fixture(model), &Device::Cpu).unwrap(),
         data,
         &[],
         opts,
@@ -91,7 +92,7 @@ fn resume_refuses_other_data_model_or_settings_naming_each() {
     bytes[last] ^= 1;
     std::fs::write(other.join("model.safetensors"), bytes).unwrap();
     let e = finetune(
-        Trainable::load(&other).unwrap(),
+        Trainable::load(&other, &Device::Cpu).unwrap(),
         &data,
         &[],
         &opts(&out),

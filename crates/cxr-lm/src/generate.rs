@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -226,7 +226,8 @@ impl<'m> Batch<'m> {
             flat.extend(std::iter::repeat_n(p[0], n));
             flat.extend_from_slice(p);
         }
-        let ids = Tensor::from_vec(flat, (prompts.len(), longest), &Device::Cpu).map_err(candle)?;
+        let ids = Tensor::from_vec(flat, (prompts.len(), longest), self.model.device())
+            .map_err(candle)?;
         let mut fresh = self.model.new_cache(longest);
         let hidden = self
             .model
@@ -270,7 +271,8 @@ impl<'m> Batch<'m> {
         }
         let last: Vec<u32> = self.rows.iter().map(|r| r.last).collect();
         let pad: Vec<usize> = self.rows.iter().map(|r| r.pad).collect();
-        let ids = Tensor::from_vec(last, (self.rows.len(), 1), &Device::Cpu).map_err(candle)?;
+        let ids =
+            Tensor::from_vec(last, (self.rows.len(), 1), self.model.device()).map_err(candle)?;
         let hidden = self
             .model
             .step_hidden(&ids, &pad, &mut self.cache)

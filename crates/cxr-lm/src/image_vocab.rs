@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use rand::SeedableRng;
 
 use crate::config::LmConfig;
@@ -170,7 +170,7 @@ pub fn untie_head(
     let table = match tensors.get(embed) {
         Some(Weight::Float(t)) => t.clone(),
         Some(Weight::Quantized(q)) => q
-            .dequantize(&Device::Cpu)
+            .dequantize(&q.device())
             .map_err(|e| LmError::Candle(format!("{embed}: {e}")))?,
         None => return Ok(false),
     };
@@ -200,7 +200,7 @@ pub fn resize_vocab(
         let err = |e: candle_core::Error| LmError::Candle(format!("{name}: {e}"));
         let table = match w {
             Weight::Float(t) => t.to_dtype(DType::F32).map_err(err)?,
-            Weight::Quantized(q) => q.dequantize(&Device::Cpu).map_err(err)?,
+            Weight::Quantized(q) => q.dequantize(&q.device()).map_err(err)?,
         };
         let (rows, dim) = table.dims2().map_err(err)?;
         if rows >= vocab {

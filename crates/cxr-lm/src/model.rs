@@ -12,8 +12,15 @@ use crate::llama::Llama;
 use crate::weights::{Linear, WeightMode, Weights};
 use crate::LmError;
 
+/// A causal LM and the device its weights live on, where its inputs are built.
 #[derive(Clone, Debug)]
-pub enum CausalLm {
+pub struct CausalLm {
+    network: Network,
+    device: Device,
+}
+
+#[derive(Clone, Debug)]
+enum Network {
     GptNeox(GptNeox),
     Llama(Llama),
 }
@@ -57,9 +64,13 @@ impl Cache {
 impl CausalLm {
     /// Builds the model from a config and its weights under HF names.
     pub fn new(config: &LmConfig, weights: &Weights) -> std::result::Result<Self, LmError> {
-        Ok(match config {
-            LmConfig::GptNeox(c) => CausalLm::GptNeox(GptNeox::load(c, weights)?),
-            LmConfig::Llama(c) => CausalLm::Llama(Llama::load(c, weights)?),
+        let network = match config {
+            LmConfig::GptNeox(c) => Network::GptNeox(GptNeox::load(c, weights)?),
+            LmConfig::Llama(c) => Network::Llama(Llama::load(c, weights)?),
+        };
+        Ok(CausalLm {
+            network,
+            device: weights.device().clone(),
         })
     }
 
@@ -81,10 +92,15 @@ impl CausalLm {
     }
 
     pub fn config(&self) -> LmConfig {
-        match self {
-            CausalLm::GptNeox(m) => LmConfig::GptNeox(m.config().clone()),
-            CausalLm::Llama(m) => LmConfig::Llama(m.config().clone()),
+        match &self.network {
+            Network::GptNeox(m) => LmConfig::GptNeox(m.config().clone()),
+            Network::Llama(m) => LmConfig::Llama(m.config().clone()),
         }
+    }
+
+    /// The device the weights live on: token ids fed to the model are built there.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -97,16 +113,16 @@ impl CausalLm {
         span: &Span,
         cache: Option<&mut [LayerCache]>,
     ) -> Result<Tensor> {
-        match self {
-            CausalLm::GptNeox(m) => m.hidden(ids, span, cache),
-            CausalLm::Llama(m) => m.hidden(ids, span, cache),
+        match &self.network {
+            Network::GptNeox(m) => m.hidden(ids, span, cache),
+            Network::Llama(m) => m.hidden(ids, span, cache),
         }
     }
 
     pub fn head(&self) -> &Linear {
-        match self {
-            CausalLm::GptNeox(m) => m.head(),
-            CausalLm::Llama(m) => m.head(),
+        match &self.network {
+            Network::GptNeox(m) => m.head(),
+            Network::Llama(m) => m.head(),
         }
     }
 
@@ -124,9 +140,9 @@ impl CausalLm {
 
     /// An empty cache for `batch` sequences of up to `capacity` tokens.
     pub fn new_cache(&self, capacity: usize) -> Cache {
-        let n = match self {
-            CausalLm::GptNeox(m) => m.num_layers(),
-            CausalLm::Llama(m) => m.num_layers(),
+        let n = match &self.network {
+            Network::GptNeox(m) => m.num_layers(),
+            Network::Llama(m) => m.num_layers(),
         };
         Cache {
             layers: (0..n).map(|_| LayerCache::new(capacity)).collect(),

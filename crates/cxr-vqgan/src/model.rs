@@ -399,6 +399,11 @@ impl VqModel {
         &self.quantize
     }
 
+    /// The device the weights live on: inputs and codes fed to the model are built there.
+    pub fn device(&self) -> &candle_core::Device {
+        self.quantize.codebook().device()
+    }
+
     /// Latents before quantization, (B, embed_dim, side, side).
     pub fn encode_latents(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.quant_conv.forward(&self.encoder.forward(x)?)

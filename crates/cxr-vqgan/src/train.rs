@@ -60,6 +60,8 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// Generator weights to start from (e.g. a taming checkpoint) instead of from scratch.
     pub init: Option<PathBuf>,
+    /// Where the networks train; a resumed checkpoint is loaded onto it.
+    pub device: Device,
 }
 
 /// The defaults of `llm-cxr vqgan train` (which reads them from here): a from-scratch run, the
@@ -81,6 +83,7 @@ impl Default for TrainOptions {
             checkpoint_every: 100,
             out: PathBuf::from("vqgan-run"),
             init: None,
+            device: Device::Cpu,
         }
     }
 }
@@ -264,7 +267,7 @@ impl<'a> Trainer<'a> {
         classifier: Option<&'a DenseNet>,
         opts: &TrainOptions,
     ) -> Result<Self, VqganTrainError> {
-        let device = Device::Cpu;
+        let device = opts.device.clone();
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
         let model = VqModel::new(config, vb.clone())?;

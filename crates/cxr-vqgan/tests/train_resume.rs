@@ -103,6 +103,7 @@ fn opts(out: &Path, steps: u64) -> TrainOptions {
         checkpoint_every: 3,
         out: out.to_path_buf(),
         init: None,
+        ..Default::default()
     }
 }
 

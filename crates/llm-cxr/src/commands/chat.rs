@@ -31,13 +31,13 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn load(&self) -> anyhow::Result<LanguageModel> {
+    pub fn load(&self, device: &Device) -> anyhow::Result<LanguageModel> {
         let mode = match self.quantize.as_deref() {
             None | Some("none") => WeightMode::Inference,
             Some(q) => WeightMode::Quantize(parse_quant(q)?),
         };
         let started = std::time::Instant::now();
-        let lm = LanguageModel::load(&self.model, mode, &Device::Cpu)
+        let lm = LanguageModel::load(&self.model, mode, device)
             .with_context(|| format!("loading the language model {}", self.model.display()))?;
         tracing::info!(
             "loaded {} in {:.1} s",
@@ -111,6 +111,8 @@ pub struct Args {
     pub max_new_tokens: usize,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub device: super::device::DeviceArg,
 }
 
 /// An instruction as `template` renders it for `tokenizer` (Auto: its chat template when it
@@ -132,7 +134,7 @@ pub fn render_prompt(
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let lm = args.model.load()?;
+    let lm = args.model.load(&args.device.device)?;
     let render = |text: &str| render_prompt(&lm.tokenizer, args.template, text);
     let stop_ids = lm.tokenizer.stop_ids();
     let constraint = match lm.image_vocab {

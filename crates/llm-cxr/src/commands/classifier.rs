@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use cxr_classifier::candle_core::Device;
 use cxr_classifier::train::{examples, save_weights, train, TrainOptions, CHECKPOINT};
 use cxr_classifier::{txv_input, DenseNetConfig};
 use cxr_data::{open_dataset, DatasetKind, Split};
@@ -46,6 +45,9 @@ pub struct TrainArgs {
     /// Start from these weights (e.g. torchxrayvision's, as safetensors) instead of from scratch.
     #[arg(long)]
     pub init: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub device: super::device::DeviceArg,
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
@@ -84,6 +86,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         checkpoint_every: args.checkpoint_every,
         out: args.out.clone(),
         init: args.init.clone(),
+        device: args.device.device.clone(),
     };
     let mut write_error = None;
     let model = train(&config, &train_examples, &opts, &mut |r| {
@@ -112,7 +115,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     let mut probs = Vec::new();
     for chunk in held_out.chunks(args.batch.max(1)) {
         let paths: Vec<&Path> = chunk.iter().map(|r| r.image_path.as_path()).collect();
-        let x = load_image_batch(&paths, |img| txv_input(img, args.size, &Device::Cpu))?;
+        let x = load_image_batch(&paths, |img| txv_input(img, args.size, model.device()))?;
         let p = cxr_classifier::candle_nn::ops::sigmoid(&model.forward_t(&x, false)?)?;
         for row in p.to_vec2::<f32>()? {
             let mut a = [0f32; 18];

@@ -189,7 +189,8 @@ fn write_vqa(a: VqaArgs) -> anyhow::Result<()> {
     if let Some(limit) = a.limit {
         todo.truncate(limit.saturating_sub(done.len()));
     }
-    let lm = a.model.load()?;
+    // `data vqa` takes no --device: it runs on the CPU.
+    let lm = a.model.load(&candle_core::Device::Cpu)?;
     let stop_ids = lm.tokenizer.stop_ids();
     let options = GenerateOptions {
         sampling: Sampling::greedy(),

@@ -445,6 +445,7 @@ fn image(
         .as_ref()
         .context("the image evaluation needs --classifier (DenseNet-121 weights)")?;
     let config = cxr_classifier::DenseNetConfig::densenet121_txv();
+    // `eval image` takes no --device: it runs on the CPU.
     let classifier = cxr_classifier::DenseNet::load(&config, classifier, &Device::Cpu)?;
     let inception = match (&opts.inception, &opts.real) {
         (Some(weights), Some(_)) => Some(cxr_classifier::inception::InceptionV3::load(

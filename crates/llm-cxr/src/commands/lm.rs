@@ -68,6 +68,7 @@ pub enum ImageInitArg {
 pub fn run(command: Command) -> anyhow::Result<()> {
     let Command::Init(args) = command;
     anyhow::ensure!(args.codes > 0, "--codes must be at least 1");
+    // `lm init` takes no --device: growing the tables is a copy, done on the CPU.
     let base = LanguageModel::load(&args.base, WeightMode::Train, &Device::Cpu)
         .with_context(|| format!("loading the base model {}", args.base.display()))?;
     anyhow::ensure!(
@@ -142,7 +143,7 @@ fn image_init(args: &InitArgs) -> anyhow::Result<ImageInit> {
         ),
         (ImageInitArg::Codebook, Some(path)) => {
             let vqgan = vqgan_args(args, path)
-                .load()
+                .load(&Device::Cpu)
                 .with_context(|| format!("loading the VQ-GAN {}", path.display()))?;
             let codebook = vqgan.quantizer().codebook().clone();
             anyhow::ensure!(

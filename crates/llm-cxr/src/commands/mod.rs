@@ -5,6 +5,7 @@ pub mod classifier;
 pub mod data;
 pub mod dataset;
 pub mod demo;
+pub mod device;
 pub mod dicom;
 pub mod eval;
 pub mod gallery;

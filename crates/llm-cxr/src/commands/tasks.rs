@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use candle_core::Device;
 use cxr_instruct::engine::{Answer, Engine, Request};
 use cxr_instruct::Phrasings;
 use cxr_lm::generate;
 
 use super::chat::{ModelArgs, SamplingArgs};
+use super::device::DeviceArg;
 
 /// The model pair every task needs.
 #[derive(clap::Args, serde::Serialize)]
@@ -29,18 +31,26 @@ pub struct Models {
     #[command(flatten)]
     #[serde(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub device: DeviceArg,
 }
 
 impl Models {
     fn load(&self) -> anyhow::Result<Engine> {
-        load_engine(&self.lm, &self.vqgan)
+        load_engine(&self.lm, &self.vqgan, &self.device.device)
     }
 }
 
-/// A trained model with the VQ-GAN whose codes it speaks (checked to agree on the codebook).
-pub fn load_engine(lm: &ModelArgs, vqgan: &super::vqgan::VqganArgs) -> anyhow::Result<Engine> {
-    let model = lm.load()?;
-    let vq = vqgan.load()?;
+/// A trained model with the VQ-GAN whose codes it speaks (checked to agree on the codebook),
+/// both on `device`.
+pub fn load_engine(
+    lm: &ModelArgs,
+    vqgan: &super::vqgan::VqganArgs,
+    device: &Device,
+) -> anyhow::Result<Engine> {
+    let model = lm.load(device)?;
+    let vq = vqgan.load(device)?;
     Engine::new(model, vq, Phrasings::default()).with_context(|| {
         format!(
             "{} with the VQ-GAN {}",
@@ -154,7 +164,7 @@ fn read_questions(path: &Path) -> anyhow::Result<Vec<Question>> {
 
 /// Encodes images to their codes through the VQ-GAN.
 fn encode_images(engine: &Engine, paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u32>>> {
-    let x = super::vqgan::load_inputs(paths, engine.vqgan.config())?;
+    let x = super::vqgan::load_inputs(paths, engine.vqgan.config(), engine.vqgan.device())?;
     Ok(engine.encode_images(&x)?)
 }
 

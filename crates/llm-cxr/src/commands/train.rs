@@ -76,6 +76,9 @@ pub struct Args {
     /// architecture (GPT-NeoX query_key_value; LLaMA q_proj, v_proj).
     #[arg(long, value_delimiter = ',')]
     pub lora_targets: Vec<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub device: super::device::DeviceArg,
 }
 
 #[derive(serde::Deserialize)]
@@ -146,6 +149,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             checkpoint_every: args.checkpoint_every,
             eval_every: args.eval_every,
             out,
+            device: args.device.device.clone(),
         };
         stage(&model, &data, validation.as_deref(), &opts, &args)?;
     }
@@ -206,7 +210,7 @@ fn stage(
         ..opts.clone()
     };
     let net = if args.lora_rank == 0 {
-        Trainable::load(model)?
+        Trainable::load(model, &opts.device)?
     } else {
         let config_path = model.join("config.json");
         let config = cxr_lm::LmConfig::from_json(
@@ -227,6 +231,7 @@ fn stage(
                 targets,
                 seed: args.seed,
             },
+            &opts.device,
         )?
     };
     tracing::info!(

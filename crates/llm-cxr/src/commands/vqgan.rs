@@ -14,6 +14,8 @@ use cxr_vqgan::identity::VqganIdentity;
 use cxr_vqgan::train::{TrainOptions, Trainer, WEIGHTS};
 use cxr_vqgan::{tokens, vqgan_input, VqModel, VqganConfig};
 
+use super::device::DeviceArg;
+
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Train (or resume) the VQ-GAN on a dataset's train split: L1 + clinical-information loss
@@ -56,13 +58,13 @@ pub struct VqganArgs {
 }
 
 impl VqganArgs {
-    pub fn load(&self) -> anyhow::Result<VqModel> {
+    pub fn load(&self, device: &Device) -> anyhow::Result<VqModel> {
         let config = self
             .config
             .as_deref()
             .map(VqganConfig::from_name_or_file)
             .transpose()?;
-        Ok(VqModel::load_auto(&self.vqgan, config.as_ref(), &Device::Cpu)?.0)
+        Ok(VqModel::load_auto(&self.vqgan, config.as_ref(), device)?.0)
     }
 
     /// The config the weights run with: `--config`, else the one stored in the weights.
@@ -79,10 +81,10 @@ impl VqganArgs {
     }
 
     /// The model and its identity.
-    pub fn load_identified(&self) -> anyhow::Result<(VqModel, VqganIdentity)> {
+    pub fn load_identified(&self, device: &Device) -> anyhow::Result<(VqModel, VqganIdentity)> {
         let config = self.config()?;
         let identity = VqganIdentity::of(&self.vqgan, &config)?;
-        let model = VqModel::load(&config, &self.vqgan, &Device::Cpu)?;
+        let model = VqModel::load(&config, &self.vqgan, device)?;
         Ok((model, identity))
     }
 }
@@ -141,6 +143,9 @@ pub struct TrainArgs {
     /// Generator weights to start from (a taming .ckpt or safetensors), e.g. LLM-CXR's.
     #[arg(long)]
     pub init: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub device: DeviceArg,
 }
 
 #[derive(clap::Args, serde::Serialize)]
@@ -156,6 +161,9 @@ pub struct EncodeArgs {
     pub out: PathBuf,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub device: DeviceArg,
 }
 
 #[derive(clap::Args, serde::Serialize)]
@@ -169,6 +177,9 @@ pub struct DecodeArgs {
     /// Folder for the PNGs (named after the token files).
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub device: DeviceArg,
 }
 
 #[derive(clap::Args, serde::Serialize)]
@@ -230,21 +241,22 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     }
 }
 
-fn load_classifier(path: &Path) -> anyhow::Result<DenseNet> {
+fn load_classifier(path: &Path, device: &Device) -> anyhow::Result<DenseNet> {
     Ok(DenseNet::load(
         &DenseNetConfig::densenet121_txv(),
         path,
-        &Device::Cpu,
+        device,
     )?)
 }
 
-/// Images as one VQ-GAN input batch (loaded in parallel).
+/// Images as one VQ-GAN input batch on `device` (loaded in parallel).
 pub fn load_inputs<P: AsRef<Path> + Sync>(
     paths: &[P],
     config: &VqganConfig,
+    device: &Device,
 ) -> anyhow::Result<Tensor> {
     Ok(load_image_batch(paths, |img| {
-        vqgan_input(img, config, &Device::Cpu)
+        vqgan_input(img, config, device)
     })?)
 }
 
@@ -280,9 +292,14 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         shown = records.to_vec();
     }
     shown.truncate(8);
-    let shown_x = load_inputs(&paths(&shown), &config)?;
+    let device = &a.device.device;
+    let shown_x = load_inputs(&paths(&shown), &config, device)?;
 
-    let classifier = a.classifier.as_deref().map(load_classifier).transpose()?;
+    let classifier = a
+        .classifier
+        .as_deref()
+        .map(|path| load_classifier(path, device))
+        .transpose()?;
     if classifier.is_none() && a.cip_weight > 0.0 {
         tracing::warn!("no --classifier: training without the clinical-information loss");
     }
@@ -301,6 +318,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         checkpoint_every: a.checkpoint_every,
         out: a.out.clone(),
         init: a.init.clone(),
+        device: device.clone(),
     };
     let mut trainer = Trainer::new(&config, classifier.as_ref(), &opts)
         .with_context(|| format!("starting the run in {}", a.out.display()))?;
@@ -382,7 +400,7 @@ fn write_plots(
 }
 
 fn encode(a: EncodeArgs) -> anyhow::Result<()> {
-    let (model, identity) = a.model.load_identified()?;
+    let (model, identity) = a.model.load_identified(&a.device.device)?;
     let config = model.config().clone();
     // The lock file lies beside the folder, which holds token files and their identity only.
     let _lock = cxr_data::OutputLock::beside(&a.out)?;
@@ -426,7 +444,7 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
     let bar = super::progress(records.len() as u64, "encode");
     for chunk in records.chunks(a.batch.max(1)) {
         let codes: Vec<Vec<u32>> = model
-            .encode(&load_inputs(&paths(chunk), &config)?)?
+            .encode(&load_inputs(&paths(chunk), &config, model.device())?)?
             .to_vec2()?;
         for (r, c) in chunk.iter().zip(codes) {
             let c: Vec<u16> = c.into_iter().map(|v| v as u16).collect();
@@ -447,7 +465,7 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
 }
 
 fn decode(a: DecodeArgs) -> anyhow::Result<()> {
-    let model = a.model.load()?;
+    let model = a.model.load(&a.device.device)?;
     let config = model.config().clone();
     let bar = super::progress(a.tokens.len() as u64, "decode");
     for path in &a.tokens {
@@ -461,7 +479,7 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
         let idx = Tensor::from_vec(
             codes.into_iter().map(u32::from).collect::<Vec<u32>>(),
             (1, side * side),
-            &Device::Cpu,
+            model.device(),
         )?;
         let img = cxr_vqgan::to_gray_images(&model.decode(&idx)?)?.remove(0);
         let stem = path.file_stem().unwrap_or_default().to_string_lossy();
@@ -488,8 +506,14 @@ pub fn evaluate(a: &EvalArgs) -> anyhow::Result<VqganEvaluation> {
 
 /// The split's images (at most --limit) through the VQ-GAN, scored by [`VqganEvaluation`].
 fn eval(a: &EvalArgs) -> anyhow::Result<VqganEvaluation> {
-    let model = a.model.load()?;
-    let classifier = a.classifier.as_deref().map(load_classifier).transpose()?;
+    // `vqgan eval` takes no --device: it runs on the CPU.
+    let device = &Device::Cpu;
+    let model = a.model.load(device)?;
+    let classifier = a
+        .classifier
+        .as_deref()
+        .map(|path| load_classifier(path, device))
+        .transpose()?;
     let ds = open_dataset(a.data.kind, &a.data.data)?;
     let mut records = split_records(ds.records(), a.split);
     if a.limit > 0 {

@@ -12,7 +12,6 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use candle_core::Device;
 use cxr_image::ImageError;
 use cxr_lm::Sampling;
 use serde::Deserialize;
@@ -296,14 +295,14 @@ async fn vqgan_input(s: &AppState, up: Upload) -> Result<candle_core::Tensor, Ap
     if !s.scheduler.has_room() {
         return Err(queue_full());
     }
-    let config = s.vqgan.clone();
+    let (config, device) = (s.vqgan.clone(), s.device.clone());
     // The decoder runs outside the request's scope: its errors are told (and logged) here. It
     // holds the upload slot until it ends, even when the client has gone and this future with it.
     let slot = up._slot;
     let decoded = tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let img = cxr_image::decode_image(&bytes, &upload).map_err(Ok)?;
-        cxr_vqgan::vqgan_input(&img, &config, &Device::Cpu).map_err(|e| Err(e.to_string()))
+        cxr_vqgan::vqgan_input(&img, &config, &device).map_err(|e| Err(e.to_string()))
     })
     .await
     .map_err(|e| ApiError::internal(format!("decoding the upload: {e}")))?;

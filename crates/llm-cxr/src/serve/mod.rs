@@ -86,12 +86,16 @@ pub struct Args {
     /// Seconds a request's body may take to arrive whole; then 408.
     #[arg(long, default_value_t = 60)]
     pub body_timeout: u64,
+    #[command(flatten)]
+    pub device: super::commands::device::DeviceArg,
 }
 
 /// What every handler shares.
 pub struct AppState {
     pub scheduler: Scheduler,
     pub vqgan: VqganConfig,
+    /// The VQ-GAN's device, where an upload becomes its input.
+    pub device: candle_core::Device,
     pub model_name: String,
     pub max_tokens: usize,
     pub timeout: Duration,
@@ -126,8 +130,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
              set --api-key (or LLM_CXR_API_KEY), or pass --insecure to serve anyone who reaches it"
         );
     }
-    let engine = super::commands::tasks::load_engine(&a.lm, &a.vqgan)?;
+    let engine = super::commands::tasks::load_engine(&a.lm, &a.vqgan, &a.device.device)?;
     let config = engine.vqgan.config().clone();
+    let device = engine.vqgan.device().clone();
     let positions = engine.lm.model.config().max_position_embeddings();
     let max_prompt_tokens = a
         .max_prompt_tokens
@@ -158,6 +163,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let state = Arc::new(AppState {
             scheduler,
             vqgan: config,
+            device,
             model_name: a
                 .lm
                 .model

@@ -9,6 +9,7 @@ use super::scores::Scores;
 use super::stages::{defaults, Stages};
 use super::vqgan_args;
 use crate::commands::chat::{ModelArgs, SamplingArgs};
+use crate::commands::device::DeviceArg;
 use crate::commands::{eval, tasks};
 
 /// What an evaluation at a step gives.
@@ -28,6 +29,8 @@ pub struct Evaluation<'a> {
     pub classifier: &'a Path,
     pub phrases: &'a Path,
     pub seed: u64,
+    /// Where the model answers and draws.
+    pub device: &'a DeviceArg,
 }
 
 impl Evaluation<'_> {
@@ -40,6 +43,7 @@ impl Evaluation<'_> {
             vqgan: vqgan_args(self.vqgan),
             batch: 8,
             sampling,
+            device: self.device.clone(),
         }
     }
 

@@ -188,11 +188,13 @@ pub fn judge_images(images: &[PathBuf], test: &TestSet, out: &Path) -> anyhow::R
     Ok(result)
 }
 
-/// The plain instructions answered by the base model and by the fine-tuned one (cached).
+/// The plain instructions answered by the base model and by the fine-tuned one (cached), both
+/// run on `device`.
 pub fn plain_answers(
     base: &Path,
     tuned: &Path,
     cache: &Path,
+    device: &candle_core::Device,
 ) -> anyhow::Result<Vec<(String, String, String)>> {
     if let Some(cached) = std::fs::read(cache)
         .ok()
@@ -207,12 +209,8 @@ pub fn plain_answers(
     let instructions: Vec<String> = PLAIN_INSTRUCTIONS.iter().map(|s| s.to_string()).collect();
     let mut answers = Vec::new();
     for path in [base, tuned] {
-        let lm = cxr_lm::LanguageModel::load(
-            path,
-            cxr_lm::WeightMode::Inference,
-            &candle_core::Device::Cpu,
-        )
-        .with_context(|| format!("loading {}", path.display()))?;
+        let lm = cxr_lm::LanguageModel::load(path, cxr_lm::WeightMode::Inference, device)
+            .with_context(|| format!("loading {}", path.display()))?;
         answers.push(answer_greedy(&lm, &instructions, 96)?);
     }
     let out: Vec<(String, String, String)> = instructions

@@ -18,6 +18,7 @@ mod stages;
 
 use std::path::{Path, PathBuf};
 
+use crate::commands::device::DeviceArg;
 use crate::commands::vqgan::{DataArgs, VqganArgs};
 use crate::commands::{classifier, data, lm, phantom, train, vqgan, write_atomic};
 use cxr_data::{DatasetKind, Split};
@@ -55,6 +56,10 @@ pub struct Args {
     pub phrases: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    // Given to every stage that computes with a model but `vqgan eval` and `eval all`, which
+    // take no --device and score on the CPU.
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -103,6 +108,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .collect(),
             model: vqgan_args(&prepared.vqgan),
             out: reconstructions.clone(),
+            device: a.device.clone(),
         },
     )?;
     let lm_dir = out.join("lm");
@@ -117,10 +123,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut last = None;
     for step in points {
         let name = format!("train-{step}");
-        stages.run(
-            &name,
-            fine_tuning(&profile, &prepared, step, a.seed, &lm_dir),
-        )?;
+        stages.run(&name, fine_tuning(&profile, &prepared, step, &a, &lm_dir))?;
         train_seconds += stages.seconds(&name);
         let evaluation = evaluation::Evaluation {
             test: &test,
@@ -129,6 +132,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             classifier: &prepared.classifier,
             phrases: &phrases,
             seed: a.seed,
+            device: &a.device,
         };
         let dir = eval_root.join(format!("step-{step}"));
         let at = evaluation.run(&mut stages, step, &dir)?;
@@ -161,6 +165,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         &a.base,
         &lm_dir.join("model"),
         &out.join("plain-instructions.json"),
+        &a.device.device,
     )?;
     let summary = serde_json::json!({
         "profile": profile.name,
@@ -254,6 +259,7 @@ fn prepare(
             seed: a.seed,
             checkpoint_every: classifier_defaults.checkpoint_every,
             init: None,
+            device: a.device.clone(),
         },
     )?;
     let vqgan_dir = out.join("vqgan");
@@ -279,6 +285,7 @@ fn prepare(
             restart_every: vqgan_defaults.restart_every,
             checkpoint_every: vqgan_defaults.checkpoint_every,
             init: None,
+            device: a.device.clone(),
         },
     )?;
     let classifier = classifier_dir.join("classifier.safetensors");
@@ -311,6 +318,7 @@ fn prepare(
             model: vqgan_args(&vqgan),
             out: tokens.clone(),
             batch: 8,
+            device: a.device.clone(),
         },
     )?;
     stages.run(
@@ -375,7 +383,7 @@ fn fine_tuning(
     profile: &Profile,
     prepared: &Prepared,
     step: u64,
-    seed: u64,
+    a: &Args,
     out: &Path,
 ) -> train::Args {
     let defaults = cxr_instruct::finetune::FinetuneOptions::default();
@@ -394,11 +402,12 @@ fn fine_tuning(
         micro_batch: profile.lm_micro_batch,
         grad_accum: defaults.grad_accum,
         clip: defaults.clip_norm,
-        seed,
+        seed: a.seed,
         checkpoint_every: 20,
         eval_every: defaults.eval_every,
         lora_rank: 0,
         lora_alpha: cxr_lm::LoraConfig::DEFAULT_ALPHA,
         lora_targets: Vec::new(),
+        device: a.device.clone(),
     }
 }

@@ -274,10 +274,22 @@ fn records<S: Stage>(recorded: &[String], stage: &S) -> bool {
     let n = S::COMMAND.len();
     recorded.len() >= n
         && recorded[..n].iter().zip(S::COMMAND).all(|(a, b)| a == b)
-        && matches!(
-            (values_of::<S>(&recorded[n..]), serde_json::to_value(stage)),
-            (Ok(a), Ok(b)) if a == b
-        )
+        && match (values_of::<S>(&recorded[n..]), serde_json::to_value(stage)) {
+            (Ok(a), Ok(b)) => same_run(a, b),
+            _ => false,
+        }
+}
+
+/// Whether two stages' values make the same run. The device is left out: a stage done on the
+/// CPU stays done when the job goes on on a GPU (the long ones resume from their checkpoints
+/// there), so a killed run can be finished elsewhere.
+fn same_run(mut a: serde_json::Value, mut b: serde_json::Value) -> bool {
+    for v in [&mut a, &mut b] {
+        if let Some(fields) = v.as_object_mut() {
+            fields.remove("device");
+        }
+    }
+    a == b
 }
 
 /// An argument's values as command-line text (none for an absent option).
@@ -399,6 +411,7 @@ mod tests {
                     seed,
                     ..defaults().unwrap()
                 },
+                device: defaults().unwrap(),
             },
             n: 1,
             instruction: None,
@@ -502,6 +515,19 @@ mod tests {
         ));
         assert!(!records(&line("gallery --out runs/p"), &stage));
         assert!(!records(&line("phantom --n 300 --no-such-flag"), &stage));
+    }
+
+    /// A stage done on one device is done on any: only the device may differ.
+    #[test]
+    fn a_record_counts_on_another_device() {
+        let on = |device: &str, seed: u64| serde_json::json!({"seed": seed, "device": device});
+        assert!(same_run(on("cpu", 1), on("cuda:0", 1)));
+        assert!(!same_run(on("cpu", 1), on("cuda:0", 2)));
+        // The field left out is the one a stage's device is written under.
+        assert_eq!(
+            serde_json::to_value(draw(&["x"], 7)).unwrap()["device"],
+            "cpu"
+        );
     }
 
     /// A field clap does not parse cannot be written on a command line: refused, not dropped.

@@ -1,0 +1,197 @@
+//! The device check (docs/gpu.md, scripts/device-check.sh): the same computations on the CPU's
+//! kernels and on the device `CXR_TEST_DEVICE` names (`cuda:0` on a GPU machine), compared within
+//! stated tolerances. Unset, the device is the CPU on the ops' portable path (what CUDA runs, with
+//! candle's CPU kernels), so CI runs every check too. The fixtures are the parity tests' (small
+//! random models with transformers' and taming's outputs); `CXR_REPO` names the repository when
+//! the test binary runs outside the tree it was built in (the GPU machine).
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use cxr_lm::{generate, CausalLm, Constraint, GenerateOptions, Sampling, WeightMode};
+
+/// Logits and weights on the device against the CPU's: f32 everywhere, other summation orders.
+const TOLERANCE: f32 = 1e-3;
+
+fn repo() -> PathBuf {
+    std::env::var_os("CXR_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")))
+}
+
+fn fixture(krate: &str, name: &str) -> PathBuf {
+    let path = repo()
+        .join("crates")
+        .join(krate)
+        .join("tests/fixtures")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing (set CXR_REPO)",
+        path.display()
+    );
+    path
+}
+
+fn device() -> Device {
+    match std::env::var("CXR_TEST_DEVICE").as_deref() {
+        Err(_) | Ok("cpu") => Device::Cpu,
+        Ok(spec) => {
+            let ordinal = spec
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("CXR_TEST_DEVICE={spec}: expected cpu or cuda:N"));
+            Device::new_cuda(ordinal).expect("the GPU CXR_TEST_DEVICE names")
+        }
+    }
+}
+
+/// Runs `f` on the device under test (on the CPU: on the portable path).
+fn on_device<R>(f: impl FnOnce(&Device) -> R) -> R {
+    let device = device();
+    if device.is_cpu() {
+        cxr_ops::portable(|| f(&device))
+    } else {
+        f(&device)
+    }
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    cxr_ops::max_abs_diff(&a.to_device(&Device::Cpu).unwrap(), b).unwrap()
+}
+
+fn io(name: &str) -> (Tensor, Tensor, Vec<Vec<u32>>) {
+    let t = candle_core::safetensors::load(
+        fixture("cxr-lm", &format!("{name}_io.safetensors")),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ids = t["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
+    let greedy = t["greedy"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap()
+        .to_vec2::<u32>()
+        .unwrap();
+    (ids, t["logits"].clone(), greedy)
+}
+
+fn load_lm(name: &str, mode: WeightMode, device: &Device) -> (CausalLm, cxr_lm::Weights) {
+    let (model, _, weights) = CausalLm::load_hf(&fixture("cxr-lm", name), mode, device).unwrap();
+    (model, weights)
+}
+
+/// Both architectures: the device's logits within the tolerance of transformers' (and of the
+/// CPU's), and the same greedy continuations.
+#[test]
+fn lm_logits_and_greedy_continuations_on_the_device() {
+    for name in ["gpt_neox_tiny", "llama_tiny"] {
+        let (ids, want, greedy) = io(name);
+        let (cpu_model, _) = load_lm(name, WeightMode::Inference, &Device::Cpu);
+        let cpu_logits = cpu_model.forward(&ids).unwrap();
+        on_device(|dev| {
+            let (model, _) = load_lm(name, WeightMode::Inference, dev);
+            let logits = model.forward(&ids.to_device(dev).unwrap()).unwrap();
+            let (d_ref, d_cpu) = (max_diff(&logits, &want), max_diff(&logits, &cpu_logits));
+            println!("{name}: logits vs transformers {d_ref:.2e}, vs CPU {d_cpu:.2e}");
+            assert!(d_ref < TOLERANCE && d_cpu < TOLERANCE, "{name}");
+            let options = GenerateOptions {
+                sampling: Sampling::greedy(),
+                constraint: Constraint::Free,
+                max_new_tokens: greedy[0].len(),
+                stop_ids: vec![],
+            };
+            let prompts: Vec<Vec<u32>> = ids.to_vec2().unwrap();
+            for (prompt, want) in prompts.iter().zip(&greedy) {
+                let got = generate(&model, std::slice::from_ref(prompt), &options, |_, _| {})
+                    .unwrap()
+                    .remove(0);
+                assert_eq!(&got, want, "{name}: greedy continuation");
+            }
+        });
+    }
+}
+
+/// One fine-tuning step (next-token loss, backward, gradient clipping, AdamW) of the LLaMA
+/// fixture: the device's loss and updated weights are the CPU's.
+#[test]
+fn a_fine_tuning_step_on_the_device() {
+    let name = "llama_tiny";
+    let (ids, _, _) = io(name);
+    let step = |dev: &Device| {
+        let (model, weights) = load_lm(name, WeightMode::Train, dev);
+        let ids = ids.to_device(dev).unwrap();
+        let logits = model.forward(&ids).unwrap();
+        let (b, t, vocab) = logits.dims3().unwrap();
+        let rows = logits
+            .narrow(1, 0, t - 1)
+            .unwrap()
+            .reshape((b * (t - 1), vocab))
+            .unwrap();
+        let targets = ids.narrow(1, 1, t - 1).unwrap().flatten_all().unwrap();
+        let loss = cxr_ops::loss::cross_entropy_rows(&rows, &targets)
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let mut opt = cxr_train::AdamW::new(
+            weights.vars(),
+            cxr_train::AdamWConfig {
+                lr: 1e-2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let norm = opt.grad_norm(&grads).unwrap();
+        opt.step_scaled(&grads, (0.5 / norm).min(1.0)).unwrap();
+        let after: Vec<(String, Tensor)> = weights
+            .vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().to_device(&Device::Cpu).unwrap()))
+            .collect();
+        (loss.to_scalar::<f32>().unwrap(), norm, after)
+    };
+    let (cpu_loss, cpu_norm, cpu_after) = step(&Device::Cpu);
+    let (loss, norm, after) = on_device(step);
+    println!("fine-tuning step: loss {loss} vs {cpu_loss}, gradient norm {norm} vs {cpu_norm}");
+    assert!((loss - cpu_loss).abs() < 1e-4 && ((norm - cpu_norm) / cpu_norm).abs() < 1e-4);
+    assert_eq!(after.len(), cpu_after.len());
+    for ((n, a), (_, b)) in after.iter().zip(&cpu_after) {
+        let d = max_diff(a, b);
+        assert!(d < TOLERANCE, "{n} differs by {d} after the step");
+    }
+}
+
+/// The VQ-GAN fixture on the device: taming's code indices, its reconstruction within the
+/// tolerance.
+#[test]
+fn vqgan_encode_and_decode_on_the_device() {
+    let config = cxr_vqgan::VqganConfig::from_name_or_file(
+        fixture("cxr-vqgan", "vqgan_small.json").to_str().unwrap(),
+    )
+    .unwrap();
+    let io = candle_core::safetensors::load(
+        fixture("cxr-vqgan", "vqgan_small_io.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    on_device(|dev| {
+        let model = cxr_vqgan::VqModel::load(
+            &config,
+            &fixture("cxr-vqgan", "vqgan_small.safetensors"),
+            dev,
+        )
+        .unwrap();
+        let x = io["input"].to_device(dev).unwrap();
+        let codes = model.encode(&x).unwrap();
+        let got: Vec<Vec<u32>> = codes.to_vec2().unwrap();
+        let want: Vec<Vec<i64>> = io["indices"].to_vec2().unwrap();
+        let want: Vec<Vec<u32>> = want
+            .iter()
+            .map(|r| r.iter().map(|&v| v as u32).collect())
+            .collect();
+        assert_eq!(got, want, "code indices");
+        let d = max_diff(&model.decode(&codes).unwrap(), &io["reconstruction"]);
+        println!("vqgan: reconstruction vs taming {d:.2e}");
+        assert!(d < TOLERANCE);
+    });
+}
