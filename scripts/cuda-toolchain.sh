@@ -16,7 +16,7 @@ log() { echo "cuda-toolchain: $*" >&2; }
 if [ ! -x "$dir/venv/bin/python" ]; then
     python3 -m venv "$dir/venv"
 fi
-cu="$dir/venv/lib/python3.11/site-packages/nvidia/cu13"
+cu="$(echo "$dir"/venv/lib/python3*/site-packages/nvidia/cu13)"
 if [ ! -x "$cu/bin/nvcc" ]; then
     log "installing the CUDA $version toolkit wheels (about 1.2 GB)"
     "$dir/venv/bin/pip" install --quiet \
@@ -32,13 +32,14 @@ for lib in "$cu"/lib/lib*.so.*; do
     ln -sf "$lib" "$links/${name%%.so*}.so"
 done
 
-# The stub driver: every cu* function cudarc declares, doing nothing, under libcuda.so.1's soname.
+# The stub driver: every cu* function cudarc declares, under libcuda.so.1's soname, each answering
+# CUDA_ERROR_NO_DEVICE (100) should the stub ever be loaded instead of a driver.
 if [ ! -e "$links/libcuda.so" ]; then
     sys="$(cargo metadata --format-version 1 --features cuda --manifest-path crates/llm-cxr/Cargo.toml 2>/dev/null \
         | python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "cudarc"))')"
     sys="$(dirname "$sys")/src/driver/sys/mod.rs"
     [ -f "$sys" ] || { log "cudarc's driver bindings not found (cargo fetch --features cuda first)"; exit 1; }
-    grep -ohE 'fn cu[A-Za-z0-9_]+\(' "$sys" | sort -u | sed -E 's/fn (.*)\(/void \1(void) {}/' > "$dir/libcuda-stub.c"
+    grep -ohE 'fn cu[A-Za-z0-9_]+\(' "$sys" | sort -u | sed -E 's/fn (.*)\(/int \1(void) { return 100; }/' > "$dir/libcuda-stub.c"
     cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$links/libcuda.so" "$dir/libcuda-stub.c"
     log "stub libcuda.so with $(wc -l < "$dir/libcuda-stub.c") functions"
 fi
@@ -47,4 +48,4 @@ fi
 echo "export PATH=\"$cu/bin:\$PATH\""
 echo "export CUDA_HOME=\"$cu\""
 echo "export LIBRARY_PATH=\"$links\${LIBRARY_PATH:+:\$LIBRARY_PATH}\""
-echo "export CUDA_COMPUTE_CAP=90"   # H100/H200; there is no GPU here to ask
+echo "export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}"   # H100/H200 unless set: no GPU here to ask

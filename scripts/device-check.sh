@@ -1,48 +1,96 @@
 #!/usr/bin/env bash
 # The GPU check (docs/gpu.md), in two halves:
 #
-#   bash scripts/device-check.sh build   # here: a CUDA build of crates/llm-cxr/tests/device.rs,
-#                                        # stripped and gzipped into .device/ (git-ignored)
+#   bash scripts/device-check.sh build   # here: CUDA builds of crates/llm-cxr/tests/device.rs and
+#                                        # of the LM and training-step benches, stripped and
+#                                        # gzipped into .device/ (git-ignored), with the PyTorch peer
 #   bash scripts/device-check.sh run     # on the GPU machine (CUDA 13 driver, PyTorch, no Rust):
-#                                        # the device tests on cuda:0, a log in $OUT if set
+#                                        # the device tests on cuda:0, then our throughput and
+#                                        # PyTorch eager's on the same GPU; logs and JSON in $OUT
 #
-# The GPU machine needs no toolchain: the CUDA libraries the binary links (cuBLAS, cuRAND, the
+# The GPU machine needs no toolchain: the CUDA libraries the binaries link (cuBLAS, cuRAND, the
 # runtime) come from PyTorch's nvidia wheels there, the driver's libcuda.so.1 from the system.
+# `run` takes DEVICE_CHECK_SHAPES (default 410m,3b) for the throughput part, or `tests` alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=.device
 
-case "${1:-}" in
-build)
-    eval "$(bash scripts/cuda-toolchain.sh "${CUDA_TOOLCHAIN:-target/cuda-toolchain}")"
-    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda}"
-    exe="$(cargo test --release --locked -p llm-cxr --features cuda --test device --no-run \
-        --message-format=json | python3 -c '
+# The executable of each named test or bench target in cargo's JSON messages on stdin.
+executables() {
+    python3 -c '
 import json, sys
+want = set(sys.argv[1:])
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "device" and m.get("executable"):
-        print(m["executable"])')"
-    [ -x "$exe" ] || { echo "device-check: no test binary built" >&2; exit 1; }
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] in want and m.get("executable"):
+        print(m["target"]["name"], m["executable"])' "$@"
+}
+
+case "${1:-}" in
+build)
+    env="$(bash scripts/cuda-toolchain.sh "${CUDA_TOOLCHAIN:-target/cuda-toolchain}")"
+    eval "$env"
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda}"
     mkdir -p "$dir"
-    strip -o "$dir/device-tests" "$exe"
-    gzip -f -9 "$dir/device-tests"
+    # One build of the three targets: the feature turns on candle's CUDA for all of them.
+    cargo build --release --locked -p llm-cxr -p cxr-lm -p cxr-instruct --features llm-cxr/cuda \
+        --test device --bench lm --bench train_step --message-format=json \
+        | executables device lm train_step > "$dir/targets"
+    [ "$(wc -l < "$dir/targets")" -eq 3 ] || { echo "device-check: a target was not built" >&2; exit 1; }
+    while read -r name exe; do
+        strip -o "$dir/$name" "$exe"
+        gzip -f -9 "$dir/$name"
+    done < "$dir/targets"
+    rm "$dir/targets"
+    cp scripts/reference/gpu_peer.py "$dir/"
     ls -l "$dir"
     echo "device-check: carry $dir, then run: bash scripts/device-check.sh run"
     ;;
 run)
-    [ -f "$dir/device-tests.gz" ] || { echo "device-check: $dir/device-tests.gz missing (build it first)" >&2; exit 1; }
-    gunzip -c "$dir/device-tests.gz" > /tmp/device-tests && chmod +x /tmp/device-tests
-    libs="$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')"
+    for f in device lm train_step; do
+        [ -f "$dir/$f.gz" ] || { echo "device-check: $dir/$f.gz missing (build it first)" >&2; exit 1; }
+        gunzip -c "$dir/$f.gz" > "/tmp/$f" && chmod +x "/tmp/$f"
+    done
+    # cuBLAS 13, cuRAND, cudart 13: PyTorch's nvidia wheels, else the toolkit's folder.
+    libs="$(python3 -c 'import nvidia, os; print(":".join(d for d in (os.path.join(p, "cu13", "lib") for p in nvidia.__path__) if os.path.isdir(d)))' 2>/dev/null || true)"
+    [ -d /usr/local/cuda/lib64 ] && libs="${libs:+$libs:}/usr/local/cuda/lib64"
     export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-    log="${OUT:-/tmp}/device-check.log"
+    if ldd /tmp/device | grep "not found"; then
+        echo "device-check: libraries missing (LD_LIBRARY_PATH=$LD_LIBRARY_PATH)" >&2
+        exit 1
+    fi
+    out="${OUT:-/tmp}"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
     set -o pipefail
+    echo "== device tests"
     CXR_TEST_DEVICE="${CXR_TEST_DEVICE:-cuda:0}" CXR_REPO="$PWD" \
-        /tmp/device-tests --test-threads 1 --nocapture 2>&1 | tee "$log"
+        /tmp/device --test-threads 1 --nocapture 2>&1 | tee "$out/device-tests.log"
+    [ "${2:-}" = tests ] && exit 0
+    shapes="${DEVICE_CHECK_SHAPES:-410m,3b}"
+    gen_phases="$(echo "$shapes" | sed -E 's/([^,]+)/\1-f32/g')"
+    echo "== llm-cxr: training step ($shapes)"
+    BENCH_DEVICE=cuda:0 TRAIN_BENCH_PHASES="$shapes" /tmp/train_step > "$out/ours-train.json"
+    echo "== llm-cxr: generation ($gen_phases)"
+    BENCH_DEVICE=cuda:0 LM_BENCH_PHASES="$gen_phases" LM_BENCH_REPEATS=3 /tmp/lm > "$out/ours-generate.json"
+    echo "== PyTorch eager ($shapes)"
+    python3 "$dir/gpu_peer.py" --shapes "$shapes" --out "$out/torch.json" > /dev/null
+    python3 - "$out" "$shapes" <<'EOF' | tee "$out/summary.json"
+import json, sys
+out, shapes = sys.argv[1], sys.argv[2].split(",")
+train = json.load(open(f"{out}/ours-train.json"))
+gen = json.load(open(f"{out}/ours-generate.json"))["results"]
+torch = json.load(open(f"{out}/torch.json"))
+rows = {}
+for s in shapes:
+    ours_t, ours_g = train[s]["tokens_per_s"], gen[f"{s}-f32"]["decode_tok_s"]
+    peer_t, peer_g = torch[s]["train"]["tokens_per_s"], torch[s]["generate"]["decode_tok_s"]
+    rows[s] = {"train_tok_s": ours_t, "torch_train_tok_s": peer_t, "train_ratio": ours_t / peer_t,
+               "decode_tok_s": ours_g, "torch_decode_tok_s": peer_g, "decode_ratio": ours_g / peer_g}
+print(json.dumps({"gpu": torch["gpu"], "torch": torch["torch"], "dtype": "float32", "shapes": rows}, indent=1))
+EOF
     ;;
 *)
-    echo "usage: bash scripts/device-check.sh build|run" >&2
+    echo "usage: bash scripts/device-check.sh build | run [tests]" >&2
     exit 2
     ;;
 esac

@@ -262,7 +262,7 @@ pub fn train(
     let record = run_record(config, examples, opts)?;
     let mut step = 0;
     if ck_path.is_file() {
-        let ck = Resume::open(&ck_path, device)?;
+        let ck = Resume::open(&ck_path)?;
         step = ck.require("step")?;
         ck.check_setting("seed", &opts.seed)?;
         ck.check_record(&record)?;

@@ -3,7 +3,8 @@
 //! pythia-410m-like GPT-NeoX models (vocabulary 51336), as ../shared/bench/peer_torch.py's
 //! `lm-train` phase measures it. Two warm-up steps, then the median of `TRAIN_BENCH_REPEATS`
 //! (default 3). Each shape runs in its own process so that its peak RSS is its own;
-//! `TRAIN_BENCH_PHASES=70m` picks shapes. Prints one JSON object.
+//! `TRAIN_BENCH_PHASES=70m` picks shapes (`3b`: the dolly-v2-3b shape, for GPUs);
+//! `BENCH_DEVICE=cuda:0` runs on a GPU. Prints one JSON object.
 
 use std::process::Command;
 
@@ -25,15 +26,16 @@ fn phase(name: &str) -> serde_json::Value {
     let config = match name {
         "70m" => neox(512, 6, 8),
         "410m" => neox(1024, 24, 16),
+        "3b" => neox(2560, 32, 32),
         other => panic!("unknown phase {other}"),
     };
     let repeats: usize = std::env::var("TRAIN_BENCH_REPEATS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let tensors =
-        cxr_lm::weights::random_weights(&config, 0, None, &candle_core::Device::Cpu).unwrap();
-    let net = Trainable::from_tensors(&config, tensors, &candle_core::Device::Cpu).unwrap();
+    let device = cxr_train::bench_device();
+    let tensors = cxr_lm::weights::random_weights(&config, 0, None, &device).unwrap();
+    let net = Trainable::from_tensors(&config, tensors, &device).unwrap();
     let sample = Tokenized {
         task: Task::Text,
         source: "random".into(),
@@ -60,11 +62,14 @@ fn phase(name: &str) -> serde_json::Value {
         let t0 = Instant::now();
         let (nll, n) = response_nll(&net.model, &[&sample]).unwrap();
         let loss = (nll / n as f64).unwrap();
+        device.synchronize().unwrap();
         let t1 = Instant::now();
         let grads = loss.backward().unwrap();
+        device.synchronize().unwrap();
         let t2 = Instant::now();
         opt.step(&grads).unwrap();
         drop(grads);
+        device.synchronize().unwrap();
         let t3 = Instant::now();
         if k >= 2 {
             faults.push(minor_faults() - faults0);
@@ -87,6 +92,8 @@ fn phase(name: &str) -> serde_json::Value {
         "shape": name,
         "params": config.tensor_shapes().iter().map(|(_, d)| d.iter().product::<usize>()).sum::<usize>(),
         "seq": SEQ,
+        "device": format!("{:?}", device.location()),
+        "tokens_per_s": SEQ as f64 / times[times.len() / 2],
         "step_s": times[times.len() / 2],
         "step_s_all": times,
         "fwd_s": fwd,

@@ -331,7 +331,9 @@ impl Trainable {
         let Some((base, cfg)) = &self.lora else {
             return Ok(self.tensors());
         };
-        let mut tensors = cxr_lm::weights::read_hf_tensors(base, self.model.device())?;
+        // In host memory: the merged copy is for saving, and a GPU holds the model already.
+        let cpu = candle_core::Device::Cpu;
+        let mut tensors = cxr_lm::weights::read_hf_tensors(base, &cpu)?;
         let vars: std::collections::HashMap<&str, &candle_core::Var> =
             self.vars.iter().map(|(n, v)| (n.as_str(), v)).collect();
         let scale = cfg.alpha / cfg.rank as f64;
@@ -347,7 +349,8 @@ impl Trainable {
                     base.display()
                 ))
             })?;
-            let merged = (w + (b.as_tensor().matmul(a.as_tensor())? * scale)?)?;
+            let delta = (b.as_tensor().matmul(a.as_tensor())? * scale)?.to_device(&cpu)?;
+            let merged = (w + delta)?;
             tensors.insert(key, merged);
         }
         let mut out: Vec<(String, Tensor)> = tensors.into_iter().collect();
@@ -531,7 +534,7 @@ fn resume(
     opts: &FinetuneOptions,
     record: &cxr_train::RunRecord,
 ) -> Result<u64, FinetuneError> {
-    let ck = Resume::open(path, &opts.device)?;
+    let ck = Resume::open(path)?;
     let step: u64 = ck.require("step")?;
     ck.check_record(record)?;
     let per_step = (opts.micro_batch.max(1) * opts.grad_accum.max(1)) as u64;

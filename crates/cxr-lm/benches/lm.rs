@@ -5,7 +5,8 @@
 //! the 410m shape in 8 and 4 bits (Q8_0, Q4_K; 410m-q4_0 on request), SmolLM2-135M from its GGUF, and the dolly-v2-3b shape in 4 bits
 //! drawing one 256-token image. Each phase runs in its own process so that its peak RSS is its own.
 //! Prints one JSON object. `LM_BENCH_PHASES=70m-f32,410m-f32` picks phases, `LM_BENCH_REPEATS=3`
-//! sets the repeats (median reported).
+//! sets the repeats (median reported). `BENCH_DEVICE=cuda:0` runs on a GPU, where the phases
+//! `410m-f32` and `3b-f32` (the dolly-v2-3b shape, text) are the ones to run.
 
 use std::process::Command;
 use std::time::Instant;
@@ -37,8 +38,9 @@ fn neox(hidden: usize, layers: usize, heads: usize, vocab: usize) -> LmConfig {
 }
 
 fn random_model(config: &LmConfig, quantize: Option<GgmlDType>) -> CausalLm {
-    let tensors = cxr_lm::weights::random_weights(config, 0, quantize, &Device::Cpu).unwrap();
-    let w = Weights::new(tensors, "random", WeightMode::Inference, &Device::Cpu);
+    let device = cxr_train::bench_device();
+    let tensors = cxr_lm::weights::random_weights(config, 0, quantize, &device).unwrap();
+    let w = Weights::new(tensors, "random", WeightMode::Inference, &device);
     CausalLm::new(config, &w).unwrap()
 }
 
@@ -61,7 +63,7 @@ fn measure(
     let prompt: Vec<u32> = (0..PROMPT as u32)
         .map(|i| (i * 7919 + 13) % vocab.min(50000))
         .collect();
-    let ids = Tensor::new(prompt.as_slice(), &Device::Cpu)
+    let ids = Tensor::new(prompt.as_slice(), model.device())
         .unwrap()
         .unsqueeze(0)
         .unwrap();
@@ -71,6 +73,7 @@ fn measure(
         let t = Instant::now();
         let h = model.step_hidden(&ids, &[0], &mut cache).unwrap();
         model.head().forward(&h).unwrap();
+        model.device().synchronize().unwrap();
         if r > 0 {
             prefill.push(t.elapsed().as_secs_f64() * 1e3);
         }
@@ -117,6 +120,7 @@ fn run_phase(phase: &str, repeats: usize) -> serde_json::Value {
         "410m-q4_0" => (neox(1024, 24, 16, vocab), Some(GgmlDType::Q4_0)),
         "410m-q4k" => (neox(1024, 24, 16, vocab), Some(GgmlDType::Q4K)),
         "dolly-3b-q4k-image" => (neox(2560, 32, 32, 51305), Some(GgmlDType::Q4K)),
+        "3b-f32" => (neox(2560, 32, 32, vocab), None),
         "smollm2-gguf" => {
             let path = std::env::var("LM_BENCH_GGUF")
                 .unwrap_or_else(|_| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into());

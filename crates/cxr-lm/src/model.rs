@@ -131,6 +131,19 @@ impl CausalLm {
         self.head().forward(&self.forward_hidden(ids)?)
     }
 
+    /// The mean next-token cross-entropy over the rows of unpadded `ids` (b, t), transformers'
+    /// loss with `labels = input_ids`; differentiable in the weights when they are variables.
+    pub fn next_token_loss(&self, ids: &Tensor) -> Result<Tensor> {
+        let logits = self.forward(ids)?;
+        let (b, t, vocab) = logits.dims3()?;
+        if t < 2 {
+            candle_core::bail!("next-token loss: {t} token per row, at least 2 needed");
+        }
+        let rows = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), vocab))?;
+        let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+        cxr_ops::loss::cross_entropy_rows(&rows, &targets)?.mean_all()
+    }
+
     /// The final hidden states (b, t, hidden) of unpadded or right-padded `ids` (b, t), before
     /// the LM head: training applies the head only where the loss counts.
     pub fn forward_hidden(&self, ids: &Tensor) -> Result<Tensor> {

@@ -123,7 +123,7 @@ fn composed(
     let m = ((m * s.beta1 as f64)? + (&g * (1.0 - s.beta1) as f64)?)?;
     let v = ((v * s.beta2 as f64)? + (g.sqr()? * (1.0 - s.beta2) as f64)?)?;
     let update = ((&m / s.bc1 as f64)? / ((&v / s.bc2 as f64)?.sqrt()? + s.eps as f64)?)?;
-    let p32 = p.to_dtype(DType::F32)?;
+    let p32 = p.detach().to_dtype(DType::F32)?;
     let step = |p: &Tensor, u: &Tensor, lr: f32, decay: f32| (p * decay as f64)? - (u * lr as f64)?;
     let n = p.elem_count();
     let new_p = match s.tail {

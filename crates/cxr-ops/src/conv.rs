@@ -891,9 +891,12 @@ mod tests {
         for t in [x.as_tensor(), &layer.weight, bias] {
             assert!(max_diff(g1.get(t).unwrap(), g2.get(t).unwrap()) < 1e-3);
         }
-        let frozen = Tensor::randn(0f32, 1., (2, 16, 33, 35), &dev).unwrap();
-        let inference = layer.forward(&frozen.detach()).unwrap();
-        let portable = crate::portable(|| layer.forward(&frozen)).unwrap();
+        // Inference (nothing tracked): Winograd with the bias folded in, against candle's conv2d.
+        let frozen = Conv2d::from_tensors(layer.weight.detach(), Some(bias.detach()), 1, 1);
+        let x = x.as_tensor().detach();
+        let inference = frozen.forward(&x).unwrap();
+        assert!(frozen.winograd.get().is_some());
+        let portable = crate::portable(|| frozen.forward(&x)).unwrap();
         assert!(max_diff(&inference, &portable) < 1e-4);
     }
 }

@@ -42,15 +42,25 @@ thread_local! {
 /// CPU: what a CUDA device runs, for tests that compare the two paths and for debugging a kernel.
 /// Applies to ops called from this thread inside `f`.
 pub fn portable<R>(f: impl FnOnce() -> R) -> R {
-    let before = PORTABLE.with(|p| p.replace(true));
-    let out = f();
-    PORTABLE.with(|p| p.set(before));
-    out
+    /// Puts the flag back, also when `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PORTABLE.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(PORTABLE.with(|p| p.replace(true)));
+    f()
 }
 
 /// Whether an op on `t` runs our CPU kernel: f32 values on the CPU, outside [`portable`].
 pub(crate) fn cpu_kernel(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && !PORTABLE.with(Cell::get)
+    on_cpu(t) && t.dtype() == DType::F32
+}
+
+/// On the CPU, outside [`portable`].
+fn on_cpu(t: &Tensor) -> bool {
+    t.device().is_cpu() && !PORTABLE.with(Cell::get)
 }
 
 /// The values of a contiguous f32 CPU storage, for custom ops; `op` names the op in errors.
@@ -71,13 +81,8 @@ pub fn contiguous_f32<'a>(
 /// The sum of the squares of a tensor's values, in f64 on the CPU (one pass, no temporary).
 pub fn sum_of_squares(t: &Tensor) -> candle_core::Result<f64> {
     use rayon::prelude::*;
-    if !t.device().is_cpu() {
-        return t
-            .to_dtype(DType::F32)?
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar();
+    if !on_cpu(t) {
+        return t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar();
     }
     let t = t.to_dtype(DType::F32)?.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
@@ -91,6 +96,13 @@ pub fn sum_of_squares(t: &Tensor) -> candle_core::Result<f64> {
         .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
         .collect();
     Ok(parts.iter().sum())
+}
+
+/// The largest absolute difference between `a` and `b` over `b`'s largest magnitude (at least
+/// 1e-3): one tolerance for gradients of very different scales.
+pub fn max_relative_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
+    let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    Ok(max_abs_diff(a, b)? / scale.max(1e-3))
 }
 
 /// The largest absolute difference between two tensors of the same shape (parity checks).
@@ -119,6 +131,8 @@ mod tests {
         };
         let one = run(1);
         assert!((one / (1 << 20) as f64 - 1.0).abs() < 0.01, "{one}");
+        let composed = portable(|| sum_of_squares(&t).unwrap());
+        assert!((composed - one).abs() < 1e-9 * one, "{composed} vs {one}");
         for threads in [2, 3, 8] {
             assert_eq!(run(threads).to_bits(), one.to_bits(), "{threads} threads");
         }

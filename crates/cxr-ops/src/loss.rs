@@ -136,9 +136,16 @@ pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// The portable path, in f32 whatever the logits' dtype.
 fn cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let (n, vocab) = logits.dims2()?;
-    if targets.dims() != [n] {
-        candle_core::bail!("cross-entropy: {:?} targets for {n} rows", targets.dims());
+    if targets.dtype() != DType::U32 {
+        candle_core::bail!("cross-entropy: targets must be u32");
     }
+    if targets.elem_count() != n {
+        candle_core::bail!(
+            "cross-entropy: {} targets for {n} rows",
+            targets.elem_count()
+        );
+    }
+    let targets = &targets.flatten_all()?;
     if n > 0 {
         let bad = targets.max(0)?.to_scalar::<u32>()?;
         if bad as usize >= vocab {

@@ -144,11 +144,19 @@ fn causal_attention_composed(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tenso
     let group = h / kvh;
     let q = q.contiguous()?.reshape((b, kvh, group * t, d))?;
     let scores = (q.matmul(&k.contiguous()?.t()?)? * (1.0 / (d as f64).sqrt()))?;
-    let mask: Vec<f32> = (0..group * t)
-        .flat_map(|row| (0..t).map(move |j| if j <= row % t { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    let mask = Tensor::from_vec(mask, (group * t, t), q.device())?.to_dtype(q.dtype())?;
-    softmax(&scores.broadcast_add(&mask)?)?
+    // The (t, t) causal mask, made on the device, over each group's t rows.
+    let (dev, dtype) = (q.device(), q.dtype());
+    let pos = Tensor::arange(0u32, t as u32, dev)?;
+    let seen = pos.unsqueeze(1)?.broadcast_ge(&pos.unsqueeze(0)?)?;
+    let mask = seen.where_cond(
+        &Tensor::zeros((t, t), dtype, dev)?,
+        &Tensor::full(f32::NEG_INFINITY, (t, t), dev)?.to_dtype(dtype)?,
+    )?;
+    let scores = scores
+        .reshape((b, kvh, group, t, t))?
+        .broadcast_add(&mask)?
+        .reshape((b, kvh, group * t, t))?;
+    softmax(&scores)?
         .matmul(&v.contiguous()?)?
         .reshape((b, h, t, d))?
         .transpose(1, 2)?

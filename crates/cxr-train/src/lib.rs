@@ -276,6 +276,20 @@ pub fn save_checkpoint(
     cxr_data::write_atomic(path, &bytes).map_err(|e| err(e.to_string()))
 }
 
+/// The device a benchmark runs on: `BENCH_DEVICE` (`cpu`, the default, or `cuda:N`).
+pub fn bench_device() -> Device {
+    match std::env::var("BENCH_DEVICE").as_deref() {
+        Err(_) | Ok("cpu") => Device::Cpu,
+        Ok(spec) => {
+            let ordinal = spec
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("BENCH_DEVICE={spec}: expected cpu or cuda:N"));
+            Device::new_cuda(ordinal).expect("the GPU BENCH_DEVICE names")
+        }
+    }
+}
+
 /// This process's peak resident memory in MiB (Linux `VmHWM`; NaN elsewhere), for benchmarks.
 pub fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

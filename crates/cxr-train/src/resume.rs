@@ -27,9 +27,11 @@ pub struct Resume {
 }
 
 impl Resume {
-    /// Reads the checkpoint at `path` (written by [`crate::save_checkpoint`]).
-    pub fn open(path: &Path, device: &Device) -> Result<Self, TrainError> {
-        let (tensors, metadata) = load_checkpoint(path, device)?;
+    /// Reads the checkpoint at `path` (written by [`crate::save_checkpoint`]) into host memory:
+    /// [`Resume::restore`] and [`Resume::restore_optimizer`] move each tensor to its variable's
+    /// device, so a GPU never holds the weights and moments twice.
+    pub fn open(path: &Path) -> Result<Self, TrainError> {
+        let (tensors, metadata) = load_checkpoint(path, &Device::Cpu)?;
         Ok(Resume {
             path: path.to_path_buf(),
             tensors,
@@ -98,7 +100,8 @@ impl Resume {
                     var.dims()
                 )));
             }
-            var.set(t)
+            t.to_device(var.device())
+                .and_then(|t| var.set(&t))
                 .map_err(|e| self.refuse(format!("{name}: {e}")))?;
         }
         Ok(())
@@ -122,7 +125,7 @@ mod tests {
         let w = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
         let meta = BTreeMap::from([("step".to_string(), "7".to_string())]);
         crate::save_checkpoint(&path, &[("w".into(), w)], &meta).unwrap();
-        let ck = Resume::open(&path, &Device::Cpu).unwrap();
+        let ck = Resume::open(&path).unwrap();
         assert_eq!(ck.require::<u64>("step").unwrap(), 7);
         assert_eq!(ck.get::<u64>("seed"), None);
         let e = ck.require::<u64>("seed").unwrap_err().to_string();

@@ -342,7 +342,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn resume(&mut self, path: &Path) -> Result<(), VqganTrainError> {
-        let ck = Resume::open(path, &self.device)?;
+        let ck = Resume::open(path)?;
         let step: u64 = ck.require("step")?;
         let saved: VqganConfig = ck
             .metadata

@@ -111,53 +111,42 @@ fn lm_logits_and_greedy_continuations_on_the_device() {
     }
 }
 
-/// One fine-tuning step (next-token loss, backward, gradient clipping, AdamW) of the LLaMA
-/// fixture: the device's loss and updated weights are the CPU's.
+/// One fine-tuning step (next-token loss, backward, gradient clipping, AdamW) of each LM
+/// fixture: the device's loss, gradient norm and updated weights are the CPU's.
 #[test]
 fn a_fine_tuning_step_on_the_device() {
-    let name = "llama_tiny";
-    let (ids, _, _) = io(name);
-    let step = |dev: &Device| {
-        let (model, weights) = load_lm(name, WeightMode::Train, dev);
-        let ids = ids.to_device(dev).unwrap();
-        let logits = model.forward(&ids).unwrap();
-        let (b, t, vocab) = logits.dims3().unwrap();
-        let rows = logits
-            .narrow(1, 0, t - 1)
-            .unwrap()
-            .reshape((b * (t - 1), vocab))
+    for name in ["gpt_neox_tiny", "llama_tiny"] {
+        let (ids, _, _) = io(name);
+        let step = |dev: &Device| {
+            let (model, weights) = load_lm(name, WeightMode::Train, dev);
+            let loss = model.next_token_loss(&ids.to_device(dev).unwrap()).unwrap();
+            let grads = loss.backward().unwrap();
+            let mut opt = cxr_train::AdamW::new(
+                weights.vars(),
+                cxr_train::AdamWConfig {
+                    lr: 1e-2,
+                    ..Default::default()
+                },
+            )
             .unwrap();
-        let targets = ids.narrow(1, 1, t - 1).unwrap().flatten_all().unwrap();
-        let loss = cxr_ops::loss::cross_entropy_rows(&rows, &targets)
-            .unwrap()
-            .mean_all()
-            .unwrap();
-        let grads = loss.backward().unwrap();
-        let mut opt = cxr_train::AdamW::new(
-            weights.vars(),
-            cxr_train::AdamWConfig {
-                lr: 1e-2,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let norm = opt.grad_norm(&grads).unwrap();
-        opt.step_scaled(&grads, (0.5 / norm).min(1.0)).unwrap();
-        let after: Vec<(String, Tensor)> = weights
-            .vars()
-            .into_iter()
-            .map(|(n, v)| (n, v.as_tensor().to_device(&Device::Cpu).unwrap()))
-            .collect();
-        (loss.to_scalar::<f32>().unwrap(), norm, after)
-    };
-    let (cpu_loss, cpu_norm, cpu_after) = step(&Device::Cpu);
-    let (loss, norm, after) = on_device(step);
-    println!("fine-tuning step: loss {loss} vs {cpu_loss}, gradient norm {norm} vs {cpu_norm}");
-    assert!((loss - cpu_loss).abs() < 1e-4 && ((norm - cpu_norm) / cpu_norm).abs() < 1e-4);
-    assert_eq!(after.len(), cpu_after.len());
-    for ((n, a), (_, b)) in after.iter().zip(&cpu_after) {
-        let d = max_diff(a, b);
-        assert!(d < TOLERANCE, "{n} differs by {d} after the step");
+            let norm = opt.grad_norm(&grads).unwrap();
+            opt.step_scaled(&grads, (0.5 / norm).min(1.0)).unwrap();
+            let after: Vec<(String, Tensor)> = weights
+                .vars()
+                .into_iter()
+                .map(|(n, v)| (n, v.as_tensor().to_device(&Device::Cpu).unwrap()))
+                .collect();
+            (loss.to_scalar::<f32>().unwrap(), norm, after)
+        };
+        let (cpu_loss, cpu_norm, cpu_after) = step(&Device::Cpu);
+        let (loss, norm, after) = on_device(step);
+        println!("{name} step: loss {loss} vs {cpu_loss}, gradient norm {norm} vs {cpu_norm}");
+        assert!((loss - cpu_loss).abs() < 1e-4 && ((norm - cpu_norm) / cpu_norm).abs() < 1e-4);
+        assert_eq!(after.len(), cpu_after.len());
+        for ((n, a), (_, b)) in after.iter().zip(&cpu_after) {
+            let d = max_diff(a, b);
+            assert!(d < TOLERANCE, "{name}: {n} differs by {d} after the step");
+        }
     }
 }
 

@@ -134,7 +134,7 @@ pub fn render_prompt(
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let lm = args.model.load(&args.device.device)?;
+    let lm = args.model.load(&args.device.open()?)?;
     let render = |text: &str| render_prompt(&lm.tokenizer, args.template, text);
     let stop_ids = lm.tokenizer.stop_ids();
     let constraint = match lm.image_vocab {

@@ -86,7 +86,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         checkpoint_every: args.checkpoint_every,
         out: args.out.clone(),
         init: args.init.clone(),
-        device: args.device.device.clone(),
+        device: args.device.open()?,
     };
     let mut write_error = None;
     let model = train(&config, &train_examples, &opts, &mut |r| {

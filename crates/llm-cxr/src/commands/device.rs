@@ -1,49 +1,81 @@
 //! `--device`: where the commands that compute with a model run (`cpu`, `cuda`, `cuda:N`). One
 //! argument struct, flattened into each of them, so every command spells and checks it alike.
+//! The flag parses to a [`DeviceSpec`] without touching a GPU (the main job reads its stages'
+//! recorded command lines back on any machine); a command opens it with [`DeviceArg::open`]
+//! before its work starts.
 
-use candle_core::{Device, DeviceLocation};
+use anyhow::Context;
+use candle_core::Device;
 
 /// The `--device` flag.
 #[derive(clap::Args, Clone, Debug, serde::Serialize)]
 pub struct DeviceArg {
     /// Where the model computes: `cpu`, `cuda` (the first GPU) or `cuda:N` (GPU N). CUDA needs a
-    /// binary built with candle's `cuda` feature.
+    /// binary built with `--features cuda` (docs/gpu.md).
     #[arg(long, default_value = "cpu", value_parser = parse_device, value_name = "DEVICE")]
-    #[serde(serialize_with = "serialize_device")]
-    pub device: Device,
+    pub device: DeviceSpec,
+}
+
+impl DeviceArg {
+    /// The device, opened: a binary without CUDA, or a GPU that is not there, is an error here.
+    pub fn open(&self) -> anyhow::Result<Device> {
+        self.device.open()
+    }
+}
+
+/// A device by name, not yet opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    pub fn open(self) -> anyhow::Result<Device> {
+        let ordinal = match self {
+            DeviceSpec::Cpu => return Ok(Device::Cpu),
+            DeviceSpec::Cuda(n) => n,
+        };
+        if !candle_core::utils::cuda_is_available() {
+            anyhow::bail!(
+                "--device {self}: this binary was built without CUDA: use `cpu`, or build with \
+                 `--features cuda` (docs/gpu.md)"
+            );
+        }
+        Device::new_cuda(ordinal)
+            .with_context(|| format!("--device {self}: cannot open GPU {ordinal}"))
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Written as the flag reads it back (the main job writes its stages' command lines).
+impl serde::Serialize for DeviceSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// The forms `--device` accepts, as its errors list them.
 const ACCEPTED: &str = "`cpu`, `cuda` or `cuda:N` (N: the GPU's index, from 0)";
 
-/// Parses `cpu`, `cuda` (= `cuda:0`) or `cuda:N` into a device; CUDA ones are opened here, so
-/// that a binary without CUDA, or a GPU that is not there, fails before any work starts.
-pub fn parse_device(text: &str) -> Result<Device, String> {
-    let ordinal = match text {
-        "cpu" => return Ok(Device::Cpu),
-        "cuda" => 0,
+/// Parses `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+pub fn parse_device(text: &str) -> Result<DeviceSpec, String> {
+    match text {
+        "cpu" => Ok(DeviceSpec::Cpu),
+        "cuda" => Ok(DeviceSpec::Cuda(0)),
         _ => text
             .strip_prefix("cuda:")
             .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| format!("expected {ACCEPTED}"))?,
-    };
-    if !candle_core::utils::cuda_is_available() {
-        return Err(
-            "this binary was built without CUDA: use `cpu`, or build with `--features cuda` \
-             (docs/gpu.md)"
-                .into(),
-        );
-    }
-    Device::new_cuda(ordinal).map_err(|e| format!("cannot open GPU {ordinal}: {e}"))
-}
-
-/// A device by the name [`parse_device`] reads back (`cpu`, `cuda:N`): the main job writes its
-/// stages' command lines from their argument structs.
-fn serialize_device<S: serde::Serializer>(device: &Device, s: S) -> Result<S::Ok, S::Error> {
-    match device.location() {
-        DeviceLocation::Cpu => s.serialize_str("cpu"),
-        DeviceLocation::Cuda { gpu_id } => s.serialize_str(&format!("cuda:{gpu_id}")),
-        DeviceLocation::Metal { gpu_id } => s.serialize_str(&format!("metal:{gpu_id}")),
+            .map(DeviceSpec::Cuda)
+            .ok_or_else(|| format!("expected {ACCEPTED}")),
     }
 }
 
@@ -58,18 +90,19 @@ mod tests {
         device: DeviceArg,
     }
 
-    fn parse(args: &[&str]) -> Result<Device, clap::Error> {
+    fn parse(args: &[&str]) -> Result<DeviceSpec, clap::Error> {
         Cli::try_parse_from(std::iter::once("llm-cxr").chain(args.iter().copied()))
             .map(|c| c.device.device)
     }
 
     #[test]
     fn cpu_is_the_default_and_parses() {
-        assert!(parse(&[]).unwrap().is_cpu());
-        assert!(parse(&["--device", "cpu"]).unwrap().is_cpu());
+        assert_eq!(parse(&[]).unwrap(), DeviceSpec::Cpu);
+        assert_eq!(parse(&["--device", "cpu"]).unwrap(), DeviceSpec::Cpu);
+        assert!(DeviceSpec::Cpu.open().unwrap().is_cpu());
         assert_eq!(
             serde_json::to_value(DeviceArg {
-                device: Device::Cpu
+                device: DeviceSpec::Cpu
             })
             .unwrap(),
             serde_json::json!({"device": "cpu"})
@@ -84,30 +117,23 @@ mod tests {
         }
     }
 
-    /// `cuda` and `cuda:N` are accepted forms: on a build without CUDA they fail saying so, on
-    /// one with it they open the GPU (or name the one that is not there).
+    /// `cuda` and `cuda:N` parse on any build (a recorded command line reads back anywhere) and
+    /// are written back as they read; opening one on a build without CUDA says so, on one with
+    /// it opens the GPU or names the one that is not there.
     #[test]
-    fn cuda_forms_parse_to_a_gpu_or_say_why_not() {
+    fn cuda_forms_parse_anywhere_and_open_or_say_why_not() {
         for (text, ordinal) in [("cuda", 0), ("cuda:0", 0), ("cuda:1", 1)] {
-            match parse_device(text) {
-                Ok(device) => {
-                    assert_eq!(
-                        device.location(),
-                        DeviceLocation::Cuda { gpu_id: ordinal },
-                        "{text}"
-                    );
-                    let written = serde_json::to_value(DeviceArg { device }).unwrap();
-                    assert_eq!(written["device"], format!("cuda:{ordinal}"));
-                }
+            let spec = parse(&["--device", text]).unwrap();
+            assert_eq!(spec, DeviceSpec::Cuda(ordinal));
+            let written = serde_json::to_value(DeviceArg { device: spec }).unwrap();
+            assert_eq!(written["device"], format!("cuda:{ordinal}"));
+            match spec.open() {
+                Ok(device) => assert!(device.is_cuda(), "{text}"),
                 Err(e) if !candle_core::utils::cuda_is_available() => {
-                    assert!(e.contains("built without CUDA"), "{text}: {e}");
-                    let shown = parse(&["--device", text]).unwrap_err().to_string();
-                    assert!(
-                        shown.contains(text) && shown.contains("without CUDA"),
-                        "{shown}"
-                    );
+                    let e = e.to_string();
+                    assert!(e.contains("built without CUDA") && e.contains(text), "{e}");
                 }
-                Err(e) => assert!(e.contains(&format!("GPU {ordinal}")), "{text}: {e}"),
+                Err(e) => assert!(format!("{e:#}").contains(&format!("GPU {ordinal}")), "{e}"),
             }
         }
     }

@@ -38,7 +38,7 @@ pub struct Models {
 
 impl Models {
     fn load(&self) -> anyhow::Result<Engine> {
-        load_engine(&self.lm, &self.vqgan, &self.device.device)
+        load_engine(&self.lm, &self.vqgan, &self.device.open()?)
     }
 }
 

@@ -149,7 +149,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             checkpoint_every: args.checkpoint_every,
             eval_every: args.eval_every,
             out,
-            device: args.device.device.clone(),
+            device: args.device.open()?,
         };
         stage(&model, &data, validation.as_deref(), &opts, &args)?;
     }

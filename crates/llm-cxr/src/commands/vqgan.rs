@@ -292,7 +292,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         shown = records.to_vec();
     }
     shown.truncate(8);
-    let device = &a.device.device;
+    let device = &a.device.open()?;
     let shown_x = load_inputs(&paths(&shown), &config, device)?;
 
     let classifier = a
@@ -400,7 +400,7 @@ fn write_plots(
 }
 
 fn encode(a: EncodeArgs) -> anyhow::Result<()> {
-    let (model, identity) = a.model.load_identified(&a.device.device)?;
+    let (model, identity) = a.model.load_identified(&a.device.open()?)?;
     let config = model.config().clone();
     // The lock file lies beside the folder, which holds token files and their identity only.
     let _lock = cxr_data::OutputLock::beside(&a.out)?;
@@ -465,7 +465,7 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
 }
 
 fn decode(a: DecodeArgs) -> anyhow::Result<()> {
-    let model = a.model.load(&a.device.device)?;
+    let model = a.model.load(&a.device.open()?)?;
     let config = model.config().clone();
     let bar = super::progress(a.tokens.len() as u64, "decode");
     for path in &a.tokens {

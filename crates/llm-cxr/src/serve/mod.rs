@@ -130,7 +130,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
              set --api-key (or LLM_CXR_API_KEY), or pass --insecure to serve anyone who reaches it"
         );
     }
-    let engine = super::commands::tasks::load_engine(&a.lm, &a.vqgan, &a.device.device)?;
+    let engine = super::commands::tasks::load_engine(&a.lm, &a.vqgan, &a.device.open()?)?;
     let config = engine.vqgan.config().clone();
     let device = engine.vqgan.device().clone();
     let positions = engine.lm.model.config().max_position_embeddings();

@@ -71,6 +71,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         lm_steps > 0 && eval_every > 0,
         "--lm-steps and --eval-every must be at least 1"
     );
+    // A GPU that is not there fails now, not after the stages before its first use.
+    a.device.open()?;
     anyhow::ensure!(
         a.base.exists(),
         "{}: no base model; run `bash scripts/setup.sh` (it fetches SmolLM2-135M-Instruct from \
@@ -165,7 +167,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         &a.base,
         &lm_dir.join("model"),
         &out.join("plain-instructions.json"),
-        &a.device.device,
+        &a.device.open()?,
     )?;
     let summary = serde_json::json!({
         "profile": profile.name,

@@ -523,11 +523,16 @@ mod tests {
         let on = |device: &str, seed: u64| serde_json::json!({"seed": seed, "device": device});
         assert!(same_run(on("cpu", 1), on("cuda:0", 1)));
         assert!(!same_run(on("cpu", 1), on("cuda:0", 2)));
-        // The field left out is the one a stage's device is written under.
-        assert_eq!(
-            serde_json::to_value(draw(&["x"], 7)).unwrap()["device"],
-            "cpu"
-        );
+        // A stage recorded on a GPU reads back here, on a binary that may have no CUDA (the
+        // flag parses without opening a device), and counts as done on the CPU and back.
+        let on_cpu = draw(&["x"], 7);
+        let mut on_gpu = draw(&["x"], 7);
+        on_gpu.models.device.device = crate::commands::device::DeviceSpec::Cuda(0);
+        let recorded = command_line(&on_gpu).unwrap();
+        assert!(recorded.iter().any(|a| a == "cuda:0"), "{recorded:?}");
+        assert!(records(&recorded, &on_cpu));
+        assert!(records(&command_line(&on_cpu).unwrap(), &on_gpu));
+        assert!(!records(&recorded, &draw(&["x"], 8)));
     }
 
     /// A field clap does not parse cannot be written on a command line: refused, not dropped.
