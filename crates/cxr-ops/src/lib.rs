@@ -16,9 +16,10 @@
 //! | [`transformer::linear`] | weight gradient in the weight's layout | `matmul` by the transpose |
 //! | [`gemv::gemv`] | a few rows by a column-major weight, streamed | `matmul` |
 //! | [`loss::cross_entropy_rows`] | fused log-softmax and pick | `log_softmax`, `gather` |
-//! | [`conv::conv2d`], [`conv::Conv2d`] | im2col + GEMM, Winograd F(2,3) for inference | `conv2d` |
-//! | [`group_norm::GroupNorm`] | one pass per group | mean, variance, affine |
-//! | [`sum_of_squares`] | per-chunk f64 partials, added in order | `sqr`, `sum_all` |
+//! | [`conv::conv2d`], [`conv::Conv2d`] | im2col + GEMM, Winograd F(4x4, 3x3) for inference | `conv2d` |
+//! | [`group_norm::GroupNorm`] | one pass per group, swish fused | candle-nn's `GroupNorm` |
+//! | [`adamw::update`] | in place, one pass over weights and moments | elementwise ops, moments on the device |
+//! | [`sum_of_squares`] | per-chunk f64 partials, added in order | `sqr`, `sum_all` in f64 |
 
 #[macro_use]
 mod simd;
