@@ -1,7 +1,7 @@
 //! The binary end to end: the demo (the README's first command, its quick profile), phantom generation,
 //! DICOM inspection without PHI values, dataset summaries, and clear errors on bad input.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
@@ -92,17 +92,20 @@ fn help_teaches_the_subcommands() {
 /// The quick demo, run once for this test binary (its trained VQ-GAN, classifier and base model
 /// serve the memorization test too): the folder it ran in, or None when its inputs are absent.
 fn quick_demo() -> Option<&'static Path> {
-    static DEMO: std::sync::OnceLock<Option<tempfile::TempDir>> = std::sync::OnceLock::new();
+    // Under target/ with a fixed name, emptied first: a static is never dropped, and a temporary
+    // folder here outlived every test run (3.3 GB each).
+    static DEMO: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     DEMO.get_or_init(|| {
         let (phrases, gguf) = (chexpert_phrases()?, smollm2()?);
-        let dir = tempfile::tempdir().unwrap();
-        let o = run_demo(dir.path(), &phrases, &gguf, &[]);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("quick-demo");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let o = run_demo(&dir, &phrases, &gguf, &[]);
         assert!(o.status.success(), "{}", stderr(&o));
         assert!(stdout(&o).contains("report micro-F1"), "{}", stdout(&o));
         Some(dir)
     })
-    .as_ref()
-    .map(|d| d.path())
+    .as_deref()
 }
 
 /// `llm-cxr demo --quick --out demo` run from `dir` with a relative --out, as a user runs the
