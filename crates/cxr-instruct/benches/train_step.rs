@@ -33,7 +33,7 @@ fn phase(name: &str) -> serde_json::Value {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let device = cxr_train::bench_device();
+    let device = cxr_train::device_from_env("BENCH_DEVICE");
     let tensors = cxr_lm::weights::random_weights(&config, 0, None, &device).unwrap();
     let net = Trainable::from_tensors(&config, tensors, &device).unwrap();
     let sample = Tokenized {

@@ -38,7 +38,7 @@ fn neox(hidden: usize, layers: usize, heads: usize, vocab: usize) -> LmConfig {
 }
 
 fn random_model(config: &LmConfig, quantize: Option<GgmlDType>) -> CausalLm {
-    let device = cxr_train::bench_device();
+    let device = cxr_train::device_from_env("BENCH_DEVICE");
     let tensors = cxr_lm::weights::random_weights(config, 0, quantize, &device).unwrap();
     let w = Weights::new(tensors, "random", WeightMode::Inference, &device);
     CausalLm::new(config, &w).unwrap()

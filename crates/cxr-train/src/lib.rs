@@ -276,16 +276,17 @@ pub fn save_checkpoint(
     cxr_data::write_atomic(path, &bytes).map_err(|e| err(e.to_string()))
 }
 
-/// The device a benchmark runs on: `BENCH_DEVICE` (`cpu`, the default, or `cuda:N`).
-pub fn bench_device() -> Device {
-    match std::env::var("BENCH_DEVICE").as_deref() {
+/// The device the environment variable `var` names (`cpu`, the default, or `cuda:N`), for
+/// benchmarks and the device tests; panics on another value or a GPU that is not there.
+pub fn device_from_env(var: &str) -> Device {
+    match std::env::var(var).as_deref() {
         Err(_) | Ok("cpu") => Device::Cpu,
         Ok(spec) => {
             let ordinal = spec
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("BENCH_DEVICE={spec}: expected cpu or cuda:N"));
-            Device::new_cuda(ordinal).expect("the GPU BENCH_DEVICE names")
+                .unwrap_or_else(|| panic!("{var}={spec}: expected cpu or cuda:N"));
+            Device::new_cuda(ordinal).unwrap_or_else(|e| panic!("{var}={spec}: {e}"))
         }
     }
 }

@@ -26,6 +26,22 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     cxr_ops::max_abs_diff(a, b).unwrap()
 }
 
+/// Sets the variables of `varmap` to the fixture files' tensors of their names.
+fn set_from_fixtures(varmap: &VarMap, files: &[&str]) {
+    for file in files {
+        let tensors = candle_core::safetensors::load(fixture(file), &Device::Cpu).unwrap();
+        for (name, t) in tensors {
+            varmap.data().lock().unwrap()[&name].set(&t).unwrap();
+        }
+    }
+}
+
+/// L1 reconstruction plus the codebook loss: the generator's loss without its critics.
+fn reconstruction_loss(model: &VqModel, x: &Tensor) -> Tensor {
+    let rec = model.reconstruct(x).unwrap();
+    ((x - &rec.image).unwrap().abs().unwrap().mean_all().unwrap() + &rec.quant_loss).unwrap()
+}
+
 fn check(model: &VqModel) {
     let io = io();
     let x = &io["input"];
@@ -63,22 +79,10 @@ fn the_portable_path_matches_taming_and_the_kernels_gradients() {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let model = VqModel::new(&config(), vb).unwrap();
-    let tensors =
-        candle_core::safetensors::load(fixture("vqgan_small.safetensors"), &Device::Cpu).unwrap();
-    for (name, t) in tensors {
-        varmap.data().lock().unwrap()[&name].set(&t).unwrap();
-    }
+    set_from_fixtures(&varmap, &["vqgan_small.safetensors"]);
     let x = io()["input"].clone();
     let step = || {
-        let rec = model.reconstruct(&x).unwrap();
-        let loss = ((&x - &rec.image)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .mean_all()
-            .unwrap()
-            + &rec.quant_loss)
-            .unwrap();
+        let loss = reconstruction_loss(&model, &x);
         let grads = loss.backward().unwrap();
         let data = varmap.data().lock().unwrap();
         let mut named: Vec<(String, Tensor)> = data
@@ -160,22 +164,13 @@ fn every_trainable_tensor_gets_a_gradient() {
     let model = VqModel::new(&cfg, vb.clone()).unwrap();
     let disc = Discriminator::new(1, 8, 3, vb.pp("loss.discriminator")).unwrap();
     // Start from the fixture's weights so that codes are spread and attention is not uniform.
-    for file in ["vqgan_small.safetensors", "discriminator_small.safetensors"] {
-        let tensors = candle_core::safetensors::load(fixture(file), &Device::Cpu).unwrap();
-        for (name, t) in tensors {
-            varmap.data().lock().unwrap()[&name].set(&t).unwrap();
-        }
-    }
+    set_from_fixtures(
+        &varmap,
+        &["vqgan_small.safetensors", "discriminator_small.safetensors"],
+    );
     let x = io()["input"].clone();
     let rec = model.reconstruct(&x).unwrap();
-    let loss = ((&x - &rec.image)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .mean_all()
-        .unwrap()
-        + &rec.quant_loss)
-        .unwrap();
+    let loss = reconstruction_loss(&model, &x);
     let d = disc
         .forward_t(&rec.image, true)
         .unwrap()

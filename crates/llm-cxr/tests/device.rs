@@ -33,22 +33,9 @@ fn fixture(krate: &str, name: &str) -> PathBuf {
     path
 }
 
-fn device() -> Device {
-    match std::env::var("CXR_TEST_DEVICE").as_deref() {
-        Err(_) | Ok("cpu") => Device::Cpu,
-        Ok(spec) => {
-            let ordinal = spec
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("CXR_TEST_DEVICE={spec}: expected cpu or cuda:N"));
-            Device::new_cuda(ordinal).expect("the GPU CXR_TEST_DEVICE names")
-        }
-    }
-}
-
 /// Runs `f` on the device under test (on the CPU: on the portable path).
 fn on_device<R>(f: impl FnOnce(&Device) -> R) -> R {
-    let device = device();
+    let device = cxr_train::device_from_env("CXR_TEST_DEVICE");
     if device.is_cpu() {
         cxr_ops::portable(|| f(&device))
     } else {
