@@ -10,7 +10,8 @@
 #
 # The GPU machine needs no toolchain: the CUDA libraries the binaries link (cuBLAS, cuRAND, the
 # runtime) come from PyTorch's nvidia wheels there, the driver's libcuda.so.1 from the system.
-# `run` takes DEVICE_CHECK_SHAPES (default 410m,3b) for the throughput part, or `tests` alone.
+# `run` takes DEVICE_CHECK_SHAPES (default 410m,3b) for the throughput part, or `tests` alone;
+# DEVICE_CHECK_DEVICE (default cuda:0; `cpu` is a dry run of the whole script without a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=.device
@@ -60,20 +61,21 @@ run)
         exit 1
     fi
     out="${OUT:-/tmp}"
+    device="${DEVICE_CHECK_DEVICE:-cuda:0}"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
     set -o pipefail
     echo "== device tests"
-    CXR_TEST_DEVICE="${CXR_TEST_DEVICE:-cuda:0}" CXR_REPO="$PWD" \
+    CXR_TEST_DEVICE="$device" CXR_REPO="$PWD" \
         /tmp/device --test-threads 1 --nocapture 2>&1 | tee "$out/device-tests.log"
     [ "${2:-}" = tests ] && exit 0
     shapes="${DEVICE_CHECK_SHAPES:-410m,3b}"
     gen_phases="$(echo "$shapes" | sed -E 's/([^,]+)/\1-f32/g')"
     echo "== llm-cxr: training step ($shapes)"
-    BENCH_DEVICE=cuda:0 TRAIN_BENCH_PHASES="$shapes" /tmp/train_step > "$out/ours-train.json"
+    BENCH_DEVICE="$device" TRAIN_BENCH_PHASES="$shapes" /tmp/train_step > "$out/ours-train.json"
     echo "== llm-cxr: generation ($gen_phases)"
-    BENCH_DEVICE=cuda:0 LM_BENCH_PHASES="$gen_phases" LM_BENCH_REPEATS=3 /tmp/lm > "$out/ours-generate.json"
+    BENCH_DEVICE="$device" LM_BENCH_PHASES="$gen_phases" LM_BENCH_REPEATS=3 /tmp/lm > "$out/ours-generate.json"
     echo "== PyTorch eager ($shapes)"
-    python3 "$dir/gpu_peer.py" --shapes "$shapes" --out "$out/torch.json" > /dev/null
+    python3 "$dir/gpu_peer.py" --shapes "$shapes" --device "$device" --out "$out/torch.json" > /dev/null
     python3 - "$out" "$shapes" <<'EOF' | tee "$out/summary.json"
 import json, sys
 out, shapes = sys.argv[1], sys.argv[2].split(",")
