@@ -67,15 +67,16 @@ impl Moments {
                 .to_device(var.device())?
                 .reshape(var.shape())
         };
-        Ok(match Moments::zeros(var)? {
-            Moments::Host { .. } => Moments::Host {
+        Ok(if crate::cpu_kernel(var) {
+            Moments::Host {
                 m: host(m)?,
                 v: host(v)?,
-            },
-            Moments::Device { .. } => Moments::Device {
+            }
+        } else {
+            Moments::Device {
                 m: device(m)?,
                 v: device(v)?,
-            },
+            }
         })
     }
 
