@@ -70,25 +70,33 @@ run)
     [ "${2:-}" = tests ] && exit 0
     shapes="${DEVICE_CHECK_SHAPES:-410m,3b}"
     gen_phases="$(echo "$shapes" | sed -E 's/([^,]+)/\1-f32/g')"
-    echo "== llm-cxr: training step ($shapes)"
+    echo "== llm-cxr: training step ($shapes; f32, then bf16 products)"
     BENCH_DEVICE="$device" TRAIN_BENCH_PHASES="$shapes" /tmp/train_step > "$out/ours-train.json"
+    BENCH_DEVICE="$device" TRAIN_BENCH_PHASES="$shapes" TRAIN_BENCH_PRECISION=bf16 \
+        /tmp/train_step > "$out/ours-train-bf16.json"
     echo "== llm-cxr: generation ($gen_phases)"
     BENCH_DEVICE="$device" LM_BENCH_PHASES="$gen_phases" LM_BENCH_REPEATS=3 /tmp/lm > "$out/ours-generate.json"
-    echo "== PyTorch eager ($shapes)"
+    echo "== PyTorch eager ($shapes; f32, then training under bf16 autocast)"
     python3 "$dir/gpu_peer.py" --shapes "$shapes" --device "$device" --out "$out/torch.json" > /dev/null
+    python3 "$dir/gpu_peer.py" --shapes "$shapes" --device "$device" --autocast bfloat16 --only train \
+        --out "$out/torch-bf16.json" > /dev/null
     python3 - "$out" "$shapes" <<'EOF' | tee "$out/summary.json"
 import json, sys
 out, shapes = sys.argv[1], sys.argv[2].split(",")
-train = json.load(open(f"{out}/ours-train.json"))
-gen = json.load(open(f"{out}/ours-generate.json"))["results"]
-torch = json.load(open(f"{out}/torch.json"))
+load = lambda name: json.load(open(f"{out}/{name}.json"))
+train, train16 = load("ours-train"), load("ours-train-bf16")
+gen = load("ours-generate")["results"]
+torch, torch16 = load("torch"), load("torch-bf16")
 rows = {}
 for s in shapes:
-    ours_t, ours_g = train[s]["tokens_per_s"], gen[f"{s}-f32"]["decode_tok_s"]
-    peer_t, peer_g = torch[s]["train"]["tokens_per_s"], torch[s]["generate"]["decode_tok_s"]
+    ours_t, ours_t16, ours_g = train[s]["tokens_per_s"], train16[s]["tokens_per_s"], gen[f"{s}-f32"]["decode_tok_s"]
+    peer_t, peer_t16 = torch[s]["train"]["tokens_per_s"], torch16[s]["train"]["tokens_per_s"]
+    peer_g = torch[s]["generate"]["decode_tok_s"]
     rows[s] = {"train_tok_s": ours_t, "torch_train_tok_s": peer_t, "train_ratio": ours_t / peer_t,
+               "bf16_train_tok_s": ours_t16, "torch_autocast_train_tok_s": peer_t16,
+               "bf16_train_ratio": ours_t16 / peer_t16,
                "decode_tok_s": ours_g, "torch_decode_tok_s": peer_g, "decode_ratio": ours_g / peer_g}
-print(json.dumps({"gpu": torch["gpu"], "torch": torch["torch"], "dtype": "float32", "shapes": rows}, indent=1))
+print(json.dumps({"gpu": torch["gpu"], "torch": torch["torch"], "shapes": rows}, indent=1))
 EOF
     ;;
 *)

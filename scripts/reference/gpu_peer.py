@@ -6,7 +6,9 @@ The same measurements as our benches with BENCH_DEVICE=cuda:0, on the same rando
   on every next token, backward, AdamW; two warm-up steps, the median of --repeats; tokens/s.
 - generation (crates/cxr-lm/benches/lm.rs): a 300-token prompt, then 256 greedy tokens with the KV
   cache; decode tokens/s = 255 / (time from token 1 to token 256).
-f32 by default, as ours; eager attention. Prints one JSON object (and writes it to --out).
+f32 by default, as ours; eager attention. --autocast bfloat16 trains f32 weights with bf16 products
+(torch.autocast), as `llm-cxr train --precision bf16` does; --only picks one of the two measurements.
+Prints one JSON object (and writes it to --out).
 Needs torch (CUDA) and transformers; no weights are downloaded.
 """
 
@@ -46,7 +48,7 @@ def ids(n, device):
     return torch.tensor([[(i * 7919 + 13) % (VOCAB - 1) + 1 for i in range(n)]], device=device)
 
 
-def train(shape, dtype, device, repeats):
+def train(shape, dtype, device, repeats, autocast=None):
     model = model_for(shape, dtype, device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
     x = ids(SEQ, device)
@@ -54,7 +56,8 @@ def train(shape, dtype, device, repeats):
     for k in range(repeats + 2):
         sync(device)
         t0 = time.perf_counter()
-        loss = model(input_ids=x, labels=x).loss
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            loss = model(input_ids=x, labels=x).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -113,15 +116,21 @@ def main():
     ap.add_argument("--shapes", default="410m,3b")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--device", default="cuda:0")
+    ap.add_argument("--autocast", choices=("bfloat16", "float16"))
+    ap.add_argument("--only", choices=("train", "generate"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out")
     a = ap.parse_args()
     dtype, device = getattr(torch, a.dtype), torch.device(a.device)
+    autocast = getattr(torch, a.autocast) if a.autocast else None
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    out = {"torch": torch.__version__, "gpu": gpu, "dtype": a.dtype}
+    out = {"torch": torch.__version__, "gpu": gpu, "dtype": a.dtype, "autocast": a.autocast}
     for shape in a.shapes.split(","):
-        out[shape] = {"train": train(shape, dtype, device, a.repeats),
-                      "generate": generate(shape, dtype, device, a.repeats)}
+        out[shape] = {}
+        if a.only != "generate":
+            out[shape]["train"] = train(shape, dtype, device, a.repeats, autocast)
+        if a.only != "train":
+            out[shape]["generate"] = generate(shape, dtype, device, a.repeats)
     text = json.dumps(out)
     print(text)
     if a.out:

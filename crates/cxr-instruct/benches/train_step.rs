@@ -4,7 +4,8 @@
 //! `lm-train` phase measures it. Two warm-up steps, then the median of `TRAIN_BENCH_REPEATS`
 //! (default 3). Each shape runs in its own process so that its peak RSS is its own;
 //! `TRAIN_BENCH_PHASES=70m` picks shapes (`3b`: the dolly-v2-3b shape, for GPUs);
-//! `BENCH_DEVICE=cuda:0` runs on a GPU. Prints one JSON object.
+//! `BENCH_DEVICE=cuda:0` runs on a GPU; `TRAIN_BENCH_PRECISION=bf16` (or `f16`) runs the
+//! forward under autocast, as `llm-cxr train --precision` does. Prints one JSON object.
 
 use std::process::Command;
 
@@ -34,6 +35,9 @@ fn phase(name: &str) -> serde_json::Value {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let device = cxr_train::device_from_env("BENCH_DEVICE");
+    let precision: cxr_train::Precision = std::env::var("TRAIN_BENCH_PRECISION")
+        .map(|p| p.parse().unwrap())
+        .unwrap_or_default();
     let tensors = cxr_lm::weights::random_weights(&config, 0, None, &device).unwrap();
     let net = Trainable::from_tensors(&config, tensors, &device).unwrap();
     let sample = Tokenized {
@@ -60,7 +64,9 @@ fn phase(name: &str) -> serde_json::Value {
     for k in 0..repeats + 2 {
         let faults0 = minor_faults();
         let t0 = Instant::now();
-        let (nll, n) = response_nll(&net.model, &[&sample]).unwrap();
+        let (nll, n) = precision
+            .autocast(|| response_nll(&net.model, &[&sample]))
+            .unwrap();
         let loss = (nll / n as f64).unwrap();
         device.synchronize().unwrap();
         let t1 = Instant::now();
@@ -93,6 +99,7 @@ fn phase(name: &str) -> serde_json::Value {
         "params": config.tensor_shapes().iter().map(|(_, d)| d.iter().product::<usize>()).sum::<usize>(),
         "seq": SEQ,
         "device": format!("{:?}", device.location()),
+        "precision": precision.to_string(),
         "tokens_per_s": SEQ as f64 / times[times.len() / 2],
         "step_s": times[times.len() / 2],
         "step_s_all": times,

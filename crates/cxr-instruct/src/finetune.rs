@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use cxr_lm::{CausalLm, ImageVocab, LmConfig, WeightMode};
 use cxr_train::{
-    batch_indices, save_checkpoint, AdamW, AdamWConfig, GradAccumulator, Resume, ResumeError,
+    batch_indices, save_checkpoint, AdamW, AdamWConfig, GradAccumulator, LossScale, Precision,
+    Resume, ResumeError,
 };
 
 use crate::Tokenized;
@@ -76,6 +77,9 @@ pub struct FinetuneOptions {
     /// Where the model trains: the [`Trainable`] must be loaded onto it, and a resumed
     /// checkpoint is.
     pub device: Device,
+    /// The matrix products' type (f32 master weights in every precision); f16 adds a dynamic
+    /// loss scale. On the CPU a half type is emulated (slow): it is for GPUs.
+    pub precision: Precision,
 }
 
 /// The defaults of `llm-cxr train` (which reads them from here): the paper's rate and warmup.
@@ -96,6 +100,7 @@ impl Default for FinetuneOptions {
             eval_every: 0,
             out: PathBuf::from("finetune"),
             device: Device::Cpu,
+            precision: Precision::F32,
         }
     }
 }
@@ -113,6 +118,8 @@ pub struct StepReport {
     pub tokens: usize,
     /// Forward, backward and update (validation and checkpoint writing excluded).
     pub seconds: f64,
+    /// False when the gradients overflowed the f16 loss scale and the update was skipped.
+    pub applied: bool,
     pub validation_loss: Option<f64>,
 }
 
@@ -431,8 +438,9 @@ pub fn finetune(
     let ck = opts.out.join(CHECKPOINT);
     let record = crate::run_identity::run_record(&net, train, opts);
     let mut step = 0u64;
+    let mut loss_scale = LossScale::for_precision(opts.precision);
     if ck.is_file() {
-        step = resume(&ck, &net, &mut opt, opts, &record)?;
+        step = resume(&ck, &net, &mut opt, &mut loss_scale, opts, &record)?;
         tracing::info!("resumed from {} at step {step}", ck.display());
     }
     let per_step = opts.micro_batch.max(1) * opts.grad_accum.max(1);
@@ -445,21 +453,33 @@ pub fn finetune(
         let counted: usize = chosen.iter().map(|s| s.loss_tokens()).sum();
         let mut grads = GradAccumulator::new();
         let mut loss_sum = 0.0;
+        let factor = loss_scale.map_or(1.0, |s| s.scale);
         for micro in chosen.chunks(opts.micro_batch.max(1)) {
-            let (nll, _) = response_nll_in(&net.model, micro, opts.modes.as_ref())?;
+            let (nll, _) = opts
+                .precision
+                .autocast(|| response_nll_in(&net.model, micro, opts.modes.as_ref()))?;
             loss_sum += nll.detach().to_scalar::<f32>()? as f64;
             // Mean over the step's response tokens, as one big batch would give.
-            let g = (nll / counted.max(1) as f64)?.backward()?;
+            let g = (nll * (factor / counted.max(1) as f64))?.backward()?;
             grads.add(g, net.vars.iter().map(|(_, var)| var))?;
         }
         let grads = grads.finish().expect("at least one micro-batch");
-        let grad_norm = opt.grad_norm(&grads)?;
-        let scale = if opts.clip_norm > 0.0 && grad_norm > opts.clip_norm {
-            opts.clip_norm / (grad_norm + 1e-6)
+        let grad_norm = opt.grad_norm(&grads)? / factor;
+        let applied = loss_scale.as_mut().is_none_or(|s| s.update(grad_norm));
+        if applied {
+            let clip = if opts.clip_norm > 0.0 && grad_norm > opts.clip_norm {
+                opts.clip_norm / (grad_norm + 1e-6)
+            } else {
+                1.0
+            };
+            opt.step_scaled(&grads, clip / factor)?;
         } else {
-            1.0
-        };
-        opt.step_scaled(&grads, scale)?;
+            tracing::warn!(
+                "step {}: the f16 gradients overflowed; update skipped, loss scale now {}",
+                step + 1,
+                loss_scale.map_or(1.0, |s| s.scale)
+            );
+        }
         let seconds = started.elapsed().as_secs_f64();
         step += 1;
         let eval_now = !validation.is_empty()
@@ -476,7 +496,7 @@ pub fn finetune(
             None
         };
         if step.is_multiple_of(opts.checkpoint_every.max(1)) || step == opts.steps {
-            save(&ck, &net, &opt, step, opts, &record)?;
+            save(&ck, &net, &opt, loss_scale, step, opts, &record)?;
         }
         on_step(&StepReport {
             step,
@@ -485,16 +505,19 @@ pub fn finetune(
             grad_norm,
             tokens: chosen.iter().map(|s| s.ids.len()).sum(),
             seconds,
+            applied,
             validation_loss,
         });
     }
     Ok(net)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn save(
     path: &Path,
     net: &Trainable,
     opt: &AdamW,
+    loss_scale: Option<LossScale>,
     step: u64,
     opts: &FinetuneOptions,
     record: &cxr_train::RunRecord,
@@ -509,7 +532,12 @@ fn save(
             (opts.micro_batch.max(1) * opts.grad_accum.max(1)).to_string(),
         ),
         ("objective".to_string(), objective(opts)),
+        ("precision".to_string(), opts.precision.to_string()),
+        ("optimizer_updates".to_string(), opt.steps().to_string()),
     ]);
+    if let Some(s) = loss_scale {
+        s.write_to(&mut meta);
+    }
     record.write_to(&mut meta);
     Ok(save_checkpoint(path, &tensors, &meta)?)
 }
@@ -531,6 +559,7 @@ fn resume(
     path: &Path,
     net: &Trainable,
     opt: &mut AdamW,
+    loss_scale: &mut Option<LossScale>,
     opts: &FinetuneOptions,
     record: &cxr_train::RunRecord,
 ) -> Result<u64, FinetuneError> {
@@ -555,7 +584,25 @@ fn resume(
     // The run record holds both since it exists; checkpoints written before it carry them alone.
     ck.check_setting("seed", &opts.seed)?;
     ck.check_setting("samples_per_step", &per_step)?;
+    // Checkpoints from before precisions were recorded trained in f32.
+    let theirs = ck.metadata.get("precision").map_or("f32", String::as_str);
+    if theirs != opts.precision.to_string() {
+        return Err(ck
+            .refuse(format!(
+                "was trained in {theirs}, this run asks for {}; use a new output folder",
+                opts.precision
+            ))
+            .into());
+    }
+    if loss_scale.is_some() {
+        *loss_scale = Some(
+            LossScale::read_from(&ck.metadata)
+                .ok_or_else(|| ck.refuse("no loss scale in metadata"))?,
+        );
+    }
     ck.restore(net.vars.iter().map(|(name, var)| (name, var)))?;
-    ck.restore_optimizer(opt, step)?;
+    // An f16 run skips the updates whose gradients overflowed; earlier checkpoints made one a step.
+    let updates = ck.get("optimizer_updates").unwrap_or(step);
+    ck.restore_optimizer(opt, updates)?;
     Ok(step)
 }

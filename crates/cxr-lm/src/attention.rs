@@ -367,7 +367,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
     let group = heads / kv_heads;
     // Grouped-query attention without copying the keys: fold each group's queries into rows.
     let q = q.reshape((b, kv_heads, group * t, d))?;
-    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    let mut scores = (cxr_ops::matmul(&q, &k.t()?)? * scale)?;
     if let Some(mask) = mask {
         let total = k.dim(2)?;
         scores = scores
@@ -376,7 +376,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
             .reshape((b, kv_heads, group * t, total))?;
     }
     let probs = cxr_ops::transformer::softmax(&scores)?;
-    probs.matmul(v)?.reshape((b, heads, t, d))
+    cxr_ops::matmul(&probs, v)?.reshape((b, heads, t, d))
 }
 
 #[cfg(test)]

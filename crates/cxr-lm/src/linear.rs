@@ -134,7 +134,8 @@ impl Linear {
         };
         let in_dim = x.dim(D::Minus1)?;
         let x2 = x.reshape((x.elem_count() / in_dim.max(1), in_dim))?;
-        let delta = (x2.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?;
+        let delta = cxr_ops::matmul(&cxr_ops::matmul(&x2, &l.a.t()?)?, &l.b.t()?)?;
+        let delta = (delta * l.scale)?;
         let delta = delta.reshape(y.shape())?;
         y + delta
     }
@@ -157,7 +158,10 @@ impl Linear {
                 w.matmul(&xt)?.t()?.contiguous()?.reshape(dims)?
             }
             Weight::Quantized(q) => QMatMul::QTensor(q.clone()).forward(&x.contiguous()?)?,
-            Weight::Rows(w) if (x.track_op() || w.track_op()) && x.dtype() == DType::F32 => {
+            Weight::Rows(w)
+                if (x.track_op() || w.track_op() || cxr_ops::autocast_dtype().is_some())
+                    && x.dtype() == DType::F32 =>
+            {
                 let mut dims = x.dims().to_vec();
                 if let Some(last) = dims.last_mut() {
                     *last = w.dim(0)?;

@@ -121,7 +121,7 @@ fn gemm(
 /// (any strides with the last dimension contiguous; heads a multiple of kv_heads), the heads
 /// merged in the output: (b, t, heads·d).
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    if !crate::cpu_kernel(q) {
+    if !crate::cpu_kernel(q) || crate::autocast_dtype().is_some() {
         return causal_attention_composed(q, k, v);
     }
     let d = q.dim(3)?;
@@ -143,7 +143,7 @@ fn causal_attention_composed(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tenso
     let kvh = k.dim(1)?;
     let group = h / kvh;
     let q = q.contiguous()?.reshape((b, kvh, group * t, d))?;
-    let scores = (q.matmul(&k.contiguous()?.t()?)? * (1.0 / (d as f64).sqrt()))?;
+    let scores = (crate::matmul(&q, &k.contiguous()?.t()?)? * (1.0 / (d as f64).sqrt()))?;
     // The (t, t) causal mask, made on the device, over each group's t rows.
     let (dev, dtype) = (q.device(), q.dtype());
     let pos = Tensor::arange(0u32, t as u32, dev)?;
@@ -156,8 +156,7 @@ fn causal_attention_composed(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tenso
         .reshape((b, kvh, group, t, t))?
         .broadcast_add(&mask)?
         .reshape((b, kvh, group * t, t))?;
-    softmax(&scores)?
-        .matmul(&v.contiguous()?)?
+    crate::matmul(&softmax(&scores)?, &v.contiguous()?)?
         .reshape((b, h, t, d))?
         .transpose(1, 2)?
         .reshape((b, t, h * d))
@@ -808,8 +807,8 @@ impl CustomOp3 for Rope {
 /// transposed, then copies it), and the bias is added in the same op (a broadcast add is one more
 /// node, with its own gradient buffers, per layer).
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    if !crate::cpu_kernel(x) {
-        let y = x.matmul(&w.t()?)?;
+    if !crate::cpu_kernel(x) || crate::autocast_dtype().is_some() {
+        let y = crate::matmul(x, &w.t()?)?;
         return match bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),

@@ -137,6 +137,47 @@ fn a_fine_tuning_step_on_the_device() {
     }
 }
 
+/// Mixed precision: the loss and every weight gradient of each LM fixture with bf16 and f16
+/// products (cuBLAS's half GEMMs on a GPU) against the CPU's emulation of the same rounding.
+#[test]
+fn half_precision_products_on_the_device() {
+    for name in ["gpt_neox_tiny", "llama_tiny"] {
+        let (ids, _, _) = io(name);
+        for precision in [cxr_train::Precision::Bf16, cxr_train::Precision::F16] {
+            let step = |dev: &Device| {
+                let (model, weights) = load_lm(name, WeightMode::Train, dev);
+                let ids = ids.to_device(dev).unwrap();
+                let loss = precision.autocast(|| model.next_token_loss(&ids)).unwrap();
+                let grads = loss.backward().unwrap();
+                let g: Vec<(String, Tensor)> = weights
+                    .vars()
+                    .into_iter()
+                    .map(|(n, v)| {
+                        let g = grads.get(v.as_tensor()).unwrap();
+                        assert_eq!(g.dtype(), candle_core::DType::F32, "{n}");
+                        (n, g.to_device(&Device::Cpu).unwrap())
+                    })
+                    .collect();
+                (loss.to_scalar::<f32>().unwrap(), g)
+            };
+            let (cpu_loss, cpu_grads) = step(&Device::Cpu);
+            let (loss, grads) = on_device(step);
+            println!("{name} {precision}: loss {loss} vs {cpu_loss}");
+            assert!(
+                (loss - cpu_loss).abs() < 1e-3 * cpu_loss,
+                "{name} {precision}"
+            );
+            for ((n, a), (_, b)) in grads.iter().zip(&cpu_grads) {
+                let d = cxr_ops::max_relative_diff(a, b).unwrap();
+                assert!(
+                    d < 2e-2,
+                    "{name} {precision}: {n}'s gradient differs by {d}"
+                );
+            }
+        }
+    }
+}
+
 /// The VQ-GAN fixture on the device: taming's code indices, its reconstruction within the
 /// tolerance.
 #[test]

@@ -76,6 +76,10 @@ pub struct Args {
     /// architecture (GPT-NeoX query_key_value; LLaMA q_proj, v_proj).
     #[arg(long, value_delimiter = ',')]
     pub lora_targets: Vec<String>,
+    /// The matrix products' type: f32, or bf16 / f16 with f32 master weights (mixed precision,
+    /// for GPUs; the CPU emulates the half types, slowly). f16 adds a dynamic loss scale.
+    #[arg(long, default_value_t = cxr_train::Precision::F32)]
+    pub precision: cxr_train::Precision,
     #[command(flatten)]
     #[serde(flatten)]
     pub device: super::device::DeviceArg,
@@ -150,6 +154,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             eval_every: args.eval_every,
             out,
             device: args.device.open()?,
+            precision: args.precision,
         };
         stage(&model, &data, validation.as_deref(), &opts, &args)?;
     }

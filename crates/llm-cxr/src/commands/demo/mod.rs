@@ -56,6 +56,10 @@ pub struct Args {
     pub phrases: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The fine-tuning's matrix products: f32, or bf16 / f16 with f32 master weights (see
+    /// `llm-cxr train --help`; for GPUs).
+    #[arg(long, default_value_t = cxr_train::Precision::F32)]
+    pub precision: cxr_train::Precision,
     // Given to every stage that computes with a model but `vqgan eval` and `eval all`, which
     // take no --device and score on the CPU.
     #[command(flatten)]
@@ -410,6 +414,7 @@ fn fine_tuning(
         lora_rank: 0,
         lora_alpha: cxr_lm::LoraConfig::DEFAULT_ALPHA,
         lora_targets: Vec::new(),
+        precision: a.precision,
         device: a.device.clone(),
     }
 }

@@ -1,0 +1,176 @@
+//! Mixed precision on the tiny fixture models: bf16 and f16 products with f32 master weights
+//! train as f32 does (close, not equal), on both architectures and on both op paths; a
+//! half-precision run resumes to the weights of one never stopped, loss scale included; a
+//! checkpoint of another precision is refused.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use cxr_instruct::finetune::{finetune, response_nll, FinetuneOptions, Trainable, CHECKPOINT};
+use cxr_instruct::{Task, Tokenized};
+use cxr_train::Precision;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cxr-lm/tests/fixtures")
+        .join(name)
+}
+
+fn samples(n: usize) -> Vec<Tokenized> {
+    (0..n)
+        .map(|k| Tokenized {
+            task: Task::Text,
+            source: format!("s{k}"),
+            ids: (0..14 + k % 5)
+                .map(|i| ((i * 29 + k * 13) % 383) as u32 + 1)
+                .collect(),
+            response_start: 4 + k % 3,
+            prompt_spans: Vec::new(),
+        })
+        .collect()
+}
+
+fn opts(out: &Path, precision: Precision) -> FinetuneOptions {
+    FinetuneOptions {
+        steps: 6,
+        lr: 3e-3,
+        warmup_steps: 1,
+        micro_batch: 2,
+        grad_accum: 2,
+        checkpoint_every: 2,
+        out: out.to_path_buf(),
+        precision,
+        ..Default::default()
+    }
+}
+
+/// Losses of a run and its final weights, flattened.
+fn train(model: &str, o: &FinetuneOptions) -> (Vec<f64>, Vec<f32>) {
+    let mut losses = Vec::new();
+    let net = finetune(
+        Trainable::load(&fixture(model), &Device::Cpu).unwrap(),
+        &samples(8),
+        &[],
+        o,
+        &mut |r| {
+            assert!(r.applied, "step {} skipped", r.step);
+            losses.push(r.loss);
+        },
+    )
+    .unwrap();
+    let mut flat = Vec::new();
+    for (name, t) in net.tensors() {
+        assert_eq!(t.dtype(), DType::F32, "{name}: master weights stay f32");
+        flat.extend(t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+    (losses, flat)
+}
+
+#[test]
+fn half_precision_trains_as_f32_does() {
+    let dir = tempfile::tempdir().unwrap();
+    for model in ["gpt_neox_tiny", "llama_tiny"] {
+        let out = |name: &str| dir.path().join(format!("{model}-{name}"));
+        let (l32, w32) = train(model, &opts(&out("f32"), Precision::F32));
+        let start: f32 = w32.iter().map(|w| w.abs()).fold(0.0, f32::max);
+        for precision in [Precision::Bf16, Precision::F16] {
+            let o = opts(&out(&precision.to_string()), precision);
+            let (l, w) = train(model, &o);
+            let what = format!("{model} {precision}");
+            // One rounding of the products: the first loss within 1 % of f32's.
+            assert!(
+                (l[0] - l32[0]).abs() < 1e-2 * l32[0],
+                "{what}: {l:?} vs {l32:?}"
+            );
+            assert!(l[5] < 0.8 * l[0], "{what} learns: {l:?}");
+            assert!(
+                l.iter().zip(&l32).all(|(a, b)| (a - b).abs() < 5e-2 * b),
+                "{what}: {l:?} vs {l32:?}"
+            );
+            let diff = w
+                .iter()
+                .zip(&w32)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            // The products were rounded (not f32 under another name), and the weights stayed
+            // close to f32's after six steps of 3e-3.
+            assert!(
+                diff > 0.0 && diff < 0.05 * start,
+                "{what}: {diff} of {start}"
+            );
+        }
+    }
+}
+
+#[test]
+fn on_the_portable_path_half_precision_computes_what_the_cpu_kernels_do() {
+    // The GPU runs the portable path; on the CPU, under autocast, the norms, GELU, rope and
+    // the loss still run our kernels. Both must give the same loss and gradients, within what
+    // one bf16 rounding flipped by an f32 difference in the last place moves.
+    for model in ["gpt_neox_tiny", "llama_tiny"] {
+        let net = Trainable::load(&fixture(model), &Device::Cpu).unwrap();
+        let data = samples(3);
+        let batch: Vec<&Tokenized> = data.iter().collect();
+        let step = || {
+            let (nll, _) = Precision::Bf16
+                .autocast(|| response_nll(&net.model, &batch))
+                .unwrap();
+            let grads = nll.backward().unwrap();
+            let g: Vec<_> = net
+                .vars
+                .iter()
+                .map(|(_, v)| grads.get(v.as_tensor()).unwrap().clone())
+                .collect();
+            (nll.to_scalar::<f32>().unwrap(), g)
+        };
+        let (loss, grads) = step();
+        let (loss_p, grads_p) = cxr_ops::portable(step);
+        assert!(
+            (loss - loss_p).abs() < 1e-4 * loss,
+            "{model}: {loss} vs {loss_p}"
+        );
+        for ((name, _), (g, gp)) in net.vars.iter().zip(grads.iter().zip(&grads_p)) {
+            let d = cxr_ops::max_relative_diff(gp, g).unwrap();
+            assert!(d < 1e-2, "{model} {name}: {d}");
+        }
+    }
+}
+
+#[test]
+fn a_half_precision_run_resumes_exactly_and_refuses_another_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = "gpt_neox_tiny";
+    let (_, straight) = train(model, &opts(&dir.path().join("straight"), Precision::F16));
+    let split = dir.path().join("split");
+    train(
+        model,
+        &FinetuneOptions {
+            steps: 2,
+            ..opts(&split, Precision::F16)
+        },
+    );
+    let meta = cxr_train::load_checkpoint(&split.join(CHECKPOINT), &Device::Cpu)
+        .unwrap()
+        .1;
+    assert_eq!(meta["precision"], "f16");
+    assert_eq!(
+        cxr_train::LossScale::read_from(&meta).map(|s| s.scale),
+        Some(cxr_train::LossScale::INITIAL)
+    );
+    let err = finetune(
+        Trainable::load(&fixture(model), &Device::Cpu).unwrap(),
+        &samples(8),
+        &[],
+        &opts(&split, Precision::Bf16),
+        &mut |_| {},
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains(CHECKPOINT) && err.contains("f16") && err.contains("bf16"),
+        "{err}"
+    );
+    let (_, resumed) = train(model, &opts(&split, Precision::F16));
+    assert_eq!(straight, resumed);
+}
