@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# What `cargo build --features cuda` needs, on a machine with no GPU and no CUDA install (this one,
-# CI): NVIDIA's CUDA 13.0 toolkit wheels from PyPI (nvcc, headers, cuBLAS, cuRAND, NVRTC, runtime)
-# in a venv, the unversioned library names the linker asks for, and a stub libcuda.so. The driver
+# What `cargo build --features cuda` (or `nccl`) needs, on a machine with no GPU and no CUDA install
+# (this one, CI): NVIDIA's CUDA 13.0 toolkit wheels from PyPI (nvcc, headers, cuBLAS, cuRAND, NVRTC,
+# runtime) and NCCL in a venv, the unversioned library names the linker asks for, and a stub libcuda.so. The driver
 # library comes with a GPU's driver, not with the toolkit: the stub only lets the link succeed, and
 # on the GPU machine the real libcuda.so.1 is loaded. 13.0, not newer: the binary must run on the
 # GPU machines' driver (580, CUDA 13.0).
@@ -23,11 +23,18 @@ if [ ! -x "$cu/bin/nvcc" ]; then
         "cuda-toolkit[nvcc,crt,nvvm,cudart,cccl,cublas,curand,nvrtc]==$version"
 fi
 cu="$(echo "$dir"/venv/lib/python3*/site-packages/nvidia/cu13)"
+# NCCL for `--features nccl` (data-parallel training over GPUs): 2.27, the oldest CUDA 13 build, so
+# the binary loads beside any newer one a GPU machine's PyTorch brings.
+nccl="$(dirname "$cu")/nccl"
+if [ ! -d "$nccl/lib" ]; then
+    log "installing NCCL 2.27.7"
+    "$dir/venv/bin/pip" install --quiet "nvidia-nccl-cu13==2.27.7"
+fi
 
 # The wheels ship libfoo.so.N only; `-lfoo` looks for libfoo.so.
 links="$dir/lib"
 mkdir -p "$links"
-for lib in "$cu"/lib/lib*.so.*; do
+for lib in "$cu"/lib/lib*.so.* "$nccl"/lib/lib*.so.*; do
     name="$(basename "$lib")"
     ln -sf "$lib" "$links/${name%%.so*}.so"
 done

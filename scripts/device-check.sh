@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check (docs/gpu.md), in two halves:
 #
-#   bash scripts/device-check.sh build   # here: CUDA builds of crates/llm-cxr/tests/device.rs and
+#   bash scripts/device-check.sh build   # here: CUDA (and NCCL) builds of crates/llm-cxr/tests/device.rs and
 #                                        # of the LM and training-step benches, stripped and
 #                                        # gzipped into .device/ (git-ignored), with the PyTorch peer
 #   bash scripts/device-check.sh run     # on the GPU machine (CUDA 13 driver, PyTorch, no Rust):
@@ -34,7 +34,7 @@ build)
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda}"
     mkdir -p "$dir"
     # One build of the three targets: the feature turns on candle's CUDA for all of them.
-    cargo build --release --locked -p llm-cxr -p cxr-lm -p cxr-instruct --features llm-cxr/cuda \
+    cargo build --release --locked -p llm-cxr -p cxr-lm -p cxr-instruct --features llm-cxr/nccl \
         --test device --bench lm --bench train_step --message-format=json \
         | executables device lm train_step > "$dir/targets"
     [ "$(wc -l < "$dir/targets")" -eq 3 ] || { echo "device-check: a target was not built" >&2; exit 1; }
@@ -52,8 +52,8 @@ run)
         [ -f "$dir/$f.gz" ] || { echo "device-check: $dir/$f.gz missing (build it first)" >&2; exit 1; }
         gunzip -c "$dir/$f.gz" > "/tmp/$f" && chmod +x "/tmp/$f"
     done
-    # cuBLAS 13, cuRAND, cudart 13: PyTorch's nvidia wheels, else the toolkit's folder.
-    libs="$(python3 -c 'import nvidia, os; print(":".join(d for d in (os.path.join(p, "cu13", "lib") for p in nvidia.__path__) if os.path.isdir(d)))' 2>/dev/null || true)"
+    # cuBLAS 13, cuRAND, cudart 13, NCCL: PyTorch's nvidia wheels, else the toolkit's folder.
+    libs="$(python3 -c 'import nvidia, os; print(":".join(d for p in nvidia.__path__ for d in (os.path.join(p, "cu13", "lib"), os.path.join(p, "nccl", "lib")) if os.path.isdir(d)))' 2>/dev/null || true)"
     [ -d /usr/local/cuda/lib64 ] && libs="${libs:+$libs:}/usr/local/cuda/lib64"
     export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     if ldd /tmp/device | grep "not found"; then

@@ -399,8 +399,43 @@ pub fn finetune(
     opts: &FinetuneOptions,
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<Trainable, FinetuneError> {
+    finetune_rank(net, train, validation, opts, &cxr_train::Single, on_step)
+}
+
+/// [`finetune`] as one rank of a data-parallel run: each step's `grad_accum` micro-batches are
+/// dealt to the ranks in turn (micro-batch k to rank k mod world), their gradients summed over
+/// the ranks, and every rank takes the same update, so a step is the step one rank would take
+/// (up to the order of the sums). Rank 0 validates and writes the checkpoint; every rank
+/// resumes from it. `net` lives on `opts.device`, this rank's device.
+pub fn finetune_rank(
+    net: Trainable,
+    train: &[Tokenized],
+    validation: &[Tokenized],
+    opts: &FinetuneOptions,
+    ranks: &dyn cxr_train::Ranks,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<Trainable, FinetuneError> {
     if train.is_empty() {
         return Err(FinetuneError::Data("no training samples".into()));
+    }
+    /// Stops the other ranks when this one leaves early (an error, a panic), instead of
+    /// leaving them waiting for its gradients.
+    struct AbortUnlessDone<'a>(&'a dyn cxr_train::Ranks, bool);
+    impl Drop for AbortUnlessDone<'_> {
+        fn drop(&mut self) {
+            if !self.1 {
+                self.0.abort();
+            }
+        }
+    }
+    let mut guard = AbortUnlessDone(ranks, false);
+    let (rank, world) = (ranks.rank(), ranks.world());
+    if !opts.grad_accum.max(1).is_multiple_of(world) {
+        return Err(FinetuneError::Data(format!(
+            "{world} ranks share each step's micro-batches: the accumulation steps ({}) must be \
+             a multiple of the rank count",
+            opts.grad_accum
+        )));
     }
     for s in train.iter().chain(validation) {
         check_sample(s, &net.config)?;
@@ -454,7 +489,11 @@ pub fn finetune(
         let mut grads = GradAccumulator::new();
         let mut loss_sum = 0.0;
         let factor = loss_scale.map_or(1.0, |s| s.scale);
-        for micro in chosen.chunks(opts.micro_batch.max(1)) {
+        let mine = chosen
+            .chunks(opts.micro_batch.max(1))
+            .skip(rank)
+            .step_by(world);
+        for micro in mine {
             let (nll, _) = opts
                 .precision
                 .autocast(|| response_nll_in(&net.model, micro, opts.modes.as_ref()))?;
@@ -463,7 +502,12 @@ pub fn finetune(
             let g = (nll * (factor / counted.max(1) as f64))?.backward()?;
             grads.add(g, net.vars.iter().map(|(_, var)| var))?;
         }
-        let grads = grads.finish().expect("at least one micro-batch");
+        let mut grads = grads.finish().expect("each rank has a micro-batch");
+        cxr_train::ranks::all_reduce_grads(ranks, &mut grads, net.vars.iter().map(|(_, v)| v))?;
+        if world > 1 {
+            let sum = Tensor::new(loss_sum as f32, &opts.device)?;
+            loss_sum = ranks.all_reduce_sum(&sum)?.to_scalar::<f32>()? as f64;
+        }
         let grad_norm = opt.grad_norm(&grads)? / factor;
         let applied = loss_scale.as_mut().is_none_or(|s| s.update(grad_norm));
         if applied {
@@ -482,7 +526,8 @@ pub fn finetune(
         }
         let seconds = started.elapsed().as_secs_f64();
         step += 1;
-        let eval_now = !validation.is_empty()
+        let eval_now = rank == 0
+            && !validation.is_empty()
             && ((opts.eval_every > 0 && step.is_multiple_of(opts.eval_every))
                 || step == opts.steps);
         let validation_loss = if eval_now {
@@ -495,7 +540,7 @@ pub fn finetune(
         } else {
             None
         };
-        if step.is_multiple_of(opts.checkpoint_every.max(1)) || step == opts.steps {
+        if rank == 0 && (step.is_multiple_of(opts.checkpoint_every.max(1)) || step == opts.steps) {
             save(&ck, &net, &opt, loss_scale, step, opts, &record)?;
         }
         on_step(&StepReport {
@@ -509,6 +554,7 @@ pub fn finetune(
             validation_loss,
         });
     }
+    guard.1 = true;
     Ok(net)
 }
 

@@ -12,11 +12,13 @@ pub mod grad_accum;
 pub mod image_batch;
 pub mod precision;
 pub mod pth;
+pub mod ranks;
 pub mod resume;
 pub mod run_record;
 
 pub use grad_accum::GradAccumulator;
 pub use precision::{LossScale, Precision};
+pub use ranks::{Ranks, Single, ThreadRanks};
 pub use resume::{Resume, ResumeError};
 
 pub use run_record::{

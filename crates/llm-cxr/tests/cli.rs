@@ -977,6 +977,31 @@ fn data_build_then_train_resumes_after_sigkill() {
             .len(),
         "the merged model has every weight"
     );
+
+    // Data-parallel: two ranks (threads, on the CPU) sharing each step's two micro-batches write
+    // the model one rank writes, bit for bit; the micro-batches must split evenly.
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut c = train(&out, "4");
+        c.args(["--grad-accum", "2"]).args(extra);
+        let o = c.output().unwrap();
+        (out.join("model/model.safetensors"), o)
+    };
+    let (one, o) = run("one-rank", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (two, o) = run("two-ranks", &["--ranks", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&one).unwrap(), std::fs::read(&two).unwrap());
+    let (_, o) = run("uneven", &["--ranks", "3"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("multiple of the rank count"),
+        "{}",
+        stderr(&o)
+    );
+    // Mixed precision: bf16 products train a model close to, not equal to, f32's.
+    let (bf16, o) = run("bf16", &["--precision", "bf16"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(std::fs::read(&one).unwrap(), std::fs::read(&bf16).unwrap());
 }
 
 /// `report`, `draw` and `ask` through an (untrained) tiny LLM-CXR model and a random VQ-GAN

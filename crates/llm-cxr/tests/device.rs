@@ -267,3 +267,40 @@ fn image_conditioned_memorization_on_the_device() {
         }
     });
 }
+
+/// NCCL on the device (a binary built with `--features nccl`): every GPU of the machine a rank
+/// (one GPU: one rank, NCCL refuses two ranks on one GPU), each rank's gradient summed through
+/// NCCL's all-reduce; the sum of each rank's tensor is the sum of all.
+#[cfg(feature = "nccl")]
+#[test]
+fn nccl_sums_over_the_gpus() {
+    use cxr_train::ranks::{NcclId, NcclRank};
+    use cxr_train::Ranks;
+    let device = cxr_train::device_from_env("CXR_TEST_DEVICE");
+    if device.is_cpu() {
+        println!("nccl: no GPU under test (CXR_TEST_DEVICE), nothing to sum");
+        return;
+    }
+    let world = candle_core::cuda_backend::cudarc::driver::CudaContext::device_count().unwrap()
+        as usize;
+    let id = NcclId::new().unwrap();
+    let sums: Vec<Vec<f32>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..world)
+            .map(|rank| {
+                scope.spawn(move || {
+                    let dev = Device::new_cuda(rank).unwrap();
+                    let ranks = NcclRank::join(&dev, rank, world, id).unwrap();
+                    let t = Tensor::new(&[rank as f32 + 1.0, 2.0, -3.0], &dev).unwrap();
+                    let sum = ranks.all_reduce_sum(&t).unwrap();
+                    sum.to_vec1::<f32>().unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let w = world as f32;
+    println!("nccl: {world} rank(s), sums {sums:?}");
+    for sum in sums {
+        assert_eq!(sum, [w * (w + 1.0) / 2.0, 2.0 * w, -3.0 * w]);
+    }
+}

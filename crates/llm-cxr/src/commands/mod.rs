@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod classifier;
 pub mod data;
+pub mod data_parallel;
 pub mod dataset;
 pub mod demo;
 pub mod device;

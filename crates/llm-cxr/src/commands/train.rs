@@ -80,6 +80,12 @@ pub struct Args {
     /// for GPUs; the CPU emulates the half types, slowly). f16 adds a dynamic loss scale.
     #[arg(long, default_value_t = cxr_train::Precision::F32)]
     pub precision: cxr_train::Precision,
+    /// Data-parallel ranks: each step's --grad-accum micro-batches are dealt to N copies of the
+    /// model, one per rank, and their gradients summed; the step is the one a single rank takes.
+    /// With --device cuda:K, rank r runs on GPU K + r (NCCL; `--features nccl`); on the CPU the
+    /// ranks are threads sharing the cores (for checking). --grad-accum must be a multiple of N.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub ranks: u64,
     #[command(flatten)]
     #[serde(flatten)]
     pub device: super::device::DeviceArg,
@@ -214,8 +220,8 @@ fn stage(
         image_lr: args.image_lr.zip(image_vocab).map(|(lr, v)| (v.base, lr)),
         ..opts.clone()
     };
-    let net = if args.lora_rank == 0 {
-        Trainable::load(model, &opts.device)?
+    let lora = if args.lora_rank == 0 {
+        None
     } else {
         let config_path = model.join("config.json");
         let config = cxr_lm::LmConfig::from_json(
@@ -228,16 +234,21 @@ fn stage(
         } else {
             args.lora_targets.clone()
         };
-        Trainable::load_lora(
-            model,
-            cxr_lm::LoraConfig {
-                rank: args.lora_rank,
-                alpha: args.lora_alpha,
-                targets,
-                seed: args.seed,
-            },
-            &opts.device,
-        )?
+        Some(cxr_lm::LoraConfig {
+            rank: args.lora_rank,
+            alpha: args.lora_alpha,
+            targets,
+            seed: args.seed,
+        })
+    };
+    let load = {
+        let model = model.to_path_buf();
+        move |device: &candle_core::Device| -> anyhow::Result<Trainable> {
+            Ok(match &lora {
+                None => Trainable::load(&model, device)?,
+                Some(l) => Trainable::load_lora(&model, l.clone(), device)?,
+            })
+        }
     };
     tracing::info!(
         "{}: {} training samples, {} validation samples, {} steps of {} samples",
@@ -254,7 +265,7 @@ fn stage(
         .unwrap_or_else(|_| "step,loss,validation_loss,lr,grad_norm,tokens_per_s\n".into());
     let bar = super::progress(opts.steps, "train");
     let mut write_error = None;
-    let net = finetune(net, &train, &validation, opts, &mut |r: &StepReport| {
+    let mut on_step = |r: &StepReport| {
         bar.set_position(r.step);
         let tps = r.tokens as f64 / r.seconds.max(1e-9);
         bar.set_message(format!("loss {:.3}, {tps:.0} tok/s", r.loss));
@@ -274,8 +285,23 @@ fn stage(
                 write_error = Some(e);
             }
         }
-    })
-    .with_context(|| format!("training into {}", opts.out.display()))?;
+    };
+    let training = || format!("training into {}", opts.out.display());
+    let net = if args.ranks <= 1 {
+        finetune(load(&opts.device)?, &train, &validation, opts, &mut on_step)
+            .with_context(training)?
+    } else {
+        super::data_parallel::finetune(
+            args.ranks as usize,
+            args.device.device,
+            load,
+            train,
+            validation,
+            opts,
+            &mut on_step,
+        )
+        .with_context(training)?
+    };
     bar.finish();
     if let Some(e) = write_error {
         return Err(e);

@@ -415,6 +415,7 @@ fn fine_tuning(
         lora_alpha: cxr_lm::LoraConfig::DEFAULT_ALPHA,
         lora_targets: Vec::new(),
         precision: a.precision,
+        ranks: 1,
         device: a.device.clone(),
     }
 }

@@ -1,0 +1,150 @@
+//! `train --ranks N`: data-parallel fine-tuning in one process, one thread per rank, each with
+//! its own copy of the model on its own device (`cxr_instruct::finetune::finetune_rank`). On the
+//! CPU the ranks sum their gradients in memory (`cxr_train::ThreadRanks`: for tests and
+//! checking, the ranks share the cores); with `--device cuda:K`, rank r runs on GPU K + r and
+//! the ranks sum through NCCL (`--features nccl`). Rank 0's progress reaches the caller; the
+//! first rank to fail ends the run with its error, the others stopped or left to the process's
+//! exit (a rank blocked in NCCL cannot be woken).
+
+use std::sync::{mpsc, Arc, Mutex};
+
+use anyhow::Context;
+use candle_core::Device;
+use cxr_instruct::finetune::{finetune_rank, FinetuneOptions, StepReport, Trainable};
+use cxr_instruct::Tokenized;
+use cxr_train::Ranks;
+
+use super::device::DeviceSpec;
+
+/// How the ranks of a run find each other.
+enum Group {
+    /// CPU ranks, each taken once by its thread.
+    Threads(Mutex<Vec<Option<cxr_train::ThreadRanks>>>),
+    #[cfg(feature = "nccl")]
+    Nccl(cxr_train::ranks::NcclId, usize),
+}
+
+impl Group {
+    fn new(device: DeviceSpec, world: usize) -> anyhow::Result<Group> {
+        match device {
+            DeviceSpec::Cpu => Ok(Group::Threads(Mutex::new(
+                cxr_train::ThreadRanks::group(world)
+                    .into_iter()
+                    .map(Some)
+                    .collect(),
+            ))),
+            #[cfg(feature = "nccl")]
+            DeviceSpec::Cuda(_) => Ok(Group::Nccl(cxr_train::ranks::NcclId::new()?, world)),
+            #[cfg(not(feature = "nccl"))]
+            DeviceSpec::Cuda(_) => anyhow::bail!(
+                "--ranks on GPUs sums gradients through NCCL: this binary was built without it \
+                 (build with `--features nccl`, docs/gpu.md)"
+            ),
+        }
+    }
+
+    /// Rank `rank`'s handle, made on its own thread.
+    fn join(
+        &self,
+        rank: usize,
+        #[allow(unused)] device: &Device,
+    ) -> anyhow::Result<Box<dyn Ranks>> {
+        match self {
+            Group::Threads(slots) => {
+                let mut slots = slots
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("a rank panicked"))?;
+                let ranks = slots[rank].take().context("a rank joined twice")?;
+                Ok(Box::new(ranks))
+            }
+            #[cfg(feature = "nccl")]
+            Group::Nccl(id, world) => Ok(Box::new(cxr_train::ranks::NcclRank::join(
+                device, rank, *world, *id,
+            )?)),
+        }
+    }
+}
+
+enum Message {
+    Step(StepReport),
+    Done(usize, Result<Option<Box<Trainable>>, String>),
+}
+
+/// Fine-tunes with `world` ranks on `device` (and the GPUs after it), each loading its model
+/// with `load`; returns rank 0's trained model.
+pub fn finetune(
+    world: usize,
+    device: DeviceSpec,
+    load: impl Fn(&Device) -> anyhow::Result<Trainable> + Send + Sync + 'static,
+    train: Vec<Tokenized>,
+    validation: Vec<Tokenized>,
+    opts: &FinetuneOptions,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> anyhow::Result<Trainable> {
+    // Every device opened first: a missing GPU fails here, before any rank waits for it.
+    let devices = (0..world)
+        .map(|rank| match device {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Cuda(first) => DeviceSpec::Cuda(first + rank).open(),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let group = Arc::new(Group::new(device, world)?);
+    let (train, validation, load) = (Arc::new(train), Arc::new(validation), Arc::new(load));
+    let (tx, rx) = mpsc::channel();
+    for (rank, device) in devices.into_iter().enumerate() {
+        let (tx, group, load) = (tx.clone(), group.clone(), load.clone());
+        let (train, validation) = (train.clone(), validation.clone());
+        let opts = FinetuneOptions {
+            device: device.clone(),
+            ..opts.clone()
+        };
+        std::thread::Builder::new()
+            .name(format!("rank {rank}"))
+            .spawn(move || {
+                let outcome = group.join(rank, &device).and_then(|ranks| {
+                    let steps = tx.clone();
+                    let run = load(&device).and_then(|net| {
+                        Ok(finetune_rank(
+                            net,
+                            &train,
+                            &validation,
+                            &opts,
+                            &*ranks,
+                            &mut |r| {
+                                if rank == 0 {
+                                    let _ = steps.send(Message::Step(*r));
+                                }
+                            },
+                        )?)
+                    });
+                    if run.is_err() {
+                        ranks.abort();
+                    }
+                    run
+                });
+                let outcome = outcome
+                    .map(|net| (rank == 0).then(|| Box::new(net)))
+                    .map_err(|e| format!("{e:#}"));
+                let _ = tx.send(Message::Done(rank, outcome));
+            })
+            .context("starting a rank's thread")?;
+    }
+    drop(tx);
+    let (mut lead, mut stopped) = (None, None);
+    for message in rx {
+        match message {
+            Message::Step(r) => on_step(&r),
+            Message::Done(_, Ok(net)) => lead = lead.or(net),
+            // Stopped because another failed: that one's error says why.
+            Message::Done(rank, Err(e)) if e.contains(cxr_train::ranks::ABORTED) => {
+                stopped.get_or_insert(format!("rank {rank}: {e}"));
+            }
+            Message::Done(rank, Err(e)) => anyhow::bail!("rank {rank} of {world}: {e}"),
+        }
+    }
+    match (lead, stopped) {
+        (Some(net), None) => Ok(*net),
+        (_, Some(e)) => anyhow::bail!(e),
+        (None, None) => anyhow::bail!("rank 0 ended without a model"),
+    }
+}
