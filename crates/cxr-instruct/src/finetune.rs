@@ -498,8 +498,9 @@ pub fn finetune_rank(
                 .precision
                 .autocast(|| response_nll_in(&net.model, micro, opts.modes.as_ref()))?;
             loss_sum += nll.detach().to_scalar::<f32>()? as f64;
-            // Mean over the step's response tokens, as one big batch would give.
-            let g = (nll * (factor / counted.max(1) as f64))?.backward()?;
+            // Mean over the step's response tokens, as one big batch would give (then scaled
+            // for f16; by 1.0, exactly, otherwise).
+            let g = ((nll / counted.max(1) as f64)? * factor)?.backward()?;
             grads.add(g, net.vars.iter().map(|(_, var)| var))?;
         }
         let mut grads = grads.finish().expect("each rank has a micro-batch");

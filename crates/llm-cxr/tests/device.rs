@@ -281,8 +281,8 @@ fn nccl_sums_over_the_gpus() {
         println!("nccl: no GPU under test (CXR_TEST_DEVICE), nothing to sum");
         return;
     }
-    let world = candle_core::cuda_backend::cudarc::driver::CudaContext::device_count().unwrap()
-        as usize;
+    let world =
+        candle_core::cuda_backend::cudarc::driver::CudaContext::device_count().unwrap() as usize;
     let id = NcclId::new().unwrap();
     let sums: Vec<Vec<f32>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..world)
