@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # The GPU check (docs/gpu.md), in two halves:
 #
-#   bash scripts/device-check.sh build   # here: CUDA (and NCCL) builds of crates/llm-cxr/tests/device.rs and
-#                                        # of the LM and training-step benches, stripped and
-#                                        # gzipped into .device/ (git-ignored), with the PyTorch peer
+#   bash scripts/device-check.sh build   # here: CUDA (and NCCL) builds of the llm-cxr binary, of
+#                                        # crates/llm-cxr/tests/device.rs and of the LM and
+#                                        # training-step benches, stripped and xz-compressed into
+#                                        # .device/ (git-ignored), with the PyTorch peer and, given
+#                                        # DEVICE_CHECK_DEMO (a finished demo run's folder), the
+#                                        # main job's training shards and model config
 #   bash scripts/device-check.sh run     # on the GPU machine (CUDA 13 driver, PyTorch, no Rust):
 #                                        # the device tests on cuda:0, then our throughput and
-#                                        # PyTorch eager's on the same GPU; logs and JSON in $OUT
+#                                        # PyTorch eager's on the same GPU, then the main job's
+#                                        # fine-tuning timed (f32, bf16); logs and JSON in $OUT
 #
 # The GPU machine needs no toolchain: the CUDA libraries the binaries link (cuBLAS, cuRAND, the
 # runtime) come from PyTorch's nvidia wheels there, the driver's libcuda.so.1 from the system.
 # `run` takes DEVICE_CHECK_SHAPES (default 410m,3b) for the throughput part, or `tests` alone;
-# DEVICE_CHECK_DEVICE (default cuda:0; `cpu` is a dry run of the whole script without a GPU).
+# DEVICE_CHECK_DEVICE (default cuda:0; `cpu` is a dry run of the whole script without a GPU), and
+# DEVICE_CHECK_DEMO_STEPS (default: the recorded run's) for the main job's fine-tuning.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=.device
@@ -32,25 +37,39 @@ build)
     env="$(bash scripts/cuda-toolchain.sh "${CUDA_TOOLCHAIN:-target/cuda-toolchain}")"
     eval "$env"
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda}"
-    mkdir -p "$dir"
-    # One build of the three targets: the feature turns on candle's CUDA for all of them.
+    rm -rf "$dir" && mkdir -p "$dir"
+    # One build of the four targets: the feature turns on candle's CUDA (and NCCL) for all.
     cargo build --release --locked -p llm-cxr -p cxr-lm -p cxr-instruct --features llm-cxr/nccl \
-        --test device --bench lm --bench train_step --message-format=json \
-        | executables device lm train_step > "$dir/targets"
-    [ "$(wc -l < "$dir/targets")" -eq 3 ] || { echo "device-check: a target was not built" >&2; exit 1; }
+        --bin llm-cxr --test device --bench lm --bench train_step --message-format=json \
+        | executables llm-cxr device lm train_step > "$dir/targets"
+    [ "$(wc -l < "$dir/targets")" -eq 4 ] || { echo "device-check: a target was not built" >&2; exit 1; }
+    # xz: a third of gzip's size for these binaries, so that all four fit in one carry.
     while read -r name exe; do
         strip -o "$dir/$name" "$exe"
-        gzip -f -9 "$dir/$name"
+        xz -9 -T0 -f "$dir/$name"
     done < "$dir/targets"
     rm "$dir/targets"
-    cp scripts/reference/gpu_peer.py "$dir/"
+    cp scripts/reference/gpu_peer.py scripts/reference/random_weights.py "$dir/"
+    # The main job's fine-tuning, timed there: its training shards, its model's config and
+    # tokenizer (the weights are made there, random) and its recorded command line, from a
+    # finished run of `llm-cxr demo` (DEVICE_CHECK_DEMO=its output folder).
+    if [ -n "${DEVICE_CHECK_DEMO:-}" ]; then
+        demo="$DEVICE_CHECK_DEMO"
+        for f in data-train/manifest.json lm-init/config.json stages/train-100.json stages/train-200.json; do
+            [ -f "$demo/$f" ] || { echo "device-check: $demo/$f missing (a finished demo run?)" >&2; exit 1; }
+        done
+        tar -C "$demo" -cJf "$dir/demo.tar.xz" data-train stages/train-100.json stages/train-200.json \
+            $(cd "$demo" && ls lm-init/* | grep -v safetensors)
+    fi
     ls -l "$dir"
+    du -sh "$dir"
     echo "device-check: carry $dir, then run: bash scripts/device-check.sh run"
     ;;
 run)
-    for f in device lm train_step; do
-        [ -f "$dir/$f.gz" ] || { echo "device-check: $dir/$f.gz missing (build it first)" >&2; exit 1; }
-        gunzip -c "$dir/$f.gz" > "/tmp/$f" && chmod +x "/tmp/$f"
+    for f in llm-cxr device lm train_step; do
+        [ -f "$dir/$f.xz" ] || { echo "device-check: $dir/$f.xz missing (build it first)" >&2; exit 1; }
+        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+            "$dir/$f.xz" "/tmp/$f" && chmod +x "/tmp/$f"
     done
     # cuBLAS 13, cuRAND, cudart 13, NCCL: PyTorch's nvidia wheels, else the toolkit's folder.
     libs="$(python3 -c 'import nvidia, os; print(":".join(d for p in nvidia.__path__ for d in (os.path.join(p, "cu13", "lib"), os.path.join(p, "nccl", "lib")) if os.path.isdir(d)))' 2>/dev/null || true)"
@@ -80,7 +99,28 @@ run)
     python3 "$dir/gpu_peer.py" --shapes "$shapes" --device "$device" --out "$out/torch.json" > /dev/null
     python3 "$dir/gpu_peer.py" --shapes "$shapes" --device "$device" --autocast bfloat16 --only train \
         --out "$out/torch-bf16.json" > /dev/null
-    python3 - "$out" "$shapes" <<'EOF' | tee "$out/summary.json"
+    demo_s=()
+    if [ -f "$dir/demo.tar.xz" ]; then
+        echo "== the main job's fine-tuning (full profile, its shards, random weights of its model's shape)"
+        rm -rf /tmp/demo && mkdir -p /tmp/demo && tar -C /tmp/demo -xJf "$dir/demo.tar.xz"
+        python3 "$dir/random_weights.py" /tmp/demo/lm-init
+        for precision in f32 bf16; do
+            # The recorded command of the stage that ends the fine-tuning, from step 0, here.
+            mapfile -t cmd < <(python3 -c '
+import json, sys
+c = json.load(open("/tmp/demo/stages/train-200.json"))["command"]
+paths = {"--model": "/tmp/demo/lm-init", "--data": "/tmp/demo/data-train", "--out": sys.argv[1]}
+if sys.argv[2]:
+    paths["--steps"] = sys.argv[2]
+for i, a in enumerate(c):
+    print(paths.get(c[i - 1], a) if i else a)' "/tmp/demo/out-$precision" "${DEVICE_CHECK_DEMO_STEPS:-}")
+            start=$(date +%s.%N)
+            /tmp/llm-cxr "${cmd[@]}" --device "$device" --precision "$precision" 2>&1 | tail -2 | tee "$out/demo-$precision.log"
+            demo_s+=("$(python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$start" "$(date +%s.%N)")")
+            cp "/tmp/demo/out-$precision/train-log.csv" "$out/demo-$precision-train-log.csv"
+        done
+    fi
+    python3 - "$out" "$shapes" "${demo_s[@]}" <<'EOF' | tee "$out/summary.json"
 import json, sys
 out, shapes = sys.argv[1], sys.argv[2].split(",")
 load = lambda name: json.load(open(f"{out}/{name}.json"))
@@ -96,7 +136,13 @@ for s in shapes:
                "bf16_train_tok_s": ours_t16, "torch_autocast_train_tok_s": peer_t16,
                "bf16_train_ratio": ours_t16 / peer_t16,
                "decode_tok_s": ours_g, "torch_decode_tok_s": peer_g, "decode_ratio": ours_g / peer_g}
-print(json.dumps({"gpu": torch["gpu"], "torch": torch["torch"], "shapes": rows}, indent=1))
+summary = {"gpu": torch["gpu"], "torch": torch["torch"], "shapes": rows}
+if len(sys.argv) > 3:
+    # The same stages' wall time on the CPU where the demo ran (steps 1-100, then 101-200).
+    cpu = sum(json.load(open(f"/tmp/demo/stages/train-{n}.json"))["seconds"] for n in (100, 200))
+    summary["demo_fine_tuning_s"] = {"f32": float(sys.argv[3]), "bf16": float(sys.argv[4]),
+                                     "recorded_cpu": cpu, "goal": 600}
+print(json.dumps(summary, indent=1))
 EOF
     ;;
 *)

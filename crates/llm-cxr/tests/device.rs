@@ -213,6 +213,125 @@ fn vqgan_encode_and_decode_on_the_device() {
     });
 }
 
+/// The image models' trainers on the device: the classifier (a small DenseNet) and the VQ-GAN
+/// (every loss on: L1, the clinical-information loss through a DenseNet, codebook, the
+/// discriminator with its adaptive weight) trained three steps on phantoms there and on the
+/// CPU, at a small rate (1e-5): Adam moves each weight by about the rate whatever its gradient,
+/// so a gradient near zero summed in another order can move a weight the other way; at this
+/// rate that moves no loss by more than 1e-3, against the first step's 1e-4.
+#[test]
+fn image_model_training_steps_on_the_device() {
+    use candle_nn::{VarBuilder, VarMap};
+    use cxr_classifier::{DenseNet, DenseNetConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let tree = cxr_phantom::TreeOptions {
+        out: dir.path().join("data"),
+        n: 6,
+        size: 48,
+        seed: 9,
+        dicom: false,
+        jpeg_quality: 95,
+    };
+    cxr_phantom::write_tree(&tree, &|| {}).unwrap();
+    let ds = cxr_data::open_dataset(cxr_data::DatasetKind::Mimic, &tree.out).unwrap();
+    let examples = cxr_classifier::train::examples(ds.records());
+    let images: Vec<PathBuf> = examples.iter().map(|e| e.image.clone()).collect();
+    let dense = DenseNetConfig {
+        growth_rate: 4,
+        block_config: vec![1, 1],
+        num_init_features: 8,
+        bn_size: 2,
+        in_channels: 1,
+        num_classes: 18,
+    };
+    // One random DenseNet for the VQ-GAN's feature loss, read from one file on both devices.
+    let frozen = dir.path().join("densenet.safetensors");
+    let vm = VarMap::new();
+    DenseNet::new(
+        &dense,
+        VarBuilder::from_varmap(&vm, candle_core::DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    vm.save(&frozen).unwrap();
+    let agree = |what: &str, step: usize, a: f32, b: f32| {
+        let tol = if step == 0 { 1e-4 } else { 1e-3 };
+        assert!(
+            (a - b).abs() <= tol * b.abs().max(1e-3),
+            "{what}, step {}: {a} on the device vs {b} on the CPU",
+            step + 1
+        );
+    };
+
+    let classifier_losses = |dev: &Device, out: &str| {
+        let opts = cxr_classifier::train::TrainOptions {
+            steps: 3,
+            batch: 3,
+            lr: 1e-5,
+            size: 32,
+            seed: 5,
+            checkpoint_every: 10,
+            out: dir.path().join(out),
+            init: None,
+            device: dev.clone(),
+        };
+        let mut losses = Vec::new();
+        cxr_classifier::train::train(&dense, &examples, &opts, &mut |r| losses.push(r.loss))
+            .unwrap();
+        losses
+    };
+    let cpu = classifier_losses(&Device::Cpu, "classifier-cpu");
+    let dev = on_device(|d| classifier_losses(d, "classifier-device"));
+    println!("classifier losses: {dev:?} vs {cpu:?}");
+    for (step, (a, b)) in dev.iter().zip(&cpu).enumerate() {
+        agree("classifier loss", step, *a, *b);
+    }
+
+    let vqgan_losses = |dev: &Device, out: &str| {
+        let classifier =
+            DenseNet::new(&dense, cxr_classifier::var_builder(&frozen, dev).unwrap()).unwrap();
+        let config = cxr_vqgan::VqganConfig {
+            resolution: 32,
+            in_channels: 1,
+            out_ch: 1,
+            ch: 32,
+            ch_mult: vec![1, 2],
+            num_res_blocks: 1,
+            attn_resolutions: vec![16],
+            z_channels: 32,
+            n_embed: 64,
+            embed_dim: 16,
+        };
+        let opts = cxr_vqgan::train::TrainOptions {
+            steps: 3,
+            batch: 2,
+            lr: 1e-5,
+            seed: 3,
+            cip_start: 0,
+            disc_start: 0,
+            restart_every: 0,
+            checkpoint_every: 10,
+            out: dir.path().join(out),
+            device: dev.clone(),
+            ..Default::default()
+        };
+        let mut trainer =
+            cxr_vqgan::train::Trainer::new(&config, Some(&classifier), &opts).unwrap();
+        (0..3)
+            .map(|k| trainer.step(&images[2 * k..2 * k + 2]).unwrap().losses)
+            .collect::<Vec<_>>()
+    };
+    let cpu = vqgan_losses(&Device::Cpu, "vqgan-cpu");
+    let dev = on_device(|d| vqgan_losses(d, "vqgan-device"));
+    for (step, (a, b)) in dev.iter().zip(&cpu).enumerate() {
+        println!("vqgan step {}: {a:?} vs {b:?}", step + 1);
+        agree("vqgan L1", step, a.l1, b.l1);
+        agree("vqgan feature loss", step, a.cip, b.cip);
+        agree("vqgan codebook loss", step, a.quant, b.quant);
+        agree("vqgan generator loss", step, a.g, b.g);
+        agree("vqgan discriminator loss", step, a.d, b.d);
+    }
+}
+
 /// Image-conditioned learning on the device: the GPT-NeoX fixture fine-tuned there on four
 /// (image codes, report) pairs in both directions (codes -> text, text -> codes, LLM-CXR's two
 /// tasks in miniature) writes each pair's own report for its codes and draws each report's own
