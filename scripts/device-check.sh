@@ -112,8 +112,12 @@ c = json.load(open("/tmp/demo/stages/train-200.json"))["command"]
 paths = {"--model": "/tmp/demo/lm-init", "--data": "/tmp/demo/data-train", "--out": sys.argv[1]}
 if sys.argv[2]:
     paths["--steps"] = sys.argv[2]
+out = []
 for i, a in enumerate(c):
-    print(paths.get(c[i - 1], a) if i else a)' "/tmp/demo/out-$precision" "${DEVICE_CHECK_DEMO_STEPS:-}")
+    if a in ("--device", "--precision") or (i and c[i - 1] in ("--device", "--precision")):
+        continue  # given below
+    out.append(paths.get(c[i - 1], a) if i else a)
+print("\n".join(out))' "/tmp/demo/out-$precision" "${DEVICE_CHECK_DEMO_STEPS:-}")
             start=$(date +%s.%N)
             /tmp/llm-cxr "${cmd[@]}" --device "$device" --precision "$precision" 2>&1 | tail -2 | tee "$out/demo-$precision.log"
             demo_s+=("$(python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$start" "$(date +%s.%N)")")

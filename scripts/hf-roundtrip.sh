@@ -7,6 +7,9 @@
 # Usage: PYTHON=venv/bin/python bash scripts/hf-roundtrip.sh DEMO OUT [STEPS]
 #   PYTHON: a Python with torch, transformers, datasets and accelerate (default python3)
 #   LLMCXR: the llm-cxr binary (default target/release/llm-cxr)
+#   DEEPSPEED: a DeepSpeed config (scripts/deepspeed-zero3.json): the Trainer runs under DeepSpeed,
+#     one process; without a GPU on DeepSpeed's CPU accelerator (DS_ACCELERATOR=cpu, gloo), which
+#     needs `deepspeed` in PYTHON and ninja + a C++ compiler (it builds its shared-memory op)
 set -euo pipefail
 usage="usage: hf-roundtrip.sh DEMO OUT [STEPS (even, >= 2)]"
 demo="$(realpath "${1:?$usage}")"
@@ -39,6 +42,15 @@ step "2. fine-tune with transformers' Trainer; killed after its first checkpoint
 half=$((steps / 2))
 finetune=("$py" scripts/hf-finetune.py --model "$demo/lm-init" --data "$out/data" --out "$out/hf"
     --steps "$steps" --lr 2e-4 --warmup 10 --micro-batch 4 --save-steps "$half" --seed 1)
+if [ -n "${DEEPSPEED:-}" ]; then
+    finetune+=(--deepspeed "$(realpath "$DEEPSPEED")")
+    # One process, no launcher: the rendezvous a launcher would set; the CPU accelerator when
+    # there is no GPU, and the Python's bin (ninja) on PATH for its op build.
+    export MASTER_ADDR=127.0.0.1 MASTER_PORT="${MASTER_PORT:-29517}" RANK=0 LOCAL_RANK=0 WORLD_SIZE=1
+    "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
+        || export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
+    PATH="$(dirname "$py"):$PATH"
+fi
 rm -rf "$out/hf"
 "${finetune[@]}" > "$out/finetune-1.log" 2>&1 &
 pid=$!

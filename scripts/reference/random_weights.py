@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 
@@ -20,9 +20,9 @@ def main():
     config = AutoConfig.from_pretrained(model_dir)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
-    save_file(tensors, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
-    print(f"{model_dir}: {sum(t.numel() for t in tensors.values()):,} random weights")
+    # save_model drops the second name of a tied tensor (a tied head), as transformers does.
+    save_model(model, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    print(f"{model_dir}: {sum(p.numel() for p in model.parameters()):,} random weights")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,9 @@ pub struct FinetuneOptions {
     /// The matrix products' type (f32 master weights in every precision); f16 adds a dynamic
     /// loss scale. On the CPU a half type is emulated (slow): it is for GPUs.
     pub precision: Precision,
+    /// f16's loss scale at the start of a run (`LossScale::INITIAL`, as PyTorch's GradScaler);
+    /// a resumed run takes its checkpoint's.
+    pub initial_loss_scale: f64,
 }
 
 /// The defaults of `llm-cxr train` (which reads them from here): the paper's rate and warmup.
@@ -101,6 +104,7 @@ impl Default for FinetuneOptions {
             out: PathBuf::from("finetune"),
             device: Device::Cpu,
             precision: Precision::F32,
+            initial_loss_scale: LossScale::INITIAL,
         }
     }
 }
@@ -415,9 +419,6 @@ pub fn finetune_rank(
     ranks: &dyn cxr_train::Ranks,
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<Trainable, FinetuneError> {
-    if train.is_empty() {
-        return Err(FinetuneError::Data("no training samples".into()));
-    }
     /// Stops the other ranks when this one leaves early (an error, a panic), instead of
     /// leaving them waiting for its gradients.
     struct AbortUnlessDone<'a>(&'a dyn cxr_train::Ranks, bool);
@@ -429,6 +430,9 @@ pub fn finetune_rank(
         }
     }
     let mut guard = AbortUnlessDone(ranks, false);
+    if train.is_empty() {
+        return Err(FinetuneError::Data("no training samples".into()));
+    }
     let (rank, world) = (ranks.rank(), ranks.world());
     if !opts.grad_accum.max(1).is_multiple_of(world) {
         return Err(FinetuneError::Data(format!(
@@ -473,7 +477,7 @@ pub fn finetune_rank(
     let ck = opts.out.join(CHECKPOINT);
     let record = crate::run_identity::run_record(&net, train, opts);
     let mut step = 0u64;
-    let mut loss_scale = LossScale::for_precision(opts.precision);
+    let mut loss_scale = LossScale::for_precision(opts.precision, opts.initial_loss_scale);
     if ck.is_file() {
         step = resume(&ck, &net, &mut opt, &mut loss_scale, opts, &record)?;
         tracing::info!("resumed from {} at step {step}", ck.display());
@@ -519,10 +523,18 @@ pub fn finetune_rank(
             };
             opt.step_scaled(&grads, clip / factor)?;
         } else {
+            let scale = loss_scale.map_or(1.0, |s| s.scale);
+            if scale < LossScale::SMALLEST {
+                return Err(FinetuneError::Data(format!(
+                    "step {}: the gradients are not finite at any f16 loss scale (down to \
+                     {scale:e}): the run diverged or a sample holds a NaN; try bf16 or a lower \
+                     learning rate",
+                    step + 1
+                )));
+            }
             tracing::warn!(
-                "step {}: the f16 gradients overflowed; update skipped, loss scale now {}",
-                step + 1,
-                loss_scale.map_or(1.0, |s| s.scale)
+                "step {}: the f16 gradients overflowed; update skipped, loss scale now {scale}",
+                step + 1
             );
         }
         let seconds = started.elapsed().as_secs_f64();

@@ -44,17 +44,27 @@ fn opts(out: &Path, precision: Precision) -> FinetuneOptions {
     }
 }
 
-/// Losses of a run and its final weights, flattened.
+/// Losses of a run and its final weights, flattened; every step applied.
 fn train(model: &str, o: &FinetuneOptions) -> (Vec<f64>, Vec<f32>) {
-    let mut losses = Vec::new();
+    let (losses, applied, weights) = train_all(model, o);
+    assert!(
+        applied.iter().all(|&a| a),
+        "a step was skipped: {applied:?}"
+    );
+    (losses, weights)
+}
+
+/// Losses of a run, whether each step's update was applied, and its final weights.
+fn train_all(model: &str, o: &FinetuneOptions) -> (Vec<f64>, Vec<bool>, Vec<f32>) {
+    let (mut losses, mut applied) = (Vec::new(), Vec::new());
     let net = finetune(
         Trainable::load(&fixture(model), &Device::Cpu).unwrap(),
         &samples(8),
         &[],
         o,
         &mut |r| {
-            assert!(r.applied, "step {} skipped", r.step);
             losses.push(r.loss);
+            applied.push(r.applied);
         },
     )
     .unwrap();
@@ -63,7 +73,18 @@ fn train(model: &str, o: &FinetuneOptions) -> (Vec<f64>, Vec<f32>) {
         assert_eq!(t.dtype(), DType::F32, "{name}: master weights stay f32");
         flat.extend(t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
     }
-    (losses, flat)
+    (losses, applied, flat)
+}
+
+/// The largest first moment AdamW holds in a run's checkpoint.
+fn largest_moment(out: &Path) -> f32 {
+    let (tensors, _) = cxr_train::load_checkpoint(&out.join(CHECKPOINT), &Device::Cpu).unwrap();
+    tensors
+        .iter()
+        .filter(|(name, _)| name.starts_with("adamw.m."))
+        .map(|(_, t)| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap())
+        .map(|m| m.to_scalar::<f32>().unwrap())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -97,6 +118,13 @@ fn half_precision_trains_as_f32_does() {
             assert!(
                 diff > 0.0 && diff < 0.05 * start,
                 "{what}: {diff} of {start}"
+            );
+            // The optimizer saw the true gradients: an f16 loss scale left in them would show
+            // 65536 times over in the moments.
+            let ratio = largest_moment(&o.out) / largest_moment(&out("f32"));
+            assert!(
+                (0.5..2.0).contains(&ratio),
+                "{what}: moments {ratio} x f32's"
             );
         }
     }
@@ -173,4 +201,42 @@ fn a_half_precision_run_resumes_exactly_and_refuses_another_precision() {
     );
     let (_, resumed) = train(model, &opts(&split, Precision::F16));
     assert_eq!(straight, resumed);
+}
+
+#[test]
+fn overflowing_f16_steps_are_skipped_and_a_run_resumes_across_them() {
+    // A loss scale far too large: the first steps' f16 gradients overflow; each is skipped
+    // (the weights do not move) and the scale halves until they fit.
+    let dir = tempfile::tempdir().unwrap();
+    let model = "gpt_neox_tiny";
+    let o = |out: &str, steps| FinetuneOptions {
+        steps,
+        initial_loss_scale: 2f64.powi(28),
+        ..opts(&dir.path().join(out), Precision::F16)
+    };
+    let (losses, applied, straight) = train_all(model, &o("straight", 12));
+    // (Measured: nine skips, 2^28 down to 2^19, then every step applied.)
+    let skipped = applied.iter().take_while(|&&a| !a).count();
+    assert!(skipped > 2 && applied[11], "{applied:?}");
+    assert!(losses[11] < losses[0], "{losses:?}");
+    // Skipped steps change nothing: a run of only those steps ends where it started.
+    let (_, _, w) = train_all(model, &o("skipped", skipped as u64));
+    let (_, _, w0) = train_all(
+        model,
+        &FinetuneOptions {
+            lr: 0.0,
+            ..o("zero", 1)
+        },
+    );
+    assert_eq!(w, w0);
+    // Killed after step 2 (with skips behind it) and resumed: the straight run's weights.
+    let split = dir.path().join("split");
+    train_all(model, &o("split", 2));
+    let meta = cxr_train::load_checkpoint(&split.join(CHECKPOINT), &Device::Cpu)
+        .unwrap()
+        .1;
+    let updates: u64 = meta["optimizer_updates"].parse().unwrap();
+    assert_eq!(updates, applied[..2].iter().filter(|&&a| a).count() as u64);
+    let (_, _, resumed) = train_all(model, &o("split", 12));
+    assert_eq!(resumed, straight);
 }

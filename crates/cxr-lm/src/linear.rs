@@ -182,10 +182,14 @@ impl Linear {
                     *last = out_dim;
                 }
                 let x2 = x.reshape((rows, in_dim))?;
-                let y = if rows <= GEMV_MAX_ROWS && !x.track_op() {
+                // Under autocast (LoRA's frozen base in mixed precision), a half product too.
+                let y = if rows <= GEMV_MAX_ROWS
+                    && !x.track_op()
+                    && cxr_ops::autocast_dtype().is_none()
+                {
                     cxr_ops::gemv::gemv(&x2, wt)?
                 } else {
-                    x2.matmul(wt)?
+                    cxr_ops::matmul(&x2, wt)?
                 };
                 y.reshape(dims)?
             }

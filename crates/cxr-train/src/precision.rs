@@ -79,19 +79,22 @@ pub struct LossScale {
 impl LossScale {
     pub const INITIAL: f64 = 65536.0;
     pub const GROWTH_INTERVAL: u64 = 2000;
+    /// Below this the gradients overflow at any scale: they are not finite (a diverged run, a
+    /// NaN in the data), and halving further cannot help. 32 halvings from the initial scale.
+    pub const SMALLEST: f64 = 1.0 / 65536.0;
 
-    /// The scale a run in `precision` needs: only f16 has one.
-    pub fn for_precision(precision: Precision) -> Option<LossScale> {
+    /// The scale a run in `precision` needs, starting at `initial`: only f16 has one.
+    pub fn for_precision(precision: Precision, initial: f64) -> Option<LossScale> {
         (precision == Precision::F16).then_some(LossScale {
-            scale: Self::INITIAL,
+            scale: initial,
             good_steps: 0,
         })
     }
 
-    /// Records a step whose (scaled) gradient norm was `norm`; returns whether to apply it.
+    /// Records a step whose (unscaled) gradient norm was `norm`; returns whether to apply it.
     pub fn update(&mut self, norm: f64) -> bool {
         if !norm.is_finite() {
-            self.scale = (self.scale / 2.0).max(1.0);
+            self.scale /= 2.0;
             self.good_steps = 0;
             return false;
         }
@@ -129,12 +132,12 @@ mod tests {
         }
         let err = "fp8".parse::<Precision>().unwrap_err();
         assert!(err.contains("fp8") && err.contains("bf16"), "{err}");
-        assert!(LossScale::for_precision(Precision::Bf16).is_none());
+        assert!(LossScale::for_precision(Precision::Bf16, LossScale::INITIAL).is_none());
     }
 
     #[test]
     fn the_scale_halves_on_overflow_and_doubles_after_a_run_of_good_steps() {
-        let mut s = LossScale::for_precision(Precision::F16).unwrap();
+        let mut s = LossScale::for_precision(Precision::F16, LossScale::INITIAL).unwrap();
         assert!(!s.update(f64::INFINITY));
         assert!(!s.update(f64::NAN));
         assert_eq!(s.scale, LossScale::INITIAL / 4.0);

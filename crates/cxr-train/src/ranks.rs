@@ -25,8 +25,10 @@ pub trait Ranks {
     fn abort(&self);
 }
 
-/// Replaces each variable's gradient in `grads` by its sum over the ranks (a variable without
-/// one counts zeros), in the order of `vars`, which every rank must share.
+/// Replaces each variable's gradient in `grads` by its sum over the ranks, in the order of
+/// `vars`, which every rank must share. A variable with a gradient on some ranks counts zeros on
+/// the others; one with a gradient on none keeps none, so the optimizer leaves it alone as it
+/// does on a single rank.
 pub fn all_reduce_grads<'a>(
     ranks: &dyn Ranks,
     grads: &mut GradStore,
@@ -35,7 +37,20 @@ pub fn all_reduce_grads<'a>(
     if ranks.world() == 1 {
         return Ok(());
     }
-    for var in vars {
+    let vars: Vec<&Var> = vars.into_iter().collect();
+    let Some(first) = vars.first() else {
+        return Ok(());
+    };
+    let present: Vec<f32> = vars
+        .iter()
+        .map(|v| f32::from(u8::from(grads.get(v.as_tensor()).is_some())))
+        .collect();
+    let present = Tensor::new(present, first.device())?;
+    let present: Vec<f32> = ranks.all_reduce_sum(&present)?.to_vec1()?;
+    for (var, count) in vars.into_iter().zip(present) {
+        if count == 0.0 {
+            continue;
+        }
         let local = match grads.remove(var.as_tensor()) {
             Some(g) => g,
             None => var.as_tensor().zeros_like()?,
@@ -61,8 +76,8 @@ impl Ranks for Single {
     fn abort(&self) {}
 }
 
-/// Ranks as threads of one process: each call hands in a tensor, waits for all ranks, and
-/// adds the tensors in rank order.
+/// Ranks as threads of one process: each call hands in a tensor and waits; the last rank to
+/// arrive adds the tensors, in rank order, once, and every rank takes that sum.
 pub struct ThreadRanks {
     rank: usize,
     shared: Arc<Shared>,
@@ -74,12 +89,12 @@ struct Shared {
     changed: Condvar,
 }
 
+/// One round of sums: each rank's tensor, then the sum, which each rank reads once.
 struct Rendezvous {
     slots: Vec<Option<Tensor>>,
-    /// Ranks that have read the current round's sum.
+    sum: Option<Tensor>,
+    /// Ranks that have read this round's sum; the last one clears the round.
     read: usize,
-    /// Rounds completed: a rank waits for the round it joined to end.
-    round: u64,
     aborted: bool,
 }
 
@@ -90,8 +105,8 @@ impl ThreadRanks {
             world,
             state: Mutex::new(Rendezvous {
                 slots: vec![None; world],
+                sum: None,
                 read: 0,
-                round: 0,
                 aborted: false,
             }),
             changed: Condvar::new(),
@@ -102,13 +117,6 @@ impl ThreadRanks {
                 shared: shared.clone(),
             })
             .collect()
-    }
-
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Rendezvous>> {
-        self.shared
-            .state
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("a rank panicked".into()))
     }
 }
 
@@ -129,33 +137,40 @@ impl Ranks for ThreadRanks {
     }
 
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
-        let world = self.shared.world;
-        let mut s = self.lock()?;
-        // A rank that comes back for the next sum before the others have read this one waits.
-        while s.read > 0 && !s.aborted {
-            s = self.shared.changed.wait(s).map_err(|_| aborted())?;
+        let wait = |s| self.shared.changed.wait(s).map_err(|_| aborted());
+        let mut s = self.shared.state.lock().map_err(|_| aborted())?;
+        // A rank back for its next sum before the others have read this one waits for them.
+        while s.sum.is_some() && !s.aborted {
+            s = wait(s)?;
         }
         if s.aborted {
             return Err(aborted());
         }
-        let round = s.round;
         s.slots[self.rank] = Some(t.clone());
-        self.shared.changed.notify_all();
-        while s.slots.iter().any(Option::is_none) && s.round == round && !s.aborted {
-            s = self.shared.changed.wait(s).map_err(|_| aborted())?;
+        if s.slots.iter().all(Option::is_some) {
+            let mut parts = s.slots.iter().flatten();
+            let first = parts.next().expect("world >= 1").clone();
+            match parts.try_fold(first, |sum, part| sum + part) {
+                Ok(sum) => s.sum = Some(sum),
+                Err(e) => {
+                    s.aborted = true;
+                    self.shared.changed.notify_all();
+                    return Err(e);
+                }
+            }
+            self.shared.changed.notify_all();
         }
-        if s.aborted {
-            return Err(aborted());
+        // Once the sum is made, it is read even if a rank fails meanwhile: that failure stops
+        // the next round.
+        while s.sum.is_none() && !s.aborted {
+            s = wait(s)?;
         }
-        let mut sum = s.slots[0].clone().expect("every slot is filled");
-        for part in s.slots[1..].iter().flatten() {
-            sum = (sum + part)?;
-        }
+        let sum = s.sum.clone().ok_or_else(aborted)?;
         s.read += 1;
-        if s.read == world {
+        if s.read == self.shared.world {
             s.slots.iter_mut().for_each(|slot| *slot = None);
+            s.sum = None;
             s.read = 0;
-            s.round += 1;
             self.shared.changed.notify_all();
         }
         Ok(sum)
@@ -209,7 +224,13 @@ mod nccl {
                     device.location()
                 );
             };
-            let comm = Comm::from_rank(dev.cuda_stream(), rank, world, id.0)
+            // NCCL takes the GPU current on the calling thread: this rank's, not the first.
+            let stream = dev.cuda_stream();
+            stream
+                .context()
+                .bind_to_thread()
+                .map_err(|e| candle_core::Error::Msg(format!("NCCL rank {rank}: {e:?}")))?;
+            let comm = Comm::from_rank(stream, rank, world, id.0)
                 .map_err(|e| candle_core::Error::Msg(format!("NCCL rank {rank}: {e:?}")))?;
             Ok(NcclRank {
                 comm: Arc::new(comm),
@@ -272,7 +293,7 @@ mod nccl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, Var};
 
     #[test]
     fn thread_ranks_sum_in_rank_order_and_a_failed_rank_stops_the_others() {
@@ -318,5 +339,40 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert_eq!(outcome, [false, false]);
+    }
+
+    #[test]
+    fn gradients_are_summed_and_one_no_rank_has_stays_absent() {
+        let grads: Vec<Vec<Option<Vec<f32>>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ThreadRanks::group(2)
+                .into_iter()
+                .map(|r| {
+                    scope.spawn(move || {
+                        let dev = Device::Cpu;
+                        let (a, b, c) = (
+                            Var::new(&[1f32, 2.0], &dev).unwrap(),
+                            Var::new(&[3f32], &dev).unwrap(),
+                            Var::new(&[5f32], &dev).unwrap(),
+                        );
+                        // a: a gradient on both ranks; b: on rank 1 only; c: on none.
+                        let mut loss = (a.as_tensor() * (r.rank() as f64 + 1.0)).unwrap();
+                        loss = loss.sum_all().unwrap();
+                        if r.rank() == 1 {
+                            loss = (loss + b.as_tensor().sum_all().unwrap()).unwrap();
+                        }
+                        let mut g = loss.backward().unwrap();
+                        all_reduce_grads(&r, &mut g, [&a, &b, &c]).unwrap();
+                        [&a, &b, &c]
+                            .iter()
+                            .map(|v| g.get(v.as_tensor()).map(|t| t.to_vec1().unwrap()))
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for g in &grads {
+            assert_eq!(g, &[Some(vec![3.0, 3.0]), Some(vec![1.0]), None]);
+        }
     }
 }

@@ -162,7 +162,20 @@ fn half_precision_products_on_the_device() {
             };
             let (cpu_loss, cpu_grads) = step(&Device::Cpu);
             let (loss, grads) = on_device(step);
-            println!("{name} {precision}: loss {loss} vs {cpu_loss}");
+            let full = on_device(|dev| {
+                let (model, _) = load_lm(name, WeightMode::Train, dev);
+                let ids = ids.to_device(dev).unwrap();
+                model
+                    .next_token_loss(&ids)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            });
+            println!("{name} {precision}: loss {loss} vs {cpu_loss} (f32: {full})");
+            assert_ne!(
+                loss, full,
+                "{name} {precision}: the products were not rounded"
+            );
             assert!(
                 (loss - cpu_loss).abs() < 1e-3 * cpu_loss,
                 "{name} {precision}"

@@ -100,23 +100,36 @@ pub fn finetune(
         };
         std::thread::Builder::new()
             .name(format!("rank {rank}"))
+            // candle's backward walks the graph recursively; the main thread's 8 MiB, not 2.
+            .stack_size(64 << 20)
             .spawn(move || {
                 let outcome = group.join(rank, &device).and_then(|ranks| {
                     let steps = tx.clone();
-                    let run = load(&device).and_then(|net| {
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let net = load(&device)?;
+                        let mut report = |r: &StepReport| {
+                            if rank == 0 {
+                                let _ = steps.send(Message::Step(*r));
+                            }
+                        };
                         Ok(finetune_rank(
                             net,
                             &train,
                             &validation,
                             &opts,
                             &*ranks,
-                            &mut |r| {
-                                if rank == 0 {
-                                    let _ = steps.send(Message::Step(*r));
-                                }
-                            },
+                            &mut report,
                         )?)
+                    }))
+                    .unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or_else(|| panic.downcast_ref::<&str>().copied())
+                            .unwrap_or("a panic");
+                        Err(anyhow::anyhow!("panicked: {what}"))
                     });
+                    // Loading or training failed: the other ranks are not left waiting for this one.
                     if run.is_err() {
                         ranks.abort();
                     }

@@ -161,6 +161,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             out,
             device: args.device.open()?,
             precision: args.precision,
+            ..Default::default()
         };
         stage(&model, &data, validation.as_deref(), &opts, &args)?;
     }
