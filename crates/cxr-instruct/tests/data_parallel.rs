@@ -2,32 +2,15 @@
 //! ranks take the steps one rank takes, a killed two-rank run resumes to the weights of one
 //! never stopped, and a rank that fails stops the others instead of leaving them waiting.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Device;
 use cxr_instruct::finetune::{finetune, finetune_rank, FinetuneOptions, Trainable};
-use cxr_instruct::{Task, Tokenized};
+use cxr_instruct::Tokenized;
 use cxr_train::{Ranks, ThreadRanks};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../cxr-lm/tests/fixtures")
-        .join(name)
-}
-
-fn samples(n: usize) -> Vec<Tokenized> {
-    (0..n)
-        .map(|k| Tokenized {
-            task: Task::Text,
-            source: format!("s{k}"),
-            ids: (0..12 + k % 7)
-                .map(|i| ((i * 31 + k * 17) % 383) as u32 + 1)
-                .collect(),
-            response_start: 3 + k % 4,
-            prompt_spans: Vec::new(),
-        })
-        .collect()
-}
+mod common;
+use common::{fixture, samples};
 
 fn opts(out: &Path, grad_accum: usize) -> FinetuneOptions {
     FinetuneOptions {

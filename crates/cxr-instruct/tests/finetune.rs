@@ -2,35 +2,14 @@
 //! of the full forward, padding changes nothing, accumulation equals a bigger batch, training
 //! learns, and a resumed run ends bit-identical to one never stopped.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor, D};
 use cxr_instruct::finetune::{finetune, response_nll, FinetuneOptions, Trainable, CHECKPOINT};
-use cxr_instruct::{Task, Tokenized};
+use cxr_instruct::Tokenized;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../cxr-lm/tests/fixtures")
-        .join(name)
-}
-
-/// Deterministic samples of ids below 384 (the fixtures' vocabulary).
-fn samples(n: usize) -> Vec<Tokenized> {
-    (0..n)
-        .map(|k| {
-            let len = 12 + (k * 5) % 9;
-            Tokenized {
-                task: Task::Text,
-                source: format!("s{k}"),
-                ids: (0..len)
-                    .map(|i| ((i * 37 + k * 11) % 383) as u32 + 1)
-                    .collect(),
-                response_start: 5 + k % 4,
-                prompt_spans: Vec::new(),
-            }
-        })
-        .collect()
-}
+mod common;
+use common::{fixture, samples};
 
 #[test]
 fn loss_is_the_response_nll_of_the_full_forward() {

@@ -3,32 +3,15 @@
 //! half-precision run resumes to the weights of one never stopped, loss scale included; a
 //! checkpoint of another precision is refused.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device};
 use cxr_instruct::finetune::{finetune, response_nll, FinetuneOptions, Trainable, CHECKPOINT};
-use cxr_instruct::{Task, Tokenized};
+use cxr_instruct::Tokenized;
 use cxr_train::Precision;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../cxr-lm/tests/fixtures")
-        .join(name)
-}
-
-fn samples(n: usize) -> Vec<Tokenized> {
-    (0..n)
-        .map(|k| Tokenized {
-            task: Task::Text,
-            source: format!("s{k}"),
-            ids: (0..14 + k % 5)
-                .map(|i| ((i * 29 + k * 13) % 383) as u32 + 1)
-                .collect(),
-            response_start: 4 + k % 3,
-            prompt_spans: Vec::new(),
-        })
-        .collect()
-}
+mod common;
+use common::{fixture, samples};
 
 fn opts(out: &Path, precision: Precision) -> FinetuneOptions {
     FinetuneOptions {
