@@ -161,3 +161,54 @@ pub fn finetune(
         (None, None) => anyhow::bail!("rank 0 ended without a model"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_rank_that_panics_while_loading_ends_the_run_with_its_panic() {
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../cxr-lm/tests/fixtures/gpt_neox_tiny");
+        let samples: Vec<Tokenized> = (0..4)
+            .map(|k| Tokenized {
+                task: cxr_instruct::Task::Text,
+                source: format!("s{k}"),
+                ids: (1..14).map(|i| (i * 7 + k) as u32).collect(),
+                response_start: 4,
+                prompt_spans: Vec::new(),
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let opts = FinetuneOptions {
+            steps: 2,
+            micro_batch: 1,
+            grad_accum: 2,
+            out: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        // The second model load panics: its rank never reaches a sum, and the first, waiting
+        // for it there, is stopped instead of waiting forever.
+        let loads = AtomicUsize::new(0);
+        let load = move |device: &Device| -> anyhow::Result<Trainable> {
+            if loads.fetch_add(1, Ordering::SeqCst) == 1 {
+                panic!("out of memory, say");
+            }
+            Ok(Trainable::load(&fixture, device)?)
+        };
+        let err = finetune(
+            2,
+            DeviceSpec::Cpu,
+            load,
+            samples,
+            Vec::new(),
+            &opts,
+            &mut |_| {},
+        )
+        .err()
+        .expect("the run fails");
+        let err = format!("{err:#}");
+        assert!(err.contains("panicked: out of memory, say"), "{err}");
+    }
+}
