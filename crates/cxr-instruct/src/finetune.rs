@@ -644,14 +644,8 @@ fn resume(
     ck.check_setting("seed", &opts.seed)?;
     ck.check_setting("samples_per_step", &per_step)?;
     // Checkpoints from before precisions were recorded trained in f32.
-    let theirs = ck.metadata.get("precision").map_or("f32", String::as_str);
-    if theirs != opts.precision.to_string() {
-        return Err(ck
-            .refuse(format!(
-                "was trained in {theirs}, this run asks for {}; use a new output folder",
-                opts.precision
-            ))
-            .into());
+    if opts.precision != Precision::F32 || ck.metadata.contains_key("precision") {
+        ck.check_setting("precision", &opts.precision)?;
     }
     if loss_scale.is_some() {
         *loss_scale = Some(

@@ -104,12 +104,11 @@ pub fn finetune(
             .stack_size(64 << 20)
             .spawn(move || {
                 let outcome = group.join(rank, &device).and_then(|ranks| {
-                    let steps = tx.clone();
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let net = load(&device)?;
                         let mut report = |r: &StepReport| {
                             if rank == 0 {
-                                let _ = steps.send(Message::Step(*r));
+                                let _ = tx.send(Message::Step(*r));
                             }
                         };
                         Ok(finetune_rank(
